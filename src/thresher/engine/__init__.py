@@ -1,0 +1,1 @@
+"""Running scorers over datasets: sharded, cached, resumable; manifests of runs."""

@@ -1,0 +1,87 @@
+"""The scorer contract.
+
+A scorer is a small batched class: a cheap constructor that validates and stores parameters, a lazy
+``setup(ctx)`` that takes the models it needs from a shared ``ModelContext``, and one
+``score_batch(rows) -> {column: array}`` whose arrays have exactly ``len(rows)`` entries. Class-level
+metadata: ``name``, ``version`` (bump whenever the numbers change), ``produces`` (column -> meaning,
+range, direction), ``higher_is_better`` (the main column's direction; None where selection picks it).
+A row that cannot be scored gets NaN and a reason in its ``status`` column, never a plausible number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import numpy as np
+
+from thresher.config import build
+from thresher.data.table import Dataset
+
+
+class ModelContext:
+    """Models shared by the scorers of one run; each is loaded on first use."""
+
+    def __init__(self, model: str = "bundled", *, device: str = "auto", dtype: str = "auto",
+                 max_batch_tokens: int = 4096, max_batch_size: int = 64, padding_side: str = "right",
+                 embedder: str = "bundled-minilm"):
+        self.model, self.device, self.dtype = model, device, dtype
+        self.max_batch_tokens, self.max_batch_size, self.padding_side = max_batch_tokens, max_batch_size, padding_side
+        self.embedder_spec = embedder
+        self._lm = self._emb = None
+
+    def lm(self):
+        if self._lm is None:
+            from thresher.models.hf import HFCausalLM
+            self._lm = HFCausalLM(self.model, device=self.device, dtype=self.dtype,
+                                  max_batch_tokens=self.max_batch_tokens, max_batch_size=self.max_batch_size,
+                                  padding_side=self.padding_side)
+        return self._lm
+
+    def embedder(self):
+        if self._emb is None:
+            from thresher.models.embedder import SentenceEmbedder
+            self._emb = SentenceEmbedder(self.embedder_spec, device=self.device)
+        return self._emb
+
+    def describe(self) -> dict:
+        return {"model": self.model, "device": self.device, "dtype": self.dtype,
+                "max_batch_tokens": self.max_batch_tokens, "max_batch_size": self.max_batch_size,
+                "padding_side": self.padding_side, "embedder": self.embedder_spec}
+
+
+class Scorer:
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    Params: ClassVar[type]                      # a dataclass of this scorer's parameters
+    produces: ClassVar[dict[str, str]] = {}
+    main_column: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool | None] = None
+    uses: ClassVar[tuple[str, ...]] = ("lm",)   # which models of the context it needs: lm, embedder
+
+    def __init__(self, **params):
+        self.params = build(self.Params, params, f"scorer {self.name!r}")
+        self.ctx: ModelContext | None = None
+        self.tokens_processed = 0               # read by the engine for tokens/s
+
+    def param_dict(self) -> dict:
+        return dataclasses.asdict(self.params)
+
+    def model_identity(self, ctx: ModelContext) -> str:
+        parts = []
+        if "lm" in self.uses:
+            parts.append(ctx.lm().identity())
+            parts.append(f"dtype={ctx.dtype}")
+        if "embedder" in self.uses:
+            parts.append(ctx.embedder().identity())
+        return "|".join(parts)
+
+    def setup(self, ctx: ModelContext) -> None:
+        self.ctx = ctx
+
+    def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0]

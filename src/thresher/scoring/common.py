@@ -1,0 +1,45 @@
+"""Shared pieces of the language-model scorers: rendering rows into scored units, and
+aggregating per-token losses of units back to rows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from thresher.data.table import Dataset
+from thresher.data.templates import Rendered, render
+
+
+def render_units(rows: Dataset, template: str, turns: str, tokenizer) -> tuple[list[Rendered], np.ndarray]:
+    """Units to score and, for each, the row it belongs to (turns="all" gives several per row)."""
+    from thresher.data.readers import split_turns
+
+    units, owner = [], []
+    for r, (msgs, meta) in enumerate(zip(rows.messages, rows.meta)):
+        for context, response in split_turns(msgs, turns):
+            units.append(render(template, context, response, meta, tokenizer))
+            owner.append(r)
+    return units, np.asarray(owner, dtype=np.int64)
+
+
+def row_mean_loss(nll: list[np.ndarray], ok: np.ndarray, owner: np.ndarray, n_rows: int):
+    """Token-weighted mean loss per row over its scorable units; NaN where a row has none.
+
+    Returns (mean_loss, n_tokens) arrays of length n_rows.
+    """
+    sums = np.array([x.sum() for x in nll], dtype=np.float64) * ok
+    counts = np.array([len(x) for x in nll], dtype=np.float64) * ok
+    tot = np.bincount(owner, weights=sums, minlength=n_rows)
+    cnt = np.bincount(owner, weights=counts, minlength=n_rows)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(cnt > 0, tot / np.where(cnt > 0, cnt, 1), np.nan)
+    return mean, cnt.astype(np.int64)
+
+
+def row_status(status: list[str], owner: np.ndarray, n_rows: int) -> np.ndarray:
+    """'ok' if any unit of the row was scored, else the first unit's reason."""
+    out = np.full(n_rows, None, dtype=object)
+    for s, r in zip(status, owner):
+        if s == "ok" or out[r] is None:
+            out[r] = s if out[r] != "ok" else "ok"
+    out[np.equal(out, None)] = "no scorable turn"
+    return out.astype(str)

@@ -1,0 +1,34 @@
+"""Name -> "module:Class" registry. Modules are imported only when a scorer is used."""
+
+from __future__ import annotations
+
+import importlib
+
+from thresher.config import did_you_mean
+from thresher.errors import RegistryError
+
+SCORERS: dict[str, str] = {}
+
+
+def register(name: str, target: str) -> None:
+    if name in SCORERS:
+        raise RegistryError(f"Scorer {name!r} is already registered (as {SCORERS[name]}).")
+    SCORERS[name] = target
+
+
+register("ifd", "thresher.scoring.ifd:IFDScorer")
+register("perplexity", "thresher.scoring.perplexity:PerplexityScorer")
+register("length", "thresher.scoring.length:LengthScorer")
+register("random", "thresher.scoring.random:RandomScorer")
+
+
+def get_scorer(name: str):
+    if name not in SCORERS:
+        raise RegistryError(f"Unknown scorer {name!r}.{did_you_mean(name, SCORERS)} "
+                            f"Known scorers: {', '.join(sorted(SCORERS))}.")
+    module, cls = SCORERS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_scorer(name: str, **params):
+    return get_scorer(name)(**params)
