@@ -11,7 +11,7 @@ from thresher.data.templates import Rendered, render
 
 def render_units(rows: Dataset, template: str, turns: str, tokenizer) -> tuple[list[Rendered], np.ndarray]:
     """Units to score and, for each, the row it belongs to (turns="all" gives several per row)."""
-    from thresher.data.readers import split_turns
+    from thresher.data import split_turns
 
     units, owner = [], []
     for r, (msgs, meta) in enumerate(zip(rows.messages, rows.meta)):

@@ -35,7 +35,7 @@ class LengthScorer(Scorer):
         return ctx.lm().identity() + "|tokenizer-only"
 
     def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
-        from thresher.data.readers import split_turns
+        from thresher.data import split_turns
 
         tok = self.ctx.lm().tokenizer_only()
         texts, owner = [], []

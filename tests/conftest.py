@@ -1,0 +1,44 @@
+"""Shared fixtures. Caches point at a per-session temp dir; the bundled model is loaded once."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+_CACHE = tempfile.mkdtemp(prefix="thresher-test-cache-")
+os.environ["THRESHER_CACHE"] = _CACHE          # before any thresher import reads it
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def cache_root():
+    return _CACHE
+
+
+@pytest.fixture(scope="session")
+def ctx():
+    """One ModelContext with the bundled SmolLM2 loaded, shared by every real-model test."""
+    from thresher.scoring.base import ModelContext
+
+    c = ModelContext("bundled", device="cpu", dtype="float32")
+    c.lm().setup()
+    return c
+
+
+@pytest.fixture(scope="session")
+def sharegpt_short():
+    """Real ShareGPT first-turn pairs, short enough (prompt and response under 400 characters)
+    that a real-model test runs in seconds and nothing is truncated at max_length 512."""
+    from thresher.data.readers import bundled_sharegpt_path, load, split_turns
+
+    ds = load(bundled_sharegpt_path(), limit=1500, lenient=True, on_invalid="skip")
+    keep = []
+    for i, msgs in enumerate(ds.messages):
+        context, resp = split_turns(msgs, "first")[0]
+        if len(context) == 1 and 20 <= len(context[0]["content"]) <= 400 and 40 <= len(resp) <= 400:
+            keep.append(i)
+    assert len(keep) >= 80, f"only {len(keep)} short pairs in the first 1500 records"
+    return ds.subset(keep[:80])
