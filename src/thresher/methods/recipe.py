@@ -53,7 +53,7 @@ class Recipe:
     model: str = "bundled"
     device: str = "auto"
     dtype: str = choice("auto", "auto", "float32", "bfloat16", "float16")
-    max_batch_tokens: int = 4096
+    max_batch_tokens: int | None = None   # None: 4096 on CPU, 32768 on GPU
     shard_size: int = 64
     seed: int = 0
     stages: list = field(default_factory=list)

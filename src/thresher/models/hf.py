@@ -40,14 +40,15 @@ class HFCausalLM:
     """
 
     def __init__(self, model: str = "bundled", *, device: str = "auto", dtype: str = "auto",
-                 max_batch_tokens: int = 4096, max_batch_size: int = 64, padding_side: str = "right",
+                 max_batch_tokens: int | None = None, max_batch_size: int = 64, padding_side: str = "right",
                  head_chunk: int = 2048):
         if dtype not in DTYPES:
             raise ConfigError(f"The 'dtype' parameter must be one of {', '.join(DTYPES)}. Got {dtype!r}.")
         if padding_side not in ("left", "right"):
             raise ConfigError(f"The 'padding_side' parameter must be 'left' or 'right'. Got {padding_side!r}.")
         self.model_spec, self.device_spec, self.dtype_spec = str(model), device, dtype
-        self.max_batch_tokens, self.max_batch_size = int(max_batch_tokens), int(max_batch_size)
+        self.max_batch_tokens_spec, self.max_batch_size = max_batch_tokens, int(max_batch_size)
+        self.max_batch_tokens = int(max_batch_tokens or 4096)
         self.padding_side, self.head_chunk = padding_side, int(head_chunk)
         self.model = self.tokenizer = self.device = self.dtype = None
 
@@ -76,6 +77,9 @@ class HFCausalLM:
 
         self.device = self._pick_device(torch)
         self.dtype = self._pick_dtype(torch)
+        # A CPU is compute-bound at small batches (bigger ones only add padding); a GPU needs big ones.
+        if self.max_batch_tokens_spec is None:
+            self.max_batch_tokens = 32768 if self.device.type == "cuda" else 4096
         src = str(bundled.converted_model_dir()) if self.is_bundled else self.model_spec
         try:
             self.tokenizer_only()

@@ -23,7 +23,7 @@ class ModelContext:
     """Models shared by the scorers of one run; each is loaded on first use."""
 
     def __init__(self, model: str = "bundled", *, device: str = "auto", dtype: str = "auto",
-                 max_batch_tokens: int = 4096, max_batch_size: int = 64, padding_side: str = "right",
+                 max_batch_tokens: int | None = None, max_batch_size: int = 64, padding_side: str = "right",
                  embedder: str = "bundled-minilm"):
         self.model, self.device, self.dtype = model, device, dtype
         self.max_batch_tokens, self.max_batch_size, self.padding_side = max_batch_tokens, max_batch_size, padding_side
