@@ -149,4 +149,7 @@ def test_turns_all_aggregates_token_weighted(ctx, cache_root):
     n1, n2 = first["n_resp_tokens"][0], last["n_resp_tokens"][0]
     assert both["n_resp_tokens"][0] == n1 + n2
     expect = (first["loss_cond"][0] * n1 + last["loss_cond"][0] * n2) / (n1 + n2)
-    assert both["loss_cond"][0] == pytest.approx(expect, abs=1e-6)
+    # The "all" pass batches both turns together, so float32 sums differ in the last bits (~2e-6
+    # measured); a wrong weighting (unweighted mean of the two turns) is off by far more.
+    assert both["loss_cond"][0] == pytest.approx(expect, abs=2e-5)
+    assert abs(both["loss_cond"][0] - (first["loss_cond"][0] + last["loss_cond"][0]) / 2) > 1e-3 or n1 == n2

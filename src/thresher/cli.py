@@ -84,6 +84,11 @@ def _apply_common(raw: dict, args) -> None:
             raw[flag] = getattr(args, flag)
 
 
+def _argv(args) -> list[str]:
+    """The command line a manifest records: main()'s own argv when given one, else sys.argv."""
+    return list(getattr(args, "argv", None) or sys.argv)
+
+
 def _print_summary(summary: dict) -> None:
     from thresher.methods.run import format_summary
     print(format_summary(summary))
@@ -103,7 +108,7 @@ def cmd_run(args) -> int:
         set_dotted(raw, key, value)
     recipe, data_cfg, stages = check_recipe(raw, str(path))
     out = Path(args.out or Path("runs") / (recipe.name or path.stem))
-    summary = run_recipe(recipe, data_cfg, stages, out, argv=sys.argv, raw_recipe=raw, cache_root=args.cache_dir)
+    summary = run_recipe(recipe, data_cfg, stages, out, argv=_argv(args), raw_recipe=raw, cache_root=args.cache_dir)
     _print_summary(summary)
     return 0
 
@@ -120,7 +125,7 @@ def cmd_score(args) -> int:
            "stages": [{"name": args.scorer, "score": [{"scorer": args.scorer, "params": params}]}]}
     _apply_common(raw, argparse.Namespace(**{**vars(args), "data": None}))
     recipe, data_cfg, stages = check_recipe(raw, "<command line>")
-    summary = run_recipe(recipe, data_cfg, stages, Path(args.out), argv=sys.argv, raw_recipe=raw,
+    summary = run_recipe(recipe, data_cfg, stages, Path(args.out), argv=_argv(args), raw_recipe=raw,
                          cache_root=args.cache_dir)
     _print_summary(summary)
     return 0
@@ -132,7 +137,7 @@ def cmd_select(args) -> int:
     result = select_from_run(Path(args.run), Path(args.out), selector=args.selector, column=args.column,
                              k=args.top_k, ratio=args.top_ratio, of=args.ratio_of,
                              higher_is_better=args.higher_is_better, where=args.where,
-                             params=_kv(args.param, "--param"), argv=sys.argv)
+                             params=_kv(args.param, "--param"), argv=_argv(args))
     print(result["message"])
     return 0
 
@@ -255,6 +260,7 @@ def _configure_logging(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = ["thresher", *argv] if argv is not None else list(sys.argv)
     _configure_logging(args)
     try:
         return args.func(args)

@@ -544,6 +544,9 @@ class _JsonLine:
         return text[1:] if self.number == 1 and text.startswith("\ufeff") else text
 
     def parse(self, text: str):
+        # Without its line break, so that an error at the end of the line is reported at this
+        # line's last column rather than as "column 1" (json counts the break as a new line).
+        text = text.rstrip("\r\n")
         try:
             return json.loads(text)
         except json.JSONDecodeError as err:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,8 +14,9 @@ def atomic_path(path):
     """Yield a temporary path next to ``path``; on success rename it into place, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # Not mkstemp: its 0600 mode would stick to the renamed file (private run outputs and cache
+    # shards); a fresh name that the writer creates gets the usual umask-based mode.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         yield Path(tmp)
         os.replace(tmp, path)

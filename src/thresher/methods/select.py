@@ -114,3 +114,26 @@ def check_params(cfg: SelectConfig, owner: str) -> None:
         if key not in allowed:
             raise ConfigError(f"{owner}: selector {cfg.selector!r} has no parameter {key!r}.{did_you_mean(key, allowed)}"
                               f" Its parameters: {', '.join(sorted(allowed)) or '(none)'}.")
+    _check_values(cfg, owner)
+
+
+def _check_values(cfg: SelectConfig, owner: str) -> None:
+    """Check the parameter values too (ranges, exactly one of k and ratio, choices) by running the
+    selector on zero rows: a bad value then fails before any scoring, not after it."""
+    p, name = dict(cfg.params), cfg.selector
+    empty = np.zeros(0)
+    try:
+        if name == "random":
+            S.random_k(0, **p)
+        elif name == "cherry_pre_experience":
+            S.cherry_pre_experience(np.zeros((0, 1)), empty, **p)
+        elif name == "threshold":
+            S.threshold_mask(empty, **p)
+        elif name in ("top_k", "middle"):
+            p.pop("where", None)
+            p.setdefault("higher_is_better", True)
+            S.top_k(empty, **p)
+        elif name in ("superfiltering", "cherry_ifd"):
+            _SIGNATURE_OF[name](empty, **p)
+    except ConfigError as e:
+        raise ConfigError(f"{owner}: {e}") from None
