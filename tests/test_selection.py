@@ -232,8 +232,14 @@ def test_error_message_sklearn_style():
 
 
 def test_registry():
-    assert SELECTORS == {
+    from thresher.methods.select import SELECTOR_NAMES
+
+    assert {k: SELECTORS[k] for k in ("top_k", "threshold", "random", "superfiltering", "cherry_ifd",
+                                      "cherry_pre_experience")} == {
         "top_k": top_k, "threshold": threshold_mask, "random": random_k,
         "superfiltering": superfiltering_select, "cherry_ifd": cherry_ifd_select,
         "cherry_pre_experience": cherry_pre_experience,
     }
+    # Every selector a recipe can name is a listed function, except the compositions built in
+    # methods/select.py (full, middle = top_k on distance, superfiltering_d = filter + facility location).
+    assert set(SELECTOR_NAMES) - set(SELECTORS) == {"full", "middle", "superfiltering_d"}

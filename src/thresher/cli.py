@@ -70,6 +70,23 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="score cache root (default $THRESHER_CACHE or ~/.cache/thresher)")
 
 
+def _judge_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LLM judge (judge, opencs_* scorers)")
+    g.add_argument("--judge", choices=["local", "api", "vllm"], default=None,
+                   help="local: the run's model (bundled SmolLM2 by default, no network); api: any "
+                        "OpenAI-compatible server; vllm: in-process vLLM (GPU, optional extra)")
+    g.add_argument("--judge-model", default=None, help="judge model name (api: required, e.g. gpt-4o-mini)")
+    g.add_argument("--judge-base-url", default=None,
+                   help="API base URL (default https://api.openai.com/v1; e.g. http://localhost:8000/v1 for vLLM)")
+    g.add_argument("--judge-api-key-env", default=None,
+                   help="name of the environment variable holding the API key (default OPENAI_API_KEY)")
+    g.add_argument("--judge-concurrency", type=int, default=None, help="API requests in flight (default 8)")
+
+
+_JUDGE_FLAGS = (("judge", "kind"), ("judge_model", "model"), ("judge_base_url", "base_url"),
+                ("judge_api_key_env", "api_key_env"), ("judge_concurrency", "concurrency"))
+
+
 def _apply_common(raw: dict, args) -> None:
     data = raw.setdefault("data", {})
     if getattr(args, "data", None):
@@ -82,6 +99,9 @@ def _apply_common(raw: dict, args) -> None:
     for flag in ("model", "device", "dtype", "max_batch_tokens", "shard_size"):
         if getattr(args, flag, None) is not None:
             raw[flag] = getattr(args, flag)
+    for flag, key in _JUDGE_FLAGS:
+        if getattr(args, flag, None) is not None:
+            raw.setdefault("judge", {})[key] = getattr(args, flag)
 
 
 def _argv(args) -> list[str]:
@@ -195,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe value, e.g. stages.0.select.params.ratio=0.05 (repeatable)")
     _data_args(p)
     _model_args(p)
+    _judge_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("score", help="score a dataset with one scorer; writes OUT/scores.parquet and a manifest")
@@ -210,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="any other scorer parameter")
     _data_args(p)
     _model_args(p)
+    _judge_args(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("select", help="select rows from a scored run and write them in the input's format",

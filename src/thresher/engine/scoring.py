@@ -22,6 +22,7 @@ import pandas as pd
 
 from thresher.data.table import Dataset
 from thresher.engine.io import write_parquet
+from thresher.errors import ConfigError
 from thresher.models.bundled import cache_dir
 from thresher.scoring.base import ModelContext, Scorer
 
@@ -66,12 +67,41 @@ class Progress:
                  self.total, 100.0 * self.done / max(self.total, 1), rate, self.tokens / dt, eta)
 
 
+def input_hashes(inputs: pd.DataFrame | None, columns: tuple[str, ...], n: int) -> list[str]:
+    """Per-row hash of the score columns a scorer reads (empty strings when it reads none)."""
+    if not columns:
+        return [""] * n
+    missing = [c for c in columns if inputs is None or c not in inputs.columns]
+    if missing:
+        have = ", ".join(c for c in (inputs.columns if inputs is not None else []) if c != "id") or "(none)"
+        raise ConfigError(f"A scorer needs the score column(s) {', '.join(map(repr, missing))}, which no earlier "
+                          f"scorer of this stage produced (columns so far: {have}). Put the scorer that "
+                          "produces them earlier in the stage's 'score' list.")
+    out = []
+    for row in inputs[list(columns)].itertuples(index=False):
+        out.append(_sha(*(_value_text(v) for v in row)))
+    return out
+
+
+def _value_text(v) -> str:
+    if isinstance(v, np.ndarray):
+        return v.dtype.str + ":" + hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
+    return repr(v)
+
+
 def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size: int = 64,
-                  cache_root: Path | None = None, label: str | None = None) -> pd.DataFrame:
-    """Scores of every row, in dataset order, with an ``id`` column first."""
+                  cache_root: Path | None = None, label: str | None = None,
+                  inputs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Scores of every row, in dataset order, with an ``id`` column first.
+
+    ``inputs``: earlier score columns aligned with ``ds`` (needed by scorers with required columns).
+    """
     scorer.setup(ctx)
     root = Path(cache_root or cache_dir()) / "scores" / f"{scorer.name}-{scorer_key(scorer, ctx)}"
-    hashes = row_hashes(ds)
+    need = tuple(scorer.required_columns())
+    hashes = [a + b for a, b in zip(row_hashes(ds), input_hashes(inputs, need, len(ds)))]
+    if scorer.scope == "dataset":
+        shard_size = max(len(ds), 1)          # one unit: the scorer needs the whole pool at once
     prog = Progress(label or scorer.name, len(ds))
     frames, stats = [], {"cached": 0, "computed": 0}
     for a in range(0, len(ds), shard_size):
@@ -83,7 +113,11 @@ def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size:
             prog.update(b - a, 0, computed=False)
             continue
         before = scorer.tokens_processed
-        cols = scorer.score_batch(ds.subset(range(a, b)))
+        rows = ds.subset(range(a, b))
+        if need:
+            cols = scorer.score_batch(rows, inputs.iloc[a:b].reset_index(drop=True))
+        else:
+            cols = scorer.score_batch(rows)
         frame = _frame(ds.ids[a:b], cols, scorer.name)
         write_parquet(path, frame)
         frames.append(frame)

@@ -56,6 +56,7 @@ class Recipe:
     max_batch_tokens: int | None = None   # None: 4096 on CPU, 32768 on GPU
     shard_size: int = 64
     seed: int = 0
+    judge: dict = field(default_factory=dict)   # chat backend of judge scorers: see thresher.models.judges
     stages: list = field(default_factory=list)
 
 
@@ -97,6 +98,8 @@ def load_recipe(spec: str, overrides: dict | None = None) -> tuple[Recipe, DataC
 def check_recipe(raw: dict, where: str):
     recipe = build(Recipe, raw, f"recipe {where}")
     data = build(DataConfig, recipe.data, f"recipe {where}: data")
+    from thresher.models.judges import JudgeConfig
+    build(JudgeConfig, recipe.judge, f"recipe {where}: judge")
     if not recipe.stages:
         raise ConfigError(f"recipe {where}: 'stages' must list at least one stage.")
     stages = [_stage(s, i, recipe, where) for i, s in enumerate(recipe.stages)]

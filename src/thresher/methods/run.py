@@ -43,19 +43,20 @@ def load_data(cfg: DataConfig) -> Dataset:
 def score_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, cache_root=None) -> tuple[pd.DataFrame, list]:
     """All of a stage's scorers over ``ds``, joined on row order; returns (scores, scorer records)."""
     ctx = ModelContext(stage.model, device=recipe.device, dtype=recipe.dtype,
-                       max_batch_tokens=recipe.max_batch_tokens)
+                       max_batch_tokens=recipe.max_batch_tokens, judge=recipe.judge)
     table, info = pd.DataFrame({"id": ds.ids}), []
     for sc in stage.scores:
         scorer = make_scorer(sc.scorer, **sc.params)
         frame = score_dataset(ds, scorer, ctx, shard_size=recipe.shard_size, cache_root=cache_root,
-                              label=f"{stage.name}:{sc.scorer}")
+                              label=f"{stage.name}:{sc.scorer}", inputs=table)
         clash = [c for c in frame.columns if c != "id" and c in table.columns]
         if clash:
             frame = frame.rename(columns={c: f"{sc.scorer}.{c}" for c in clash})
         table = pd.concat([table, frame.drop(columns="id")], axis=1)
         info.append({"scorer": sc.scorer, "version": scorer.version, "params": scorer.param_dict(),
                      "model_identity": scorer.model_identity(ctx), "main_column": scorer.main_column,
-                     "higher_is_better": scorer.higher_is_better, "cache": frame.attrs.get("cache")})
+                     "higher_is_better": scorer.higher_is_better, "cache": frame.attrs.get("cache"),
+                     **({"judge": ctx.judge().stats()} if "judge" in scorer.uses else {})})
     return table, info
 
 
@@ -72,9 +73,13 @@ def run_recipe(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage]
         st_dir = out / stage.name
         write_parquet(st_dir / "scores.parquet", scores)
         st_sum = {"name": stage.name, "model": stage.model, "note": stage.note, **describe_scores(scores, info)}
+        judged = [rec for rec in info if "judge" in rec]
+        if judged:
+            st_sum["judge"] = judged[-1]["judge"]      # the backend's running totals for this stage
         if stage.select is not None:
-            main = info[0]["main_column"] if info else None
-            hib = info[0]["higher_is_better"] if info else None
+            # The stage's last scorer is its result (earlier ones feed it: ratings, embeddings).
+            main = info[-1]["main_column"] if info else None
+            hib = info[-1]["higher_is_better"] if info else None
             idx = apply_selector(stage.select, scores, default_column=main, higher_is_better=hib)
             st_sum.update(write_selection(ds, idx, st_dir))
             st_sum["selector"] = asdict(stage.select)
@@ -112,8 +117,8 @@ def describe_scores(scores: pd.DataFrame, info: list[dict]) -> dict:
     out = {"columns": {}}
     for rec in info:
         col = rec["main_column"]
-        if col not in scores.columns:
-            continue
+        if col not in scores.columns or not pd.api.types.is_numeric_dtype(scores[col]):
+            continue                       # embeddings, tags, label sets: not a score to summarise
         v = scores[col].to_numpy(dtype=np.float64)
         finite = v[np.isfinite(v)]
         q = dict(zip(["min", "p05", "p25", "p50", "p75", "p95", "max"],
@@ -143,6 +148,12 @@ def format_summary(summary: dict) -> str:
             lines.append(f"  {col}: {e['scored']} scored, {e['nan']} NaN  |  {qs}")
             if e.get("nan_reasons"):
                 lines.append("    NaN reasons: " + ", ".join(f"{k}: {v}" for k, v in e["nan_reasons"].items()))
+        if st.get("judge"):
+            j = st["judge"]
+            lines.append(f"  judge: {j.get('requests', 0)} requests ({j.get('cached', 0)} from cache), "
+                         f"{j.get('calls', 0)} calls, {j.get('retries', 0)} retries, {j.get('failed', 0)} failed, "
+                         f"{j.get('prompt_tokens', 0)}+{j.get('completion_tokens', 0)} tokens, "
+                         f"cost {j.get('cost', 0.0):.4f}")
         if "selected" in st:
             lines.append(f"  selected {st['selected']} kept / {st['dropped']} dropped -> {st['selected_file']}")
         if st.get("note"):

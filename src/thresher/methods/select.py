@@ -9,12 +9,20 @@ Selectors (``SelectConfig.selector``) and their parameters:
   superfiltering         column (ifd), k | ratio, base, filter_below
   cherry_ifd             column (ifd), k | ratio, base, keep_max
   cherry_pre_experience  n_clusters, per_cluster, low_pct, high_pct, seed  (columns ppl, embedding)
+  alpagasus              column (rating), threshold | k | ratio, seed       rating >= 4.5, or a budget
+  ds2_bucket             column (ds2_score), k | ratio                      buckets 5..0, rare breaks the last
+  deita                  columns (product, default the main column), k | ratio, threshold (0.9)
+  ds2_diversity          column, k, top, max_mean_distance                  DS2's inverted DEITA baseline
+  facility_location      k | ratio, metric, where                           greedy FL on ``embedding``
+  superfiltering_d       column (ifd), ifd_ratio | ifd_k, k | ratio, filter_below, metric
+  opencs                 per_cluster, k, order                              needs the opencs_* columns
 ``where`` is a dict {column: {lt|le|gt|ge: value}} that restricts the candidates of top_k (e.g.
 IFD below 1); with ``of: passing`` a ratio then counts only the rows that pass it.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +33,16 @@ from thresher.config import did_you_mean
 from thresher.errors import ConfigError
 
 SELECTOR_NAMES = ("full", "random", "top_k", "middle", "threshold", "superfiltering", "cherry_ifd",
-                  "cherry_pre_experience")
+                  "cherry_pre_experience", "alpagasus", "ds2_bucket", "deita", "ds2_diversity",
+                  "facility_location", "superfiltering_d", "opencs")
+
+# Parameters of the selectors built on embeddings and judge columns (the others are read from the
+# selection functions' signatures).
+_PARAMS = {"alpagasus": {"threshold", "k", "ratio", "seed"}, "ds2_bucket": {"k", "ratio"},
+           "deita": {"columns", "k", "ratio", "threshold"}, "ds2_diversity": {"k", "top", "max_mean_distance"},
+           "facility_location": {"k", "ratio", "metric", "where"},
+           "superfiltering_d": {"ifd_ratio", "ifd_k", "k", "ratio", "filter_below", "metric"},
+           "opencs": {"per_cluster", "k", "order"}}
 
 
 @dataclass
@@ -73,6 +90,8 @@ def apply_selector(cfg: SelectConfig, scores: pd.DataFrame, *, default_column: s
             raise ConfigError("Selector 'cherry_pre_experience' needs an 'embedding' column: score with "
                               "perplexity mode=instruction pool=mean.")
         return S.cherry_pre_experience(emb, _col(scores, "ppl", None, name), **p)
+    if name in _PARAMS:
+        return _apply_embedding_selector(name, p, scores, cfg.column, default_column)
     col = _col(scores, cfg.column, default_column, name)
     if name == "superfiltering":
         return S.superfiltering_select(col, **p)
@@ -92,6 +111,62 @@ def apply_selector(cfg: SelectConfig, scores: pd.DataFrame, *, default_column: s
     return S.top_k(col, mask=_where_mask(scores, where), **p)
 
 
+def _emb(scores: pd.DataFrame, selector: str) -> np.ndarray:
+    if "embedding" not in scores.columns:
+        raise ConfigError(f"Selector {selector!r} needs an 'embedding' column: add the 'embedding' scorer to the stage.")
+    return np.stack([np.asarray(v, dtype=np.float32) for v in scores["embedding"].to_numpy()])
+
+
+def _n(p: dict, n: int, selector: str) -> int:
+    """k from k | ratio (exactly one)."""
+    if ("k" in p) == ("ratio" in p):
+        raise ConfigError(f"Selector {selector!r} needs exactly one of 'k' and 'ratio'. Got {sorted(p)}.")
+    return int(p["k"]) if "k" in p else int(float(p["ratio"]) * n)
+
+
+def _apply_embedding_selector(name: str, p: dict, scores: pd.DataFrame, column, default_column) -> np.ndarray:
+    from thresher.selection import diversity as D
+    from thresher.selection.ds2 import ds2_bucket_select
+
+    if name == "alpagasus":
+        return D.alpagasus_select(_col(scores, column, default_column, name), **p)
+    if name == "ds2_bucket":
+        return ds2_bucket_select(_col(scores, column, default_column or "ds2_score", name),
+                                 _col(scores, "rare", None, name), **p)
+    if name == "deita":
+        cols = p.pop("columns", None) or [column or default_column]
+        score = np.prod([_col(scores, c, None, name) for c in cols], axis=0)
+        return D.deita_repr_filter(score, _emb(scores, name), **p)
+    if name == "ds2_diversity":
+        return D.ds2_diversity_filter(_col(scores, column, default_column, name), _emb(scores, name), **p)
+    if name == "facility_location":
+        mask = _where_mask(scores, p.pop("where", None))
+        cand = None if mask is None else np.flatnonzero(mask)
+        k = _n(p, len(scores), name)
+        return D.facility_location(_emb(scores, name), k=k, candidates=cand, metric=p.get("metric", "euclidean"))
+    if name == "superfiltering_d":
+        # Superfiltering.D: keep IFD < filter_below, the top ifd_ratio by IFD, then facility location.
+        ifd = _col(scores, column, default_column or "ifd", name)
+        first = {"k": p["ifd_k"]} if "ifd_k" in p else {"ratio": p.get("ifd_ratio", 0.2)}
+        pool = S.superfiltering_select(ifd, filter_below=p.get("filter_below", 1.0), base="pool", **first)
+        k = _n({x: p[x] for x in ("k", "ratio") if x in p}, len(scores), name)
+        return D.facility_location(_emb(scores, name), k=k, candidates=np.sort(pool), metric=p.get("metric", "euclidean"))
+    # opencs
+    from thresher.scoring.opencs import clusters_from_columns
+    for c in ("label_set", "opencs_rank", "opencs_cluster_scores"):
+        _col_exists(scores, c, name)
+    members = clusters_from_columns(scores["label_set"], scores["opencs_rank"])
+    per_row = [json.loads(x) for x in scores["opencs_cluster_scores"]]
+    per_cluster = {c: np.array([per_row[i].get(str(c), np.nan) for i in m]) for c, m in members.items()}
+    return D.opencs_select(per_cluster, members, **p)
+
+
+def _col_exists(scores: pd.DataFrame, col: str, selector: str) -> None:
+    if col not in scores.columns:
+        raise ConfigError(f"Selector {selector!r} needs column {col!r}: run the opencs_tags, opencs_clusters and "
+                          "opencs_pairs scorers in the stage first.")
+
+
 _SIGNATURE_OF = {"random": S.random_k, "top_k": S.top_k, "middle": S.top_k, "threshold": S.threshold_mask,
                  "superfiltering": S.superfiltering_select, "cherry_ifd": S.cherry_ifd_select,
                  "cherry_pre_experience": S.cherry_pre_experience}
@@ -104,6 +179,8 @@ def check_params(cfg: SelectConfig, owner: str) -> None:
 
     if cfg.selector == "full":
         allowed = set()
+    elif cfg.selector in _PARAMS:
+        allowed = set(_PARAMS[cfg.selector])
     else:
         allowed = set(inspect.signature(_SIGNATURE_OF[cfg.selector]).parameters) - _NOT_SETTABLE
         if cfg.selector == "top_k":

@@ -35,7 +35,7 @@ def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=No
 
     manifest, scores = _read_run(run)
     last = manifest["stages"][-1]
-    info = last["scorers"][0] if last["scorers"] else {}
+    info = last["scorers"][-1] if last["scorers"] else {}   # the stage's result is its last scorer
     main = info.get("main_column")
     column = column or main
     p = dict(params or {})

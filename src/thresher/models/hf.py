@@ -9,11 +9,17 @@ half-open span [start, end), token j predicted from position j-1:
   - padding side is configurable; position ids are derived from the attention mask, so left and right
     padding give the same numbers.
 The same pass can return pooled last-layer hidden states (mean over tokens, or the last token).
+
+``next_token_logprobs`` scores a few candidate next tokens after each prompt (logit-based judges:
+one forward per batch, output head on the last real position of each row only). ``generate`` is
+batched greedy or seeded sampling with a KV cache, left padding, per-row stop and per-row limits;
+rows that finish leave the batch so they stop costing compute.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +44,8 @@ class HFCausalLM:
 
     Cheap to construct; ``setup()`` loads weights (called lazily by every method).
     """
+
+    batches_run: int = 0    # forward / generation batches run by next_token_logprobs and generate
 
     def __init__(self, model: str = "bundled", *, device: str = "auto", dtype: str = "auto",
                  max_batch_tokens: int | None = None, max_batch_size: int = 64, padding_side: str = "right",
@@ -223,3 +231,193 @@ class HFCausalLM:
         enc = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)
         seqs = [np.asarray(x) for x in enc["input_ids"]]
         return self.token_nll(seqs, [(0, 0)] * len(seqs), pool=pool).embeddings
+
+    # ---------------------------------------------------------------- next token and generation
+    @contextmanager
+    def overrides(self, *, max_batch_tokens: int | None = None, max_batch_size: int | None = None,
+                  padding_side: str | None = None):
+        """Temporarily change batching settings (None keeps the current one); restored on exit."""
+        new = {"max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
+               "padding_side": padding_side}
+        new = {k: v for k, v in new.items() if v is not None}
+        if new.get("padding_side", "left") not in ("left", "right"):
+            raise ConfigError(f"The 'padding_side' parameter must be 'left' or 'right'. Got {padding_side!r}.")
+        for k in ("max_batch_tokens", "max_batch_size"):
+            if k in new and (not isinstance(new[k], (int, np.integer)) or new[k] < 1):
+                raise ConfigError(f"The '{k}' parameter must be an int >= 1. Got {new[k]!r}.")
+        old = {k: getattr(self, k) for k in new}
+        try:
+            for k, v in new.items():
+                setattr(self, k, v)
+            yield self
+        finally:
+            for k, v in old.items():
+                setattr(self, k, v)
+
+    def _check_prompts(self, prompts_ids) -> list[np.ndarray]:
+        seqs = [np.asarray(s, dtype=np.int64).reshape(-1) for s in prompts_ids]
+        empty = [i for i, s in enumerate(seqs) if len(s) == 0]
+        if empty:
+            raise ConfigError(f"Prompt {empty[0]} is empty; every prompt needs at least one token.")
+        return seqs
+
+    def next_token_logprobs(self, prompts_ids: list, candidate_token_ids) -> np.ndarray:
+        """log p(candidate | prompt) for the token right after each prompt: (N, K) float64, each <= 0.
+
+        Normalised over the full vocabulary, so exp(row).sum() <= 1 is the probability mass the model
+        puts on the candidates. One decoder pass per length-sorted batch; the output head runs only on
+        the last real position of each row. Padding side and batch size do not change the numbers
+        (position ids come from the attention mask).
+        """
+        import torch
+
+        self.setup()
+        seqs = self._check_prompts(prompts_ids)
+        cand = np.asarray(candidate_token_ids, dtype=np.int64).reshape(-1)
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        if cand.size == 0 or cand.min() < 0 or cand.max() >= vocab:
+            raise ConfigError(f"The 'candidate_token_ids' parameter must be a non-empty list of token ids in "
+                              f"[0, {vocab}). Got {cand.tolist()}.")
+        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+        out = np.zeros((len(seqs), cand.size), dtype=np.float64)
+        cand_t = torch.from_numpy(cand).to(self.device)
+        with torch.inference_mode():
+            for b in self._batches(lengths):
+                ids, mask, pos, offs = self._pad([seqs[i] for i in b], torch)
+                hidden = self._decoder()(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                         use_cache=False).last_hidden_state            # (B, L, H)
+                last = torch.from_numpy(offs + lengths[b] - 1).to(self.device)        # (B,) last real column
+                states = hidden[torch.arange(len(b), device=self.device), last]      # (B, H)
+                logits = self._logits(self.model.get_output_embeddings()(states))    # (B, V)
+                logp = torch.log_softmax(logits.double(), dim=-1)
+                out[b] = logp[:, cand_t].cpu().numpy()                               # (B, K)
+                self.batches_run += 1
+        return out
+
+    def stop_token_ids(self) -> list[int]:
+        """End-of-sequence ids: the tokenizer's eos plus the generation config's (may be several)."""
+        ids = {self.tokenizer.eos_token_id}
+        gen = getattr(self.model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+        return sorted(int(i) for i in ids if i is not None)
+
+    def generate(self, prompts_ids: list, *, max_new_tokens, temperature=0.0, top_p=1.0, seed=None,
+                 stop_ids=None) -> list[list[int]]:
+        """Continue each prompt; returns the new token ids per prompt, in input order, without the stop token.
+
+        ``max_new_tokens``, ``temperature``, ``top_p`` and ``seed`` are one value for all prompts or one
+        per prompt. temperature 0 is greedy; otherwise nucleus sampling whose random draws come from a
+        per-prompt generator seeded with ``seed`` (a given seed gives the same draws whatever the batch),
+        or from torch's global generator when the seed is None. A row stops at any of ``stop_ids``
+        (default: ``stop_token_ids()``) or at its own ``max_new_tokens``. Prompts are not truncated: the
+        caller keeps prompt + max_new_tokens within the model's context.
+        """
+        import torch
+
+        self.setup()
+        seqs = self._check_prompts(prompts_ids)
+        n = len(seqs)
+        max_new = _per_row(max_new_tokens, n, "max_new_tokens", int)
+        temp = _per_row(temperature, n, "temperature", float)
+        top_p = _per_row(top_p, n, "top_p", float)
+        seeds = seed if isinstance(seed, (list, tuple, np.ndarray)) else [seed] * n
+        if len(seeds) != n:
+            raise ConfigError(f"The 'seed' parameter must be one value or one per prompt ({n}). Got {len(seeds)}.")
+        if (max_new < 1).any() or (temp < 0).any() or ((top_p <= 0) | (top_p > 1)).any():
+            raise ConfigError("generate needs max_new_tokens >= 1, temperature >= 0 and top_p in (0, 1]. "
+                              f"Got max_new_tokens={max_new.min()}, temperature={temp.min()}, top_p "
+                              f"in [{top_p.min()}, {top_p.max()}].")
+        stop = torch.tensor(self.stop_token_ids() if stop_ids is None else list(stop_ids), dtype=torch.long,
+                            device=self.device)
+        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+        out: list[list[int]] = [[] for _ in range(n)]
+        with torch.inference_mode():
+            # The token budget covers the cache the batch grows to (prompt + new tokens).
+            for b in self._batches(lengths + max_new):
+                rows = self._generate_batch([seqs[i] for i in b], max_new[b], temp[b], top_p[b],
+                                            [seeds[i] for i in b], stop, torch)
+                for j, i in enumerate(b):
+                    out[i] = rows[j]
+                self.batches_run += 1
+        return out
+
+    def _generate_batch(self, seqs, max_new, temp, top_p, seeds, stop, torch) -> list[list[int]]:
+        with self.overrides(padding_side="left"):          # new tokens append at the same column
+            ids, mask, pos, _ = self._pad(seqs, torch)       # (B, L)
+        B, T = len(seqs), int(max_new.max())
+        uniforms = _row_uniforms(temp, seeds, T, torch)    # (B, T) draws for sampled rows, else None
+        gen = torch.full((B, T), -1, dtype=torch.long)     # (B, T) new tokens, -1 = not generated
+        alive = torch.arange(B)                            # batch row of each live row
+        limit = torch.from_numpy(max_new)
+        head, dec = self.model.get_output_embeddings(), self._decoder()
+        cache, step_ids, step_pos = None, ids, pos
+        for t in range(T):
+            res = dec(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=cache,
+                      use_cache=True)
+            cache = res.past_key_values
+            logits = self._logits(head(res.last_hidden_state[:, -1])).float()       # (b, V)
+            nxt = _pick(logits, temp[alive.numpy()], top_p[alive.numpy()],
+                        None if uniforms is None else uniforms[alive, t], torch)   # (b,)
+            gen[alive, t] = nxt.cpu()
+            done = torch.isin(nxt, stop).cpu() | (t + 1 >= limit[alive])
+            if done.all():
+                break
+            if done.any():                                 # finished rows leave the batch and the cache
+                keep = (~done).nonzero().squeeze(1)
+                cache.batch_select_indices(keep.to(self.device))
+                alive, nxt, mask = alive[keep], nxt[keep.to(self.device)], mask[keep.to(self.device)]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)      # (b, L + t + 1)
+            step_ids, step_pos = nxt[:, None], mask.sum(1, keepdim=True) - 1        # (b, 1) each
+        return [_cut(row, stop, int(m)) for row, m in zip(gen.numpy(), max_new)]
+
+
+def _per_row(value, n: int, name: str, kind) -> np.ndarray:
+    """A scalar or one value per prompt, as an (n,) array."""
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if arr.size == 1:
+        arr = np.repeat(arr, n)
+    if arr.size != n or not np.isfinite(arr).all():
+        raise ConfigError(f"The '{name}' parameter must be one finite number or one per prompt ({n}). "
+                          f"Got {arr.size} values.")
+    return arr.astype(np.int64) if kind is int else arr
+
+
+def _row_uniforms(temp, seeds, steps: int, torch):
+    """(B, steps) uniform draws for the sampled rows: from a generator seeded per row, so a row's
+    samples do not depend on which other rows share its batch. None when every row is greedy."""
+    if not (temp > 0).any():
+        return None
+    u = torch.zeros((len(temp), steps), dtype=torch.float64)
+    for r in np.flatnonzero(temp > 0):                 # once per row and batch, not per step
+        g = None if seeds[r] is None else torch.Generator().manual_seed(int(seeds[r]))
+        u[r] = torch.rand(steps, generator=g, dtype=torch.float64)
+    return u
+
+
+def _pick(logits, temp, top_p, u, torch):
+    """Next token per row: argmax where temperature is 0, else nucleus sampling by inverse CDF."""
+    nxt = logits.argmax(-1)                                                   # (b,)
+    rows = np.flatnonzero(temp > 0)
+    if rows.size:
+        r_t = torch.from_numpy(rows).to(logits.device)
+        t_t = torch.from_numpy(temp[rows]).to(logits.device, torch.float32)[:, None]
+        probs = torch.softmax(logits[r_t] / t_t, dim=-1).double()           # (s, V)
+        p_sorted, order = probs.sort(dim=-1, descending=True)
+        before = p_sorted.cumsum(-1) - p_sorted                               # mass above each token
+        p_sorted = p_sorted.masked_fill(before >= torch.from_numpy(top_p[rows]).to(probs)[:, None], 0.0)
+        cdf = p_sorted.cumsum(-1)
+        cdf = cdf / cdf[:, -1:]                                               # renormalised nucleus
+        draw = u[torch.from_numpy(rows)].to(probs)[:, None]                  # (s, 1)
+        kept = (p_sorted > 0).sum(-1, keepdim=True)
+        idx = torch.minimum(torch.searchsorted(cdf, draw, right=True), kept - 1)
+        nxt[r_t] = order.gather(1, idx).squeeze(1)
+    return nxt
+
+
+def _cut(row: np.ndarray, stop, limit: int) -> list[int]:
+    """A row's generated ids up to (not including) its first stop token."""
+    row = row[:limit]
+    row = row[: np.argmax(row < 0)] if (row < 0).any() else row
+    hit = np.flatnonzero(np.isin(row, stop.cpu().numpy()))
+    return row[: hit[0]].tolist() if hit.size else row.tolist()

@@ -6,6 +6,13 @@ A scorer is a small batched class: a cheap constructor that validates and stores
 metadata: ``name``, ``version`` (bump whenever the numbers change), ``produces`` (column -> meaning,
 range, direction), ``higher_is_better`` (the main column's direction; None where selection picks it).
 A row that cannot be scored gets NaN and a reason in its ``status`` column, never a plausible number.
+
+Two extensions:
+  - a scorer that reads earlier score columns (ratings, embeddings, tags) names them in
+    ``required_columns()`` and receives them as ``score_batch(rows, inputs)`` (a DataFrame aligned
+    with ``rows``); the engine hashes those values into the cache key;
+  - ``scope = "dataset"`` marks a scorer that needs the whole pool at once (k-NN rareness, DS2
+    curation, tag clustering): the engine calls it once with every row, as one cached unit.
 """
 
 from __future__ import annotations
@@ -20,15 +27,27 @@ from thresher.data.table import Dataset
 
 
 class ModelContext:
-    """Models shared by the scorers of one run; each is loaded on first use."""
+    """Models shared by the scorers of one run; each is loaded on first use.
+
+    ``judge`` configures the chat backend of LLM-judge scorers (``thresher.models.judges.JudgeConfig``
+    fields as a dict); the default is the local model of this context.
+    """
 
     def __init__(self, model: str = "bundled", *, device: str = "auto", dtype: str = "auto",
                  max_batch_tokens: int | None = None, max_batch_size: int = 64, padding_side: str = "right",
-                 embedder: str = "bundled-minilm"):
+                 embedder: str = "bundled-minilm", judge: dict | None = None):
         self.model, self.device, self.dtype = model, device, dtype
         self.max_batch_tokens, self.max_batch_size, self.padding_side = max_batch_tokens, max_batch_size, padding_side
         self.embedder_spec = embedder
-        self._lm = self._emb = None
+        self.judge_spec = dict(judge or {})
+        self._lm = self._emb = self._judge = None
+
+    def judge(self):
+        """The chat backend for judge scorers (local model, OpenAI-compatible API or vLLM)."""
+        if self._judge is None:
+            from thresher.models.judges import make_judge
+            self._judge = make_judge(self.judge_spec, self)
+        return self._judge
 
     def lm(self):
         if self._lm is None:
@@ -38,16 +57,20 @@ class ModelContext:
                                   padding_side=self.padding_side)
         return self._lm
 
-    def embedder(self):
+    def embedder(self, spec: str | None = None):
+        """A sentence embedder: the context's default, or ``spec`` (loaded once per spec)."""
+        from thresher.models.embedder import SentenceEmbedder
+        spec = spec or self.embedder_spec
         if self._emb is None:
-            from thresher.models.embedder import SentenceEmbedder
-            self._emb = SentenceEmbedder(self.embedder_spec, device=self.device)
-        return self._emb
+            self._emb = {}
+        if spec not in self._emb:
+            self._emb[spec] = SentenceEmbedder(spec, device=self.device)
+        return self._emb[spec]
 
     def describe(self) -> dict:
         return {"model": self.model, "device": self.device, "dtype": self.dtype,
                 "max_batch_tokens": self.max_batch_tokens, "max_batch_size": self.max_batch_size,
-                "padding_side": self.padding_side, "embedder": self.embedder_spec}
+                "padding_side": self.padding_side, "embedder": self.embedder_spec, "judge": self.judge_spec}
 
 
 class Scorer:
@@ -57,7 +80,8 @@ class Scorer:
     produces: ClassVar[dict[str, str]] = {}
     main_column: ClassVar[str] = ""
     higher_is_better: ClassVar[bool | None] = None
-    uses: ClassVar[tuple[str, ...]] = ("lm",)   # which models of the context it needs: lm, embedder
+    uses: ClassVar[tuple[str, ...]] = ("lm",)   # which models of the context it needs: lm, embedder, judge
+    scope: ClassVar[str] = "row"                # "row": any shard of rows; "dataset": the whole pool at once
 
     def __init__(self, **params):
         self.params = build(self.Params, params, f"scorer {self.name!r}")
@@ -74,7 +98,13 @@ class Scorer:
             parts.append(f"dtype={ctx.dtype}")
         if "embedder" in self.uses:
             parts.append(ctx.embedder().identity())
+        if "judge" in self.uses:
+            parts.append(ctx.judge().identity())
         return "|".join(parts)
+
+    def required_columns(self) -> tuple[str, ...]:
+        """Score columns this scorer reads (produced by earlier scorers of the run)."""
+        return ()
 
     def setup(self, ctx: ModelContext) -> None:
         self.ctx = ctx

@@ -20,6 +20,13 @@ register("ifd", "thresher.scoring.ifd:IFDScorer")
 register("perplexity", "thresher.scoring.perplexity:PerplexityScorer")
 register("length", "thresher.scoring.length:LengthScorer")
 register("random", "thresher.scoring.random:RandomScorer")
+register("judge", "thresher.scoring.judge:JudgeRatingScorer")
+register("embedding", "thresher.scoring.embedding:EmbeddingScorer")
+register("knn", "thresher.scoring.rareness:KNNRarenessScorer")
+register("ds2_curation", "thresher.scoring.curation_scorer:DS2CurationScorer")
+register("opencs_tags", "thresher.scoring.opencs:OpenCSTagScorer")
+register("opencs_clusters", "thresher.scoring.opencs:OpenCSClusterScorer")
+register("opencs_pairs", "thresher.scoring.opencs:OpenCSPairScorer")
 
 
 def get_scorer(name: str):

@@ -14,6 +14,14 @@ from thresher.selection.basic import (
     top_k,
 )
 from thresher.selection.cherry import cherry_pre_experience
+from thresher.selection.diversity import (
+    alpagasus_select,
+    deita_repr_filter,
+    ds2_diversity_filter,
+    facility_location,
+    opencs_select,
+)
+from thresher.selection.ds2 import ds2_bucket_select
 
 # Name -> selector, for listing (e.g. `thresher ls`). "threshold" returns a mask, the rest indices.
 SELECTORS = {
@@ -23,10 +31,22 @@ SELECTORS = {
     "superfiltering": superfiltering_select,
     "cherry_ifd": cherry_ifd_select,
     "cherry_pre_experience": cherry_pre_experience,
+    "alpagasus": alpagasus_select,
+    "ds2_bucket": ds2_bucket_select,
+    "deita": deita_repr_filter,
+    "ds2_diversity": ds2_diversity_filter,
+    "facility_location": facility_location,
+    "opencs": opencs_select,
 }
 
 __all__ = [
     "SELECTORS",
+    "alpagasus_select",
+    "deita_repr_filter",
+    "ds2_bucket_select",
+    "ds2_diversity_filter",
+    "facility_location",
+    "opencs_select",
     "cherry_ifd_select",
     "cherry_pre_experience",
     "random_k",

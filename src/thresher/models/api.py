@@ -1,0 +1,494 @@
+"""Chat backend for any OpenAI-compatible ``/chat/completions`` HTTP API (LLM judges).
+
+``OpenAIChat(model, base_url=..., concurrency=8, cache_path=...)`` implements the
+``ChatBackend`` protocol of ``thresher.models.chat``:
+
+* ``chat(requests)`` first serves every request it can from the on-disk request cache
+  (``cached=True``, no HTTP call, not paid again), merges identical requests (one HTTP call, the
+  result is shared), then sends the rest through a thread pool with at most ``concurrency``
+  requests in flight. Each success is committed to the cache as soon as it arrives, so a killed
+  run loses only the requests in flight.
+* Transient failures are retried up to ``max_retries`` times with exponential backoff and full
+  jitter (a wait drawn uniformly from [0, min(backoff_max, backoff_base * 2**attempt)]): HTTP 408,
+  409, 425, 429 and 5xx, timeouts, connection errors, and 200 replies whose body is truncated, not
+  JSON, or has no ``choices[0].message.content`` string. A ``Retry-After`` header (seconds or an
+  HTTP date; also ``retry-after-ms``) on 429/503 is honoured: the retry never comes earlier, and
+  after a 429 carrying one no thread of this backend sends anything until it has passed (rate limits are per
+  key, not per request).
+* Other 4xx replies fail that request at once (no retry). 401/403 (key rejected) and 404 (model
+  or endpoint not found) apply to every request, so the rest of the call is not sent.
+* A request that still fails is a ``ChatResult(text=None, error=...)``; ``chat`` raises only for
+  configuration errors (``ConfigError``: missing or unusable API key, unusable cache file) and for
+  items that are not ``ChatRequest``s (``TypeError``).
+* A successful reply is returned as text, whatever it says: parsing a rating is the caller's job.
+  A caller that re-asks after an unparseable reply must change the request (e.g. its ``seed``),
+  otherwise the cache (or a temperature-0 model) hands back the same text.
+
+The API key is read from the environment variable ``api_key_env`` when a request has to be sent
+(a fully cached call needs no key; a loopback ``base_url`` needs none). It is never stored on the
+backend and is removed from every error text; logs, exceptions, cache rows, stats and
+``identity()`` never contain it.
+
+``timeout`` bounds each socket operation (connect, send, each read), not the whole request.
+Connections are kept alive and reused within one ``chat`` call; ``HTTPS_PROXY`` / ``HTTP_PROXY`` /
+``NO_PROXY`` from the environment are honoured (never for loopback addresses).
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import http.client
+import ipaddress
+import json
+import logging
+import numbers
+import os
+import random
+import threading
+import time
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import replace
+
+from thresher.errors import ConfigError
+from thresher.models.chat import ChatRequest, ChatResult, ChatStats
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = frozenset({408, 409, 425, 429})          # plus every 5xx
+FATAL_STATUS = frozenset({401, 403, 404})                # concern every request: stop sending
+MAX_RETRY_AFTER = 600.0                                  # a longer Retry-After is taken as 600 s
+_PROGRESS_SECONDS = 15.0
+
+
+# --------------------------------------------------------------------------- small helpers
+
+def retry_after_seconds(headers, now: float | None = None) -> float | None:
+    """Seconds to wait from ``Retry-After`` (delta-seconds or HTTP date) or ``retry-after-ms``.
+
+    ``headers``: a mapping with ``.get`` (case-insensitive, e.g. an http.client message) or a
+    plain dict. ``now``: the current Unix time, for dates (default ``time.time()``). Returns None
+    when no usable header is present; the result is clipped to [0, MAX_RETRY_AFTER].
+    """
+    ms, value, secs = _header(headers, "retry-after-ms"), _header(headers, "retry-after"), None
+    if ms is not None:
+        try:
+            secs = float(ms) / 1000.0
+        except ValueError:
+            secs = None
+    if secs is None and value is not None:
+        value = value.strip()
+        try:
+            secs = float(value)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                return None
+            if when is None or when.tzinfo is None:
+                return None
+            secs = when.timestamp() - (time.time() if now is None else now)
+    if secs is None or secs != secs:          # absent or NaN
+        return None
+    return min(max(secs, 0.0), MAX_RETRY_AFTER)
+
+
+def _header(headers, name: str):
+    """A header value by case-insensitive name (http.client messages are; plain dicts are not)."""
+    value = headers.get(name)
+    if value is None and isinstance(headers, dict):
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (attempt 0 = first retry)."""
+    return rng.uniform(0.0, min(cap, base * 2.0 ** min(attempt, 60)))
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_completion(data) -> tuple[str, int, int]:
+    """(text, prompt_tokens, completion_tokens) of a chat-completions reply; ValueError if unusable."""
+    try:
+        text = data["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError("reply has no choices[0].message.content") from None
+    if not isinstance(text, str):
+        raise ValueError(f"choices[0].message.content is {type(text).__name__}, not a string")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    pt, ct = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+    pt = int(pt) if isinstance(pt, numbers.Real) and not isinstance(pt, bool) else 0
+    ct = int(ct) if isinstance(ct, numbers.Real) and not isinstance(ct, bool) else 0
+    return text, pt, ct
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None, rate_limited: bool = False):
+        super().__init__(message)
+        self.retry_after, self.rate_limited = retry_after, rate_limited
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, fatal: bool):
+        super().__init__(message)
+        self.fatal = fatal
+
+
+class _Connections:
+    """Keep-alive HTTP(S) connections for one ``chat`` call, each used by one thread at a time."""
+
+    def __init__(self, url: urllib.parse.SplitResult, timeout: float):
+        self.https = url.scheme == "https"
+        self.host, self.port, self.timeout = url.hostname, url.port, timeout
+        self.path = url.path.rstrip("/") + "/chat/completions"
+        self.proxy, self.proxy_headers = None, {}
+        proxy = None if is_loopback(self.host) else urllib.request.getproxies().get(url.scheme)
+        if proxy and not urllib.request.proxy_bypass(self.host):
+            p = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+            self.proxy = (p.hostname, p.port or 8080)
+            if p.username:
+                cred = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
+                self.proxy_headers = {"Proxy-Authorization": "Basic " + base64.b64encode(cred.encode()).decode()}
+            if not self.https:    # plain HTTP through a proxy: absolute URL as the request target
+                self.path = f"http://{url.netloc.rsplit('@', 1)[-1]}{self.path}"
+        self._idle: list[http.client.HTTPConnection] = []
+        self._all: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> http.client.HTTPConnection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        if self.proxy and self.https:
+            conn = http.client.HTTPSConnection(*self.proxy, timeout=self.timeout)
+            conn.set_tunnel(self.host, self.port, headers=self.proxy_headers)
+        elif self.proxy:
+            conn = http.client.HTTPConnection(*self.proxy, timeout=self.timeout)
+        elif self.https:
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    def put(self, conn) -> None:
+        with self._lock:
+            self._idle.append(conn)
+
+    def close_all(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all, self._idle = [], []
+
+
+class _Abort:
+    """First fatal refusal (401/403/404) of a call: the requests not yet sent are not sent."""
+
+    def __init__(self):
+        self.message: str | None = None
+
+
+# --------------------------------------------------------------------------- the backend
+
+def _bad(param: str, must: str, got) -> ConfigError:
+    return ConfigError(f"The '{param}' parameter of OpenAIChat must be {must}. Got {got!r}.")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and x == x
+
+
+class OpenAIChat:
+    """Chat backend for an OpenAI-compatible HTTP API. Cheap to construct; no network until ``chat``.
+
+    Parameters: ``model`` (sent as is), ``base_url`` (up to and including the version, e.g.
+    ``https://api.openai.com/v1``), ``api_key_env`` (name of the environment variable holding the
+    key), ``concurrency`` (requests in flight), ``max_retries`` (retries after the first attempt),
+    ``timeout`` (seconds per socket operation), ``cache_path`` (SQLite request cache, or None),
+    ``price_input_per_1m`` / ``price_output_per_1m`` (cost per million prompt / completion tokens),
+    ``backoff_base`` / ``backoff_max`` (seconds; the backoff cap of attempt a is
+    min(backoff_max, backoff_base * 2**a)).
+    """
+
+    def __init__(self, model: str, *, base_url: str = "https://api.openai.com/v1",
+                 api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8, max_retries: int = 6,
+                 timeout: float = 60.0, cache_path=None, price_input_per_1m: float = 0.0,
+                 price_output_per_1m: float = 0.0, backoff_base: float = 1.0, backoff_max: float = 60.0):
+        if not isinstance(model, str) or not model.strip():
+            raise _bad("model", "a non-empty string", model)
+        if not isinstance(base_url, str):
+            raise _bad("base_url", "an http:// or https:// URL", base_url)
+        url = urllib.parse.urlsplit(base_url.strip())
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise _bad("base_url", "an http:// or https:// URL such as 'https://api.openai.com/v1'", base_url)
+        if url.username or url.password or url.query or url.fragment:
+            raise ConfigError("The 'base_url' parameter of OpenAIChat must not contain credentials, a query "
+                              "or a fragment; give the key through the environment variable named by "
+                              "'api_key_env'.")
+        if not isinstance(api_key_env, str) or not api_key_env.strip():
+            raise _bad("api_key_env", "the name of an environment variable", api_key_env)
+        if not _is_int(concurrency) or concurrency < 1:
+            raise _bad("concurrency", "an int >= 1", concurrency)
+        if not _is_int(max_retries) or max_retries < 0:
+            raise _bad("max_retries", "an int >= 0", max_retries)
+        if not _is_real(timeout) or timeout <= 0:
+            raise _bad("timeout", "a number of seconds > 0", timeout)
+        for name, value in (("price_input_per_1m", price_input_per_1m),
+                            ("price_output_per_1m", price_output_per_1m),
+                            ("backoff_base", backoff_base), ("backoff_max", backoff_max)):
+            if not _is_real(value) or value < 0:
+                raise _bad(name, "a number >= 0", value)
+        self.model = model
+        self.base_url = urllib.parse.urlunsplit(url).rstrip("/")
+        self._url = urllib.parse.urlsplit(self.base_url)
+        self.api_key_env = api_key_env.strip()
+        self.concurrency, self.max_retries, self.timeout = int(concurrency), int(max_retries), float(timeout)
+        self.cache_path = None if cache_path is None else os.fspath(cache_path)
+        self.price_input_per_1m, self.price_output_per_1m = float(price_input_per_1m), float(price_output_per_1m)
+        self.backoff_base, self.backoff_max = float(backoff_base), float(backoff_max)
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._lock = threading.Lock()
+        self._stats = ChatStats(extra={"deduplicated": 0})
+        self._cache = None
+        self._pause_until = 0.0               # time.monotonic() before which nothing is sent (429)
+        self._rng = random.Random()
+
+    # Picklable for worker processes: locks, the SQLite connection and the RNG are rebuilt.
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("_lock", "_stats", "_cache", "_pause_until", "_rng")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    def __repr__(self) -> str:
+        return (f"OpenAIChat({self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r}, "
+                f"concurrency={self.concurrency})")
+
+    # ------------------------------------------------------------------ protocol
+    def identity(self) -> str:
+        return f"api:{self.base_url}:{self.model}"
+
+    def stats(self) -> dict:
+        with self._lock:
+            return replace(self._stats, extra=dict(self._stats.extra)).as_dict()
+
+    def close(self) -> None:
+        """Close the request cache (it is reopened by the next ``chat``)."""
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+    def chat(self, requests) -> list[ChatResult]:
+        """Results in the order of ``requests``; a request that fails is ``text=None`` plus ``error``."""
+        requests = list(requests)
+        for i, r in enumerate(requests):
+            if not isinstance(r, ChatRequest):
+                raise TypeError(f"OpenAIChat.chat expects a list of ChatRequest; item {i} is "
+                                f"{type(r).__name__}.")
+        ident = self.identity()
+        keys = [r.key(ident) for r in requests]
+        unique = dict(zip(keys, requests))                   # first request per key, in order
+        found = self._open_cache().get_many(unique) if self.cache_path else {}
+        todo = {k: r for k, r in unique.items() if k not in found}
+        log.info("%s: %d requests: %d from cache, %d duplicates merged, %d to send (concurrency %d)",
+                 ident, len(requests), sum(k in found for k in keys), len(keys) - len(unique),
+                 len(todo), self.concurrency)
+        fresh = self._send_all(todo) if todo else {}
+        # Each position gets its own copy: callers may annotate results without aliasing.
+        results = [replace(found[k]) if k in found else replace(fresh[k]) for k in keys]
+        with self._lock:
+            s = self._stats
+            s.requests += len(results)
+            s.cached += sum(r.cached for r in results)
+            s.failed += sum(r.text is None for r in results)
+            s.extra["deduplicated"] += len(keys) - len(unique)
+        return results
+
+    # ------------------------------------------------------------------ internals
+    def _open_cache(self):
+        if self._cache is None:
+            from thresher.models.request_cache import RequestCache
+            self._cache = RequestCache(self.cache_path)
+        return self._cache
+
+    def _api_key(self) -> str | None:
+        """The key from the environment (None on loopback without one); never stored on self."""
+        key = os.environ.get(self.api_key_env, "").strip()
+        if not key:
+            if is_loopback(self._url.hostname):
+                return None
+            raise ConfigError(f"The environment variable {self.api_key_env} holding the API key for "
+                              f"{self.base_url} is not set (or empty). Set it, or pass "
+                              f"api_key_env='NAME' to read the key from another variable.")
+        if not all(33 <= ord(c) < 127 for c in key):
+            # Do not let http.client put the key into a header-validation error message.
+            raise ConfigError(f"The environment variable {self.api_key_env} holds spaces, control or "
+                              f"non-ASCII characters, which an API key cannot contain. Check its value.")
+        return key
+
+    def _send_all(self, todo: dict[str, ChatRequest]) -> dict[str, ChatResult]:
+        key = self._api_key()
+        headers = {"Content-Type": "application/json", "Accept": "application/json",
+                   "User-Agent": "thresher-judge"}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        conns, abort = _Connections(self._url, self.timeout), _Abort()
+        out: dict[str, ChatResult] = {}
+        cache = self._open_cache() if self.cache_path else None
+        t0 = last_log = time.monotonic()
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(todo)),
+                                  thread_name_prefix="thresher-api")
+        try:
+            futures = {pool.submit(self._request, r, conns, headers, key, abort): k for k, r in todo.items()}
+            for fut in as_completed(futures):
+                k = futures[fut]
+                out[k] = res = fut.result()
+                if cache is not None and res.text is not None:
+                    cache.put(k, res)                        # committed now: survives a kill
+                if time.monotonic() - last_log >= _PROGRESS_SECONDS:
+                    last_log = time.monotonic()
+                    log.info("%s: %d/%d sent requests done, %.1f requests/s", self.identity(), len(out),
+                             len(todo), len(out) / (last_log - t0))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            conns.close_all()
+        failed = [r for r in out.values() if r.text is None]
+        (log.warning if failed else log.info)(
+            "%s: %d sent requests done in %.1f s, %d failed%s", self.identity(), len(out),
+            time.monotonic() - t0, len(failed), f" (first error: {failed[0].error})" if failed else "")
+        return out
+
+    def _payload(self, r: ChatRequest) -> bytes:
+        body = {"model": self.model, "messages": r.as_messages(), "max_tokens": r.max_tokens,
+                "temperature": r.temperature, "top_p": r.top_p}
+        if r.seed is not None:
+            body["seed"] = r.seed
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+    def _request(self, r: ChatRequest, conns: _Connections, headers: dict, key: str | None,
+                 abort: _Abort) -> ChatResult:
+        """One request with retries; never raises for an HTTP or network failure."""
+        body, last = self._payload(r), None
+        for attempt in range(self.max_retries + 1):
+            if abort.message is not None:
+                return ChatResult(None, error=f"not sent: {abort.message}")
+            self._wait_for_pause()
+            with self._lock:
+                self._stats.calls += 1
+                self._stats.retries += attempt > 0
+            try:
+                text, pt, ct = self._post(conns, body, headers, key)
+            except _Refused as e:
+                if e.fatal and abort.message is None:
+                    abort.message = str(e)
+                    log.error("%s", e)
+                return ChatResult(None, error=str(e))
+            except _Retryable as e:
+                last = e
+                if attempt == self.max_retries:
+                    break
+                wait = backoff_delay(attempt, self.backoff_base, self.backoff_max, self._rng)
+                if e.retry_after is not None:
+                    wait = max(wait, e.retry_after)
+                    if e.rate_limited:
+                        self._pause(e.retry_after)
+                log.debug("%s: retry %d/%d in %.2f s after: %s", self.identity(), attempt + 1,
+                          self.max_retries, wait, e)
+                time.sleep(wait)
+                continue
+            cost = (pt * self.price_input_per_1m + ct * self.price_output_per_1m) / 1e6
+            with self._lock:
+                self._stats.prompt_tokens += pt
+                self._stats.completion_tokens += ct
+                self._stats.cost += cost
+            return ChatResult(text, prompt_tokens=pt, completion_tokens=ct)
+        msg = f"gave up after {self.max_retries + 1} attempts; last error: {last}"
+        log.debug("%s: %s", self.identity(), msg)
+        return ChatResult(None, error=msg)
+
+    def _pause(self, seconds: float) -> None:
+        with self._lock:
+            self._pause_until = max(self._pause_until, time.monotonic() + seconds)
+
+    def _wait_for_pause(self) -> None:
+        while True:
+            with self._lock:
+                left = self._pause_until - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(left)
+
+    def _post(self, conns: _Connections, body: bytes, headers: dict, key: str | None) -> tuple[str, int, int]:
+        """One HTTP attempt -> (text, prompt_tokens, completion_tokens); raises _Retryable / _Refused."""
+        where = f"{self.base_url}/chat/completions"
+        conn = conns.get()
+        try:
+            conn.request("POST", conns.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()                     # http.client.IncompleteRead if the body is cut short
+        except TimeoutError:
+            conn.close()
+            raise _Retryable(f"no reply from {where} within the {self.timeout:g} s timeout") from None
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise _Retryable(_scrub(f"request to {where} failed: {type(e).__name__}: {e}", key)) from None
+        conns.put(conn)
+        status = resp.status
+        if 200 <= status < 300:
+            try:
+                return parse_completion(json.loads(raw))
+            except ValueError as e:               # json.JSONDecodeError is a ValueError
+                raise _Retryable(f"malformed reply from {where} (HTTP {status}, {len(raw)} bytes): "
+                                 f"{_scrub(str(e), key)}") from None
+        detail = _scrub(_error_detail(raw), key)
+        if status in RETRY_STATUS or status >= 500:
+            after = retry_after_seconds(resp.headers) if status in (429, 503) else None
+            raise _Retryable(f"HTTP {status} from {where}: {detail}", after, rate_limited=status == 429)
+        if status in (401, 403):
+            raise _Refused(f"the API key from environment variable {self.api_key_env} was rejected by "
+                           f"{where} (HTTP {status}): {detail}", fatal=True)
+        if status == 404:
+            raise _Refused(f"HTTP 404 from {where}: model {self.model!r} or the endpoint was not found; "
+                           f"check 'model' and 'base_url' ({detail})", fatal=True)
+        raise _Refused(f"HTTP {status} from {where} (not retried): {detail}", fatal=False)
+
+
+def _error_detail(raw: bytes, limit: int = 300) -> str:
+    """The server's error message (OpenAI's {"error": {"message": ...}}) or the start of the body."""
+    text = raw.decode("utf-8", "replace")
+    try:
+        err = json.loads(text).get("error")
+        msg = err.get("message") if isinstance(err, dict) else err
+        if isinstance(msg, str) and msg:
+            text = msg
+    except (ValueError, AttributeError):
+        pass
+    text = " ".join(text.split())
+    return (text[:limit] + "...") if len(text) > limit else (text or "(empty body)")
+
+
+def _scrub(text: str, key: str | None) -> str:
+    """Remove the API key from a text that may echo it (some servers quote the key they got)."""
+    return text.replace(key, "[redacted]") if key else text

@@ -1,0 +1,62 @@
+"""Choosing and building the chat backend of LLM-judge scorers from a ``JudgeConfig``.
+
+kind "local": the run's own Hugging Face model (or ``model``), batched generation and logit rating;
+kind "api":   any OpenAI-compatible HTTP API (hosted, a vLLM or Ollama-style server), with retries,
+              a per-request SQLite cache under the thresher cache dir, token and cost accounting;
+kind "vllm":  vLLM in-process (optional extra, imported only when chosen; needs a GPU).
+The API key is read from the environment variable ``api_key_env`` at call time and never stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from thresher.config import build, choice
+from thresher.errors import ConfigError
+
+
+@dataclass
+class JudgeConfig:
+    kind: str = choice("local", "local", "api", "vllm")
+    model: str | None = None               # local/vllm: default the run's model; api: required
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    max_retries: int = 6
+    timeout: float = 60.0
+    price_input_per_1m: float = 0.0        # for the cost line of the summary
+    price_output_per_1m: float = 0.0
+    cache: str | None = None               # api request cache file (default <cache dir>/judge/requests.sqlite)
+
+    def check(self, owner):
+        if self.kind == "api" and not self.model:
+            raise ConfigError(f"{owner}: an API judge needs a model name (judge.model, or --judge-model), "
+                              "e.g. gpt-4o-mini.")
+        if self.concurrency < 1:
+            raise ConfigError(f"The 'concurrency' parameter of {owner} must be an int >= 1. Got {self.concurrency}.")
+        if self.max_retries < 0:
+            raise ConfigError(f"The 'max_retries' parameter of {owner} must be an int >= 0. Got {self.max_retries}.")
+
+
+def make_judge(spec: dict, ctx):
+    """The chat backend described by ``spec`` (JudgeConfig fields); ``ctx`` lends its local model."""
+    cfg = build(JudgeConfig, spec, "judge")
+    if cfg.kind == "local":
+        from thresher.models.local_judge import LocalChat
+        if cfg.model in (None, ctx.model):
+            return LocalChat(ctx.lm())
+        return LocalChat(cfg.model, device=ctx.device, dtype=ctx.dtype, max_batch_tokens=ctx.max_batch_tokens)
+    if cfg.kind == "api":
+        from thresher.models.api import OpenAIChat
+        from thresher.models.bundled import cache_dir
+        cache = cfg.cache or str(cache_dir() / "judge" / "requests.sqlite")
+        return OpenAIChat(cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env,
+                          concurrency=cfg.concurrency, max_retries=cfg.max_retries, timeout=cfg.timeout,
+                          cache_path=cache, price_input_per_1m=cfg.price_input_per_1m,
+                          price_output_per_1m=cfg.price_output_per_1m)
+    from thresher.models.vllm_chat import VLLMChat
+    return VLLMChat(cfg.model or ctx.model, dtype=ctx.dtype)
+
+
+def describe(spec: dict) -> dict:
+    return asdict(build(JudgeConfig, spec, "judge"))

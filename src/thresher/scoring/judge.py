@@ -1,0 +1,161 @@
+"""LLM-judge ratings: AlpaGasus (0-5), DS2 (four 1-10 ratings, overall compressed to 0-5), DEITA
+complexity and quality (1-6), or any user prompt file (METHODS.md 2.2, 6.1, 6.2).
+
+The judge is the run's chat backend (``ModelContext.judge()``: local model, OpenAI-compatible API or
+vLLM). Two modes:
+  generate  the judge writes an answer, which the prompt's parser reads. An answer that cannot be read
+            is NaN with status "unparsed" (counted in the summary); ``on_unparsed: zero`` reproduces
+            DS2's faithful behaviour (a failed rating becomes the lowest class). A request that fails
+            outright (retries exhausted) is NaN with status "failed: ...".
+  logits    one forward pass reads the next-token distribution over the prompt's labels (e.g. "0".."5"):
+            ``rating`` = expected score, ``rating_argmax``, ``label_mass`` = probability the model put on
+            the labels at all. Deterministic; local judges only. For DS2 the answer is primed with
+            '{"Overall rating": ' and the most probable of "1".."9" is compressed (a leading "1" also
+            stands for 10, which the compression would map to 5: a small, documented ambiguity).
+  auto      (default) logits when the judge is local and the prompt has labels, else generate.
+Columns: ``rating`` (main; higher = better; DS2: the compressed 0-5 class), ``judge_text``, ``status``, and
+for DS2 ``rarity``, ``complexity``, ``informativeness``, ``overall`` (1-10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from thresher.config import choice
+from thresher.data.table import Dataset
+from thresher.data.templates import instruction_and_input
+from thresher.errors import ConfigError
+from thresher.models.chat import ChatRequest
+from thresher.scoring.base import Scorer
+from thresher.scoring.prompts import load_prompt, parse_ds2, parse_first_number, prompt_sha
+
+
+@dataclass
+class JudgeParams:
+    prompt: str = "alpagasus"          # packaged prompt name or a path to a YAML prompt file
+    mode: str = choice("auto", "auto", "generate", "logits")   # auto: logits on a local judge when the prompt has labels
+    max_tokens: int = 128
+    temperature: float = 0.0           # DS2's open-model rating sampled at 1.2; 0 = reproducible
+    top_p: float = 1.0
+    seed: int | None = None
+    on_unparsed: str = choice("nan", "nan", "zero")
+    turns: str = choice("last", "last", "first")
+    dimension: str = "accuracy"        # AlpaGasus's rated dimension
+    prefix: str = ""                   # column name prefix, for two judges in one stage (DEITA: complexity_, quality_)
+
+    def check(self, owner):
+        p = load_prompt(self.prompt)
+        if self.mode == "logits" and not p.labels:
+            raise ConfigError(f"{owner}: mode 'logits' needs a prompt with 'labels' (one token each); prompt "
+                              f"{p.name!r} has none. Use mode: generate.")
+        if p.parser in ("pair", "tags"):
+            raise ConfigError(f"{owner}: prompt {p.name!r} is a {p.parser!r} prompt; the judge scorer rates single "
+                              "samples (use the opencs scorers for tags and pairs).")
+        if self.max_tokens < 1:
+            raise ConfigError(f"The 'max_tokens' parameter of {owner} must be an int >= 1. Got {self.max_tokens}.")
+
+
+def sample_fields(messages: list[dict], meta: dict, turns: str) -> dict | None:
+    """Prompt slots of one row: instruction, input, response, conversation; None without a response."""
+    from thresher.data import split_turns
+
+    units = split_turns(messages, turns)
+    if not units:
+        return None
+    context, response = units[0]
+    ins, inp = instruction_and_input(context, meta)
+    shown = context + [{"role": "assistant", "content": response}]
+    conversation = "".join(f"### {m['role']}: {m['content']}\n" for m in shown)
+    return {"instruction": ins, "input": inp, "response": response, "conversation": conversation}
+
+
+class JudgeRatingScorer(Scorer):
+    """LLM-judge rating of each sample (AlpaGasus, DS2, DEITA prompts or your own)."""
+
+    name = "judge"
+    version = "1"
+    Params = JudgeParams
+    main_column = "rating"
+    higher_is_better = True
+    uses = ("judge",)
+    produces = {"rating": "the judge's score (prompt's scale; DS2: compressed 0-5); NaN = unreadable",
+                "judge_text": "the judge's answer (generate mode)", "status": "ok | unparsed | failed: ...",
+                "rating_argmax": "logits mode: most probable label", "label_mass": "logits mode: P(any label)",
+                "rarity": "DS2 1-10", "complexity": "DS2 1-10", "informativeness": "DS2 1-10",
+                "overall": "DS2 overall 1-10 before compression"}
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.main_column = self.params.prefix + "rating"
+
+    def param_dict(self) -> dict:
+        # The prompt file's content is part of the cache key: editing a prompt re-rates.
+        return {**super().param_dict(), "prompt_sha": prompt_sha(self.params.prompt)}
+
+    def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
+        cols = self._score(rows)
+        return {self.params.prefix + k: v for k, v in cols.items()}
+
+    def _score(self, rows: Dataset) -> dict[str, np.ndarray]:
+        p = self.params
+        prompt = load_prompt(p.prompt)
+        fields = [sample_fields(m, meta, p.turns) for m, meta in zip(rows.messages, rows.meta)]
+        todo = [i for i, f in enumerate(fields) if f is not None]
+        msgs = [prompt.render(**fields[i], dimension=p.dimension) for i in todo]
+        n = len(rows)
+        status = np.full(n, "no response to rate", dtype=object)
+        judge = self.ctx.judge()
+        if p.mode == "logits" or (p.mode == "auto" and prompt.labels and hasattr(judge, "rate")):
+            return self._logits(judge, prompt, msgs, todo, n, status)
+        reqs = [ChatRequest.of(m, max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, seed=p.seed)
+                for m in msgs]
+        results = judge.chat(reqs) if reqs else []
+        texts = np.full(n, "", dtype=object)
+        cols = {k: np.full(n, np.nan) for k in ("rating", "rarity", "complexity", "informativeness", "overall")}
+        for i, res in zip(todo, results):
+            if res.text is None:
+                status[i] = f"failed: {res.error}"
+                continue
+            texts[i] = res.text
+            self.tokens_processed += res.prompt_tokens + res.completion_tokens
+            if prompt.parser == "ds2_json":
+                r, c, inf, overall = parse_ds2(res.text)
+                cols["rarity"][i], cols["complexity"][i], cols["informativeness"][i] = r, c, inf
+                cols["overall"][i] = overall
+                value = overall
+            else:
+                value = parse_first_number(res.text, prompt.scale)
+            status[i] = "ok" if np.isfinite(value) else "unparsed"
+            cols["rating"][i] = value
+        if prompt.parser == "ds2_json":
+            from thresher.scoring.curation import ds2_compress
+            cols["rating"] = ds2_compress(cols["overall"], failed=p.on_unparsed)
+        elif p.on_unparsed == "zero":
+            bad = (status == "unparsed")
+            cols["rating"][bad] = prompt.scale[0] if prompt.scale else 0.0
+        out = {"rating": cols["rating"], "judge_text": texts.astype(str), "status": status.astype(str)}
+        if prompt.parser == "ds2_json":
+            out.update({k: cols[k] for k in ("rarity", "complexity", "informativeness", "overall")})
+        return out
+
+    def _logits(self, judge, prompt, msgs, todo, n, status):
+        if not hasattr(judge, "rate"):
+            raise ConfigError(f"Judge scorer mode 'logits' needs a local judge that exposes next-token "
+                              f"probabilities; the configured judge ({judge.identity()}) returns text only. "
+                              "Use mode: generate, or judge kind: local.")
+        rating, argmax, mass = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        if msgs:
+            reqs = [ChatRequest.of(m, max_tokens=1) for m in msgs]
+            res = judge.rate(reqs, list(prompt.labels), answer_prefix=prompt.answer_prefix)
+            idx = np.asarray(todo)
+            rating[idx], argmax[idx], mass[idx] = res["expected"], res["argmax"], res["mass"]
+            status[idx] = "ok"
+        out = {"rating": rating, "rating_argmax": argmax, "label_mass": mass, "status": status.astype(str)}
+        if prompt.parser == "ds2_json":
+            # DS2 needs integer classes: the most probable overall rating, compressed to 0-5.
+            from thresher.scoring.curation import ds2_compress
+            out["overall"] = argmax
+            out["rating"] = ds2_compress(argmax, failed=self.params.on_unparsed)
+        return out

@@ -1,0 +1,132 @@
+"""LLM-judge scoring end to end.
+
+API judge: `thresher run` against a real OpenAI-compatible HTTP server on loopback (tests/fake_openai.py)
+that injects 429 with Retry-After, 500, a hang past the client timeout, malformed and truncated bodies,
+and a non-numeric rating. The run is killed with SIGKILL mid-way and restarted: no sample is lost, no
+prompt is billed twice, finished prompts are never requested again, and the ratings equal the server's
+deterministic answers. Local judge: the packaged recipes run on the bundled model on short real records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from fake_openai import FakeOpenAI, prompt_hash, rating_of
+from test_engine import ALPACA
+from thresher.data import load
+from thresher.scoring.judge import sample_fields
+from thresher.scoring.prompts import load_prompt
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = {"name": "ten", "parser": "first_number", "scale": [1, 10],
+          "user": "Rate this response from 1 to 10.\nInstruction: {{instruction}} {{input}}\nResponse: {{response}}"}
+
+
+def _records(n: int) -> list[dict]:
+    return [{**ALPACA[i % len(ALPACA)], "instruction": f"{ALPACA[i % len(ALPACA)]['instruction']} (#{i})"}
+            for i in range(n)]
+
+
+def _user_texts(path: Path, prompt_path: Path) -> list[str]:
+    ds, prompt = load(path), load_prompt(str(prompt_path))
+    return [prompt.render(**sample_fields(m, meta, "last"), dimension="accuracy")[-1]["content"]
+            for m, meta in zip(ds.messages, ds.meta)]
+
+
+def _run(recipe: Path, data: Path, out: Path, cache: Path) -> subprocess.Popen:
+    env = {**os.environ, "THRESHER_CACHE": str(cache), "PYTHONPATH": str(ROOT / "src")}
+    env.pop("OPENAI_API_KEY", None)
+    return subprocess.Popen([sys.executable, "-m", "thresher", "run", str(recipe), "--data", str(data),
+                             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_api_rating_run_survives_faults_and_kill(tmp_path):
+    data, prompt_file = tmp_path / "data.json", tmp_path / "ten.yaml"
+    data.write_text(json.dumps(_records(40)))
+    prompt_file.write_text(yaml.safe_dump(PROMPT))
+    users = _user_texts(data, prompt_file)
+    faults = {users[1]: ["429:0.5", "500"], users[2]: ["hang"], users[3]: ["malformed"],
+              users[4]: ["truncated", "503"], users[30]: ["500", "500", "500"]}
+    with FakeOpenAI(latency=0.12, faults=faults, nonnumeric={users[5]}, hang_seconds=3.0) as srv:
+        recipe = tmp_path / "api.yaml"
+        recipe.write_text(yaml.safe_dump({
+            "name": "api-rating", "shard_size": 4,
+            "judge": {"kind": "api", "model": "fake-judge", "base_url": srv.url, "concurrency": 2,
+                      "timeout": 1.0, "max_retries": 6},
+            "stages": [{"name": "rate", "score": [{"scorer": "judge", "params": {"prompt": str(prompt_file),
+                                                                                "mode": "generate"}}],
+                        "select": {"selector": "top_k", "params": {"ratio": 0.5}}}]}))
+        out, cache = tmp_path / "run", tmp_path / "cache"
+        proc = _run(recipe, data, out, cache)
+        deadline = time.monotonic() + 60
+        while sum(srv.billed.values()) < 14 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.5)                      # let replies to the dead client's in-flight requests settle
+        killed_at = time.monotonic()
+        done_before = {h for h, n in srv.billed.items() if n}
+        assert 14 <= len(done_before) < 40, "the kill must land mid-run"
+
+        proc = _run(recipe, data, out, cache)
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        after = [r for r in srv.records if r["t_arrival"] > killed_at]
+
+    # Every prompt billed; finished prompts never asked again. The only exception a kill allows: the
+    # requests in flight at that moment (at most `concurrency` = 2), answered but never received.
+    asked_again = {r["prompt"] for r in after} & done_before
+    assert len(asked_again) <= 2
+    assert set(srv.billed) == {prompt_hash(u) for u in users}
+    assert sum(srv.billed.values()) == 40 + len(asked_again)
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert len(scores) == 40
+    expected = np.array([math.nan if i == 5 else float(rating_of(u)) for i, u in enumerate(users)])
+    np.testing.assert_array_equal(scores["rating"].to_numpy(), expected)
+    assert scores["status"].tolist() == ["unparsed" if i == 5 else "ok" for i in range(40)]
+    summary = json.loads((out / "summary.json").read_text())
+    stage = summary["stages"][0]
+    assert stage["columns"]["rating"]["nan"] == 1 and stage["columns"]["rating"]["nan_reasons"] == {"unparsed": 1}
+    assert stage["selected"] == 20
+    assert "judge:" in stdout and "unparsed: 1" in stdout
+
+
+def test_prompt_hash_matches_server():
+    # The server keys its records by this hash of the last user message: the test above relies on it.
+    assert prompt_hash("abc") == prompt_hash("abc") and prompt_hash("abc") != prompt_hash("abd")
+
+
+@pytest.fixture(scope="module")
+def short_alpaca(tmp_path_factory):
+    path = tmp_path_factory.mktemp("alpaca") / "short.json"
+    path.write_text(json.dumps(ALPACA[:12]))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe,column,lo,hi", [("alpagasus", "rating", 0, 5), ("ds2", "ds2_score", 0, 5),
+                                                 ("deita", "quality_rating", 1, 6)])
+def test_local_judge_recipes_run_on_bundled_model(recipe, column, lo, hi, short_alpaca, tmp_path, cache_root):
+    from thresher.cli import main
+
+    out = tmp_path / recipe
+    assert main(["-q", "run", recipe, "--data", str(short_alpaca), "--out", str(out), "--cache-dir", cache_root]) == 0
+    scores = pd.read_parquet(out / "scores.parquet")
+    v = scores[column].to_numpy(dtype=float)
+    assert len(v) == 12 and np.isfinite(v).all() and (v >= lo).all() and (v <= hi).all()
+    assert len(set(np.round(v, 6))) > 1, "a judge that gives every sample the same score is not rating"
+    selected = (out / "selected_ids.txt").read_text().split()
+    assert 1 <= len(selected) <= 2 and set(selected) <= set(scores["id"])
