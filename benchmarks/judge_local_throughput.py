@@ -33,6 +33,7 @@ LABELS = [str(s) for s in range(6)]
 SYSTEM = "You review the response an AI assistant gave to an instruction."
 ASK = ("Rate the accuracy of the response on a scale from 0 to 5, where 5 is best. Write the score alone on "
        "the first line, then explain it in one sentence.")
+PREFIX = "Score: "
 RATING = re.compile(r"(?<![\d.])([0-5])(?![\d])")
 
 
@@ -57,10 +58,11 @@ def parse_rating(text: str | None) -> float:
     return float(m.group(1)) if m else np.nan
 
 
-def timed(fn):
-    t = time.perf_counter()
+def timed(judge: LocalChat, fn):
+    """fn's result, its seconds, and the batches (forward or generation) it ran."""
+    calls, t = judge.stats()["calls"], time.perf_counter()
     out = fn()
-    return out, time.perf_counter() - t
+    return out, time.perf_counter() - t, judge.stats()["calls"] - calls
 
 
 def main(argv=None) -> None:
@@ -84,36 +86,39 @@ def main(argv=None) -> None:
     print(f"{len(reqs)} ShareGPT samples, {lm.device} {lm.dtype}, torch threads "
           f"{__import__('torch').get_num_threads()}, max_new_tokens {args.max_new_tokens}")
 
-    t_rate = t_gen = t_one = float("inf")
+    t_rate = t_pre = t_gen = t_one = float("inf")
     for _ in range(args.repeats):
-        rated, t = timed(lambda: batched.rate(reqs, LABELS))
+        rated, t, c_rate = timed(batched, lambda: batched.rate(reqs, LABELS))
         t_rate = min(t_rate, t)
-        gen, t = timed(lambda: batched.chat(reqs))
+        prefixed, t, c_pre = timed(batched, lambda: batched.rate(reqs, LABELS, answer_prefix=PREFIX))
+        t_pre = min(t_pre, t)
+        gen, t, c_gen = timed(batched, lambda: batched.chat(reqs))
         t_gen = min(t_gen, t)
-        one, t = timed(lambda: single.chat(reqs))
+        one, t, c_one = timed(single, lambda: single.chat(reqs))
         t_one = min(t_one, t)
 
     n = len(reqs)
     prompt_tok = np.mean([r.prompt_tokens for r in gen])
     new_tok = np.mean([r.completion_tokens for r in gen])
-    print(f"prompt tokens: mean {prompt_tok:.0f}; generated tokens: mean {new_tok:.1f}; batches: "
-          f"{batched.stats()['calls']} (batched judge, rating and generation) vs {single.stats()['calls']}")
-    print(f"{'method':34s} {'seconds':>8s} {'samples/s':>10s} {'vs one-at-a-time':>17s}")
-    for name, t in (("logit rating (1 forward)", t_rate), ("batched generation", t_gen),
-                    ("one-at-a-time generation", t_one)):
-        print(f"{name:34s} {t:8.2f} {n / t:10.2f} {t_one / t:16.2f}x")
+    print(f"prompt tokens: mean {prompt_tok:.0f}; generated tokens: mean {new_tok:.1f}")
+    print(f"{'method':34s} {'batches':>8s} {'seconds':>8s} {'samples/s':>10s} {'vs one-at-a-time':>17s}")
+    for name, t, c in (("logit rating (1 forward)", t_rate, c_rate),
+                       (f"logit rating, prefix {PREFIX!r}", t_pre, c_pre),
+                       ("batched generation", t_gen, c_gen), ("one-at-a-time generation", t_one, c_one)):
+        print(f"{name:34s} {c:8d} {t:8.2f} {n / t:10.2f} {t_one / t:16.2f}x")
     print(f"logit rating vs batched generation: {t_gen / t_rate:.2f}x")
 
     same = np.mean([a.text == b.text for a, b in zip(gen, one)])
     parsed = np.array([parse_rating(r.text) for r in gen])
     ok = ~np.isnan(parsed)
-    agree = np.mean(rated["argmax"][ok] == parsed[ok]) if ok.any() else float("nan")
     print(f"batched and one-at-a-time texts identical: {same:.0%}")
-    print(f"generated texts with a parsable 0-5 rating: {ok.mean():.0%}; logit argmax equals it on "
-          f"{agree:.0%} of those ({int(ok.sum())})")
-    print(f"logit rating: expected mean {np.nanmean(rated['expected']):.2f} (sd {np.nanstd(rated['expected']):.2f}),"
-          f" mass on the labels mean {np.nanmean(rated['mass']):.2f}, argmax counts "
-          f"{dict(zip(LABELS, np.bincount(rated['argmax'].astype(int), minlength=6).tolist()))}")
+    print(f"generated texts with a parsable 0-5 rating: {ok.mean():.0%} ({int(ok.sum())})")
+    for name, r in (("logit rating", rated), (f"logit rating, prefix {PREFIX!r}", prefixed)):
+        agree = np.mean(r["argmax"][ok] == parsed[ok]) if ok.any() else float("nan")
+        counts = np.bincount(r["argmax"].astype(int), minlength=6).tolist()
+        print(f"{name}: argmax equals the parsed generated rating on {agree:.0%}; expected mean "
+              f"{np.nanmean(r['expected']):.2f} (sd {np.nanstd(r['expected']):.2f}); mass on the labels mean "
+              f"{np.nanmean(r['mass']):.2f}; argmax counts {dict(zip(LABELS, counts))}")
     print("example generations:", [r.text for r in gen[:3]])
 
 

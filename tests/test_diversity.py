@@ -17,13 +17,7 @@ from thresher.selection.diversity import (
     opencs_select,
 )
 
-NAN = float("nan")
-
-
-def eq(a, b):
-    a = np.asarray(a)
-    assert a.dtype == np.int64, a.dtype
-    assert a.tolist() == list(b)
+from test_selection import NAN, eq   # shared: int64 indices equal to an expected list
 
 
 def unit(*degrees):

@@ -171,6 +171,8 @@ class LocalChat:
         """Token ids of each rendered prompt (left-truncated to fit) and a per-request error or None."""
         from jinja2 import TemplateError
 
+        if not requests:
+            return [], []
         texts, errors = [], []
         for r in requests:                                # templating is per conversation by nature
             try:
