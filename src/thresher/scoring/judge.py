@@ -151,7 +151,8 @@ class JudgeRatingScorer(Scorer):
             res = judge.rate(reqs, list(prompt.labels), answer_prefix=prompt.answer_prefix)
             idx = np.asarray(todo)
             rating[idx], argmax[idx], mass[idx] = res["expected"], res["argmax"], res["mass"]
-            status[idx] = "ok"
+            errors = res.get("error") or [None] * len(idx)
+            status[idx] = ["ok" if e is None else f"failed: {e}" for e in errors]
         out = {"rating": rating, "rating_argmax": argmax, "label_mass": mass, "status": status.astype(str)}
         if prompt.parser == "ds2_json":
             # DS2 needs integer classes: the most probable overall rating, compressed to 0-5.
