@@ -4,7 +4,7 @@ The reply to a request is a deterministic function of its last user message (``r
 rating 1..10 from a SHA-256 of the prompt on the first line, then a short explanation, with usage
 counts (prompt tokens = whitespace-separated words of all messages, completion tokens = words of
 the reply). Prompts listed in ``nonnumeric`` always get a well-formed reply whose text is not a
-number.
+number. In process, ``reply_fn(prompt) -> text`` replaces the rating reply (OpenCS tags and pairs).
 
 Faults, per prompt and attempt (attempt n = the n-th request this server saw for that prompt):
   * ``faults={prompt: [kind, kind, ...]}``: attempt i gets the i-th kind, later attempts are clean;
@@ -88,7 +88,7 @@ def _unit(seed: int, h: str, attempt: int) -> float:
 class FakeOpenAI:
     def __init__(self, *, latency: float = 0.0, faults: dict | None = None, rates: dict | None = None,
                  rate_attempts: int = 2, seed: int = 0, retry_after: float = 1.0, hang_seconds: float = 5.0,
-                 nonnumeric=(), api_key: str | None = None, log_path=None, port: int = 0):
+                 nonnumeric=(), api_key: str | None = None, log_path=None, port: int = 0, reply_fn=None):
         for kinds in (faults or {}).values():
             for k in kinds:
                 if k.split(":")[0] not in KINDS:
@@ -101,6 +101,7 @@ class FakeOpenAI:
         self.rates = dict(rates or {})
         self.retry_after, self.hang_seconds = retry_after, float(hang_seconds)
         self.nonnumeric = frozenset(nonnumeric)
+        self.reply_fn = reply_fn          # in-process only: prompt -> reply text (e.g. JSON tags, pair scores)
         self.api_key = api_key
         self.log_path = None if log_path is None else Path(log_path)
         self.records: list[dict] = []
@@ -152,6 +153,8 @@ class FakeOpenAI:
 
     # ------------------------------------------------------------------ behaviour
     def expected(self, prompt: str) -> str:
+        if self.reply_fn is not None:
+            return self.reply_fn(prompt)
         return reply_for(prompt, self.nonnumeric)
 
     def fault_for(self, h: str, attempt: int) -> str | None:

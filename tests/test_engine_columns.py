@@ -61,3 +61,22 @@ def test_missing_input_column_is_a_clear_error(ds16, ectx, tmp_path):
     with pytest.raises(ConfigError, match=r"'embedding'.*earlier"):
         score_dataset(ds16, make_scorer("knn"), ectx, cache_root=tmp_path,
                       inputs=pd.DataFrame({"id": ds16.ids, "rating": np.zeros(16)}))
+
+
+def test_recipe_check_catches_a_scorer_before_its_inputs():
+    from thresher.methods.recipe import check_recipe
+
+    stage = {"name": "s", "score": [{"scorer": "knn"}, {"scorer": "embedding"}],
+             "select": {"selector": "top_k", "params": {"ratio": 0.1, "higher_is_better": True}}}
+    with pytest.raises(ConfigError, match=r"score 0 \(knn\) reads column\(s\) 'embedding'"):
+        check_recipe({"name": "bad", "stages": [stage]}, "t")
+    stage["score"].reverse()
+    check_recipe({"name": "ok", "stages": [stage]}, "t")
+    # Prefixed judge columns count as produced (DEITA's two judges feed a column-reading scorer).
+    two = {"name": "s", "score": [{"scorer": "judge", "params": {"prompt": "ds2", "prefix": "x_"}},
+                                  {"scorer": "embedding"},
+                                  {"scorer": "ds2_curation", "params": {"rating_column": "x_rating"}}]}
+    check_recipe({"name": "ok2", "stages": [two]}, "t")
+    two["score"][2]["params"]["rating_column"] = "rating"
+    with pytest.raises(ConfigError, match="'rating'"):
+        check_recipe({"name": "bad2", "stages": [two]}, "t")

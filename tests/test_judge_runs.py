@@ -45,11 +45,11 @@ def _user_texts(path: Path, prompt_path: Path) -> list[str]:
             for m, meta in zip(ds.messages, ds.meta)]
 
 
-def _run(recipe: Path, data: Path, out: Path, cache: Path) -> subprocess.Popen:
+def _run(recipe, data: Path, out: Path, cache: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "THRESHER_CACHE": str(cache), "PYTHONPATH": str(ROOT / "src")}
     env.pop("OPENAI_API_KEY", None)
     return subprocess.Popen([sys.executable, "-m", "thresher", "run", str(recipe), "--data", str(data),
-                             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--out", str(out), *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
@@ -140,3 +140,102 @@ def test_local_judge_recipes_run_on_bundled_model(recipe, column, lo, hi, varies
         assert np.array_equal(scores["rating"].to_numpy(), np.clip(overall, 4, 9) - 4)
     selected = (out / "selected_ids.txt").read_text().split()
     assert 1 <= len(selected) <= 2 and set(selected) <= set(scores["id"])
+
+
+# ------------------------------------------------------------------------------------------- OpenCS
+TOPICS = [("translat", ["Translation"]), ("french", ["translation"]), ("sum", ["Math calculation!"]),
+          ("temperature", ["math calculations", "unit conversion"]), ("haiku", ["creative writing"]),
+          ("name", ["Creative Writing"]), ("noun", ["grammar explanation"]), ("antonym", ["grammar explanation"])]
+
+
+def _tag_reply(prompt: str) -> str:
+    if "[Instruction 1]:" in prompt:                        # a pair prompt: score each response
+        resp = [prompt.split(f"[Response {k}]: ", 1)[1].split("\n")[0] for k in (1, 2)]
+        return "Both are fine.\n" + "\n".join(f"[Response {k}]: [{_pair_score(r)}]" for k, r in zip((1, 2), resp))
+    ins = prompt.split("[begin]\n", 1)[1].split("\n[end]", 1)[0].lower()
+    tags = [t for key, ts in TOPICS if key in ins for t in ts] or ["question answering"]
+    tags.append(["step by step", "concise answer", "formal tone", "examples"][int(ins.split("(#")[1][:-1]) % 4])
+    if "#3)" in ins:
+        tags.append("one-off tag")                          # seen once: dropped by the frequency filter
+    body = json.dumps([{"tag": t, "explanation": "because"} for t in tags])
+    return f"Here are the tags:\n```json\n{body}\n```"
+
+
+def _pair_score(response: str) -> int:
+    return 10 + len(response.split("\n")[0]) % 90         # first line: all the fake judge reads of it
+
+
+def test_opencs_recipe_through_api_judge(tmp_path):
+    from thresher.data import load
+
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(_records(32)))
+    with FakeOpenAI(reply_fn=_tag_reply) as srv:
+        out, cache = tmp_path / "run", tmp_path / "cache"
+        proc = _run("opencs", data, out, cache, "--judge", "api", "--judge-model", "fake", "--judge-base-url",
+                    srv.url, "--set", "stages.0.select.params.per_cluster=2")
+        stdout, stderr = proc.communicate(timeout=240)
+        assert proc.returncode == 0, stderr
+    s = pd.read_parquet(out / "scores.parquet")
+    ds = load(data)
+    assert (s["status"] == "ok").all()
+    tags = [json.loads(t) for t in s["tags"]]
+    assert tags[3][-1] == "one-off tag"
+    sets = [tuple(json.loads(x)) for x in s["label_set"]]
+    assert all(sets) and len({c for st in sets for c in st}) <= 8
+    # Same normalised tags -> same label set ("Math calculation!" and "math calculations" stem alike).
+    norm = {}
+    for i, t in enumerate(tags):
+        from thresher.scoring.tags import normalise_tag
+        key = tuple(sorted({normalise_tag(x) for x in t if x != "one-off tag"}))
+        norm.setdefault(key, set()).add(sets[i])
+    assert all(len(v) == 1 for v in norm.values())
+    # One representative per label set: the longest response, ties to the lowest index.
+    resp = [m[-1]["content"] for m in ds.messages]
+    rank = s["opencs_rank"].to_numpy()
+    for st in set(sets):
+        rows = [i for i in range(len(sets)) if sets[i] == st]
+        best = max(rows, key=lambda i: (len(resp[i]), -i))
+        assert [i for i in rows if rank[i] >= 0] == [best]
+    # Pairs inside clusters (representatives in rank order), scored by the fake judge's rule.
+    reps = sorted(np.flatnonzero(rank >= 0), key=lambda i: rank[i])
+    clusters = {c: [i for i in reps if c in sets[i]] for c in sorted({c for st in sets for c in st})}
+    expect = {}
+    for c, mem in clusters.items():
+        for a, b in zip(mem[0::2], mem[1::2]):
+            expect.setdefault(a, {})[str(c)] = _pair_score(resp[a])
+            expect.setdefault(b, {})[str(c)] = _pair_score(resp[b])
+    got = {i: json.loads(x) for i, x in enumerate(s["opencs_cluster_scores"]) if json.loads(x)}
+    assert got == expect
+    # Selection: clusters by ascending size, up to 2 best not yet taken from each.
+    picked = []
+    for c in sorted(clusters, key=lambda c: len(clusters[c])):
+        cand = [i for i in clusters[c] if str(c) in expect.get(i, {}) and i not in picked]
+        picked += sorted(cand, key=lambda i: -expect[i][str(c)])[:2]
+    assert len(picked) >= 4 and len(expect) >= 6
+    assert (out / "selected_ids.txt").read_text().split() == [ds.ids[i] for i in picked]
+
+
+@pytest.mark.slow
+def test_judge_turns_all_rates_every_turn(ctx, cache_root):
+    """turns: all rates each assistant turn (DEITA multi-turn); each per-turn logit rating equals the rating
+    of that turn scored alone, and ``rating`` is their mean."""
+    from thresher.data.table import Dataset, LoadReport
+    from thresher.engine.scoring import score_dataset
+    from thresher.scoring import make_scorer
+
+    msgs = [[{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "2+2 equals 4."},
+             {"role": "user", "content": "And the capital of France?"},
+             {"role": "assistant", "content": "The capital of France is Paris."}],
+            [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]]
+    ds = Dataset(ids=["a", "b"], messages=msgs, raw=[{}, {}], meta=[{"index": 0}, {"index": 1}],
+                 fmt="messages", container="jsonl", source="t", report=LoadReport("t", "messages", "jsonl"))
+    run = lambda turns: score_dataset(ds, make_scorer("judge", prompt="deita_quality", mode="logits", turns=turns),
+                                      ctx, cache_root=cache_root)
+    both, first, last = run("all"), run("first"), run("last")
+    turns_a = both["rating_turns"][0]
+    np.testing.assert_allclose(turns_a, [first["rating"][0], last["rating"][0]], atol=1e-5)
+    assert abs(turns_a[0] - turns_a[1]) > 1e-4                 # two different turns, two different ratings
+    np.testing.assert_allclose(both["rating"][0], turns_a.mean(), atol=1e-9)
+    np.testing.assert_allclose(both["rating_turns"][1], [first["rating"][1]], atol=1e-5)
+    assert list(both["status"]) == ["ok", "ok"]

@@ -243,3 +243,20 @@ def test_registry():
     # Every selector a recipe can name is a listed function, except the compositions built in
     # methods/select.py (full, middle = top_k on distance, superfiltering_d = filter + facility location).
     assert set(SELECTOR_NAMES) - set(SELECTORS) == {"full", "middle", "superfiltering_d"}
+
+
+def test_deita_per_turn_score_and_selection_hand_checked():
+    import pandas as pd
+    from thresher.methods.select import SelectConfig, apply_selector, deita_turn_score
+
+    scores = pd.DataFrame({
+        "c_turns": [np.array([2.0, 3.0]), np.array([5.0]), np.array([1.0, 1.0, 1.0])],
+        "q_turns": [np.array([1.0, 2.0]), np.array([1.5]), np.array([4.0, 4.0, 4.0])],
+        # unit vectors: rows 0 and 2 identical, row 1 orthogonal
+        "embedding": [np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.array([1.0, 0.0])],
+    })
+    # 2*1 + 3*2 = 8; 5*1.5 = 7.5; 3 * (1*4) = 12
+    np.testing.assert_allclose(deita_turn_score(scores, ["c", "q"]), [8.0, 7.5, 12.0])
+    cfg = SelectConfig("deita", params={"columns": ["c", "q"], "per_turn": True, "k": 3, "threshold": 0.9})
+    # by score: row 2 (12), row 0 (8, identical to row 2 -> rejected), row 1 (7.5)
+    eq(apply_selector(cfg, scores), [2, 1])

@@ -113,10 +113,16 @@ def _stage(raw, i, recipe: Recipe, where: str) -> ResolvedStage:
     if not isinstance(raw, dict):
         raise ConfigError(f"{owner} must be a mapping with name, score and select.")
     st = build(StageConfig, raw, owner)
-    scores = []
+    scores, produced = [], set()
     for j, sc in enumerate(st.score):
         sc = build(ScoreConfig, sc, f"{owner}: score {j}")
-        get_scorer(sc.scorer)(**sc.params)          # validates parameters; loads nothing
+        scorer = get_scorer(sc.scorer)(**sc.params)          # validates parameters; loads nothing
+        missing = [c for c in scorer.required_columns() if c not in produced]
+        if missing:
+            raise ConfigError(f"{owner}: score {j} ({sc.scorer}) reads column(s) {', '.join(map(repr, missing))}, "
+                              f"which no earlier scorer of the stage produces (earlier columns: "
+                              f"{', '.join(sorted(produced)) or 'none'}). Put the scorer producing them first.")
+        produced |= set(scorer.produced_columns())
         scores.append(sc)
     sel = None
     if st.select is not None:

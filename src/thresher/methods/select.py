@@ -11,7 +11,7 @@ Selectors (``SelectConfig.selector``) and their parameters:
   cherry_pre_experience  n_clusters, per_cluster, low_pct, high_pct, seed  (columns ppl, embedding)
   alpagasus              column (rating), threshold | k | ratio, seed       rating >= 4.5, or a budget
   ds2_bucket             column (ds2_score), k | ratio                      buckets 5..0, rare breaks the last
-  deita                  columns (product, default the main column), k | ratio, threshold (0.9)
+  deita                  columns (product, default the main column), k | ratio, threshold (0.9), per_turn
   ds2_diversity          column, k, top, max_mean_distance                  DS2's inverted DEITA baseline
   facility_location      k | ratio, metric, where                           greedy FL on ``embedding``
   superfiltering_d       column (ifd), ifd_ratio | ifd_k, k | ratio, filter_below, metric
@@ -39,7 +39,7 @@ SELECTOR_NAMES = ("full", "random", "top_k", "middle", "threshold", "superfilter
 # Parameters of the selectors built on embeddings and judge columns (the others are read from the
 # selection functions' signatures).
 _PARAMS = {"alpagasus": {"threshold", "k", "ratio", "seed"}, "ds2_bucket": {"k", "ratio"},
-           "deita": {"columns", "k", "ratio", "threshold"}, "ds2_diversity": {"k", "top", "max_mean_distance"},
+           "deita": {"columns", "k", "ratio", "threshold", "per_turn"}, "ds2_diversity": {"k", "top", "max_mean_distance"},
            "facility_location": {"k", "ratio", "metric", "where"},
            "superfiltering_d": {"ifd_ratio", "ifd_k", "k", "ratio", "filter_below", "metric"},
            "opencs": {"per_cluster", "k", "order"}}
@@ -135,7 +135,10 @@ def _apply_embedding_selector(name: str, p: dict, scores: pd.DataFrame, column, 
                                  _col(scores, "rare", None, name), **p)
     if name == "deita":
         cols = p.pop("columns", None) or [column or default_column]
-        score = np.prod([_col(scores, c, None, name) for c in cols], axis=0)
+        if p.pop("per_turn", False):
+            score = deita_turn_score(scores, cols)
+        else:
+            score = np.prod([_col(scores, c, None, name) for c in cols], axis=0)
         return D.deita_repr_filter(score, _emb(scores, name), **p)
     if name == "ds2_diversity":
         return D.ds2_diversity_filter(_col(scores, column, default_column, name), _emb(scores, name), **p)
@@ -161,10 +164,24 @@ def _apply_embedding_selector(name: str, p: dict, scores: pd.DataFrame, column, 
     return D.opencs_select(per_cluster, members, **p)
 
 
+def deita_turn_score(scores: pd.DataFrame, cols: list[str]) -> np.ndarray:
+    """DEITA's multi-turn score: sum over turns of the product of the columns' per-turn values
+    (complexity_t x quality_t), from the ``<column>_turns`` lists of judges run with turns: all."""
+    for c in cols:
+        _col_exists(scores, f"{c}_turns", "deita")
+    per = [scores[f"{c}_turns"].to_numpy() for c in cols]
+    out = np.empty(len(scores))
+    for r in range(len(scores)):            # rows of ragged turn lists; a cheap selection-time pass
+        prod = np.prod([np.asarray(v[r], dtype=np.float64) for v in per], axis=0)
+        out[r] = prod.sum() if len(prod) else np.nan
+    return out
+
+
 def _col_exists(scores: pd.DataFrame, col: str, selector: str) -> None:
     if col not in scores.columns:
-        raise ConfigError(f"Selector {selector!r} needs column {col!r}: run the opencs_tags, opencs_clusters and "
-                          "opencs_pairs scorers in the stage first.")
+        raise ConfigError(f"Selector {selector!r} needs column {col!r}, which the scores do not have: run the "
+                          "scorer that produces it in the stage first (opencs_* scorers for opencs; judges with "
+                          "turns: all for deita per_turn).")
 
 
 _SIGNATURE_OF = {"random": S.random_k, "top_k": S.top_k, "middle": S.top_k, "threshold": S.threshold_mask,

@@ -106,6 +106,10 @@ class Scorer:
         """Score columns this scorer reads (produced by earlier scorers of the run)."""
         return ()
 
+    def produced_columns(self) -> tuple[str, ...]:
+        """Score columns this scorer may write (checked against later scorers' required columns)."""
+        return tuple(self.produces)
+
     def setup(self, ctx: ModelContext) -> None:
         self.ctx = ctx
 

@@ -41,7 +41,7 @@ class JudgeParams:
     top_p: float = 1.0
     seed: int | None = None
     on_unparsed: str = choice("nan", "nan", "zero")
-    turns: str = choice("last", "last", "first")
+    turns: str = choice("last", "last", "first", "all")   # all: rate every assistant turn (DEITA multi-turn)
     dimension: str = "accuracy"        # AlpaGasus's rated dimension
     prefix: str = ""                   # column name prefix, for two judges in one stage (DEITA: complexity_, quality_)
 
@@ -57,18 +57,46 @@ class JudgeParams:
             raise ConfigError(f"The 'max_tokens' parameter of {owner} must be an int >= 1. Got {self.max_tokens}.")
 
 
-def sample_fields(messages: list[dict], meta: dict, turns: str) -> dict | None:
-    """Prompt slots of one row: instruction, input, response, conversation; None without a response."""
+def unit_fields(messages: list[dict], meta: dict, turns: str) -> list[dict]:
+    """Prompt slots (instruction, input, response, conversation) of each rated turn of one row."""
     from thresher.data import split_turns
 
-    units = split_turns(messages, turns)
-    if not units:
-        return None
-    context, response = units[0]
-    ins, inp = instruction_and_input(context, meta)
-    shown = context + [{"role": "assistant", "content": response}]
-    conversation = "".join(f"### {m['role']}: {m['content']}\n" for m in shown)
-    return {"instruction": ins, "input": inp, "response": response, "conversation": conversation}
+    out = []
+    for context, response in split_turns(messages, turns):
+        ins, inp = instruction_and_input(context, meta)
+        shown = context + [{"role": "assistant", "content": response}]
+        conversation = "".join(f"### {m['role']}: {m['content']}\n" for m in shown)
+        out.append({"instruction": ins, "input": inp, "response": response, "conversation": conversation})
+    return out
+
+
+def sample_fields(messages: list[dict], meta: dict, turns: str) -> dict | None:
+    """The slots of the one rated turn ("first" or "last"); None for a row without a response."""
+    units = unit_fields(messages, meta, turns)
+    return units[0] if units else None
+
+
+def _to_rows(cols: dict, owner: np.ndarray, n_rows: int) -> dict:
+    """Unit columns -> row columns: the mean of numeric columns over a row's turns (its per-turn
+    ratings kept as ``rating_turns``), texts joined, the first non-ok status."""
+    out = {}
+    for k, v in cols.items():
+        if v.dtype == object:
+            vals = [[] for _ in range(n_rows)]
+            for r, x in zip(owner, v):
+                vals[r].append(str(x))
+            if k == "status":
+                out[k] = np.array([next((x for x in xs if x != "ok"), "ok") if xs else "no response to rate"
+                                   for xs in vals], dtype=object).astype(str)
+            else:
+                out[k] = np.array(["\n---\n".join(xs) for xs in vals], dtype=object).astype(str)
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                tot = np.bincount(owner, weights=v, minlength=n_rows)
+                cnt = np.bincount(owner, minlength=n_rows)
+                out[k] = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
+    out["rating_turns"] = [cols["rating"][owner == r].astype(np.float64) for r in range(n_rows)]
+    return out
 
 
 class JudgeRatingScorer(Scorer):
@@ -84,27 +112,47 @@ class JudgeRatingScorer(Scorer):
                 "judge_text": "the judge's answer (generate mode)", "status": "ok | unparsed | failed: ...",
                 "rating_argmax": "logits mode: most probable label", "label_mass": "logits mode: P(any label)",
                 "rarity": "DS2 1-10", "complexity": "DS2 1-10", "informativeness": "DS2 1-10",
-                "overall": "DS2 overall 1-10 before compression"}
+                "overall": "DS2 overall 1-10 before compression",
+                "rating_turns": "turns: all: the rating of each assistant turn (rating = their mean)"}
 
     def __init__(self, **params):
         super().__init__(**params)
         self.main_column = self.params.prefix + "rating"
+
+    def produced_columns(self):
+        return tuple(self.params.prefix + c for c in self.produces)
 
     def param_dict(self) -> dict:
         # The prompt file's content is part of the cache key: editing a prompt re-rates.
         return {**super().param_dict(), "prompt_sha": prompt_sha(self.params.prompt)}
 
     def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
-        cols = self._score(rows)
-        return {self.params.prefix + k: v for k, v in cols.items()}
+        p = self.params
+        fields, owner = [], []
+        for r, (m, meta) in enumerate(zip(rows.messages, rows.meta)):
+            for f in unit_fields(m, meta, p.turns):
+                fields.append(f)
+                owner.append(r)
+        cols = self._score(fields)
+        if p.turns == "all":
+            cols = _to_rows(cols, np.asarray(owner, dtype=np.int64), len(rows))
+        else:                                   # one unit per row that has a response
+            full = {}
+            for k, v in cols.items():
+                empty = "no response to rate" if k == "status" else ("" if v.dtype == object else np.nan)
+                col = np.full(len(rows), empty, dtype=v.dtype)
+                col[np.asarray(owner, dtype=np.int64)] = v
+                full[k] = col.astype(str) if v.dtype == object else col
+            cols = full
+        return {p.prefix + k: v for k, v in cols.items()}
 
-    def _score(self, rows: Dataset) -> dict[str, np.ndarray]:
+    def _score(self, fields: list[dict]) -> dict[str, np.ndarray]:
+        """Columns over rated units (one per row, or one per turn with turns: all)."""
         p = self.params
         prompt = load_prompt(p.prompt)
-        fields = [sample_fields(m, meta, p.turns) for m, meta in zip(rows.messages, rows.meta)]
-        todo = [i for i, f in enumerate(fields) if f is not None]
-        msgs = [prompt.render(**fields[i], dimension=p.dimension) for i in todo]
-        n = len(rows)
+        todo = list(range(len(fields)))
+        msgs = [prompt.render(**f, dimension=p.dimension) for f in fields]
+        n = len(fields)
         status = np.full(n, "no response to rate", dtype=object)
         judge = self.ctx.judge()
         if p.mode == "logits" or (p.mode == "auto" and prompt.labels and hasattr(judge, "rate")):
@@ -135,7 +183,7 @@ class JudgeRatingScorer(Scorer):
         elif p.on_unparsed == "zero":
             bad = (status == "unparsed")
             cols["rating"][bad] = prompt.scale[0] if prompt.scale else 0.0
-        out = {"rating": cols["rating"], "judge_text": texts.astype(str), "status": status.astype(str)}
+        out = {"rating": cols["rating"], "judge_text": texts, "status": status}
         if prompt.parser == "ds2_json":
             out.update({k: cols[k] for k in ("rarity", "complexity", "informativeness", "overall")})
         return out
@@ -153,7 +201,7 @@ class JudgeRatingScorer(Scorer):
             rating[idx], argmax[idx], mass[idx] = res["expected"], res["argmax"], res["mass"]
             errors = res.get("error") or [None] * len(idx)
             status[idx] = ["ok" if e is None else f"failed: {e}" for e in errors]
-        out = {"rating": rating, "rating_argmax": argmax, "label_mass": mass, "status": status.astype(str)}
+        out = {"rating": rating, "rating_argmax": argmax, "label_mass": mass, "status": status}
         if prompt.parser == "ds2_json":
             # DS2 needs integer classes: the most probable overall rating, compressed to 0-5.
             from thresher.scoring.curation import ds2_compress
