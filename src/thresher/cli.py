@@ -185,13 +185,13 @@ def cmd_ls(args) -> int:
     if what in ("all", "scorers"):
         print("scorers:")
         for name in sorted(SCORERS):
-            print(f"  {name:12s} {get_scorer(name).describe()}")
+            print(f"  {name:16s} {get_scorer(name).describe()}")
     if what in ("all", "selectors"):
         print("selectors:\n  " + "\n  ".join(SELECTOR_NAMES))
     if what in ("all", "recipes"):
         print("recipes:")
         for p in sorted(PACKAGED.glob("*.yaml")):
-            desc = (yaml.safe_load(p.read_text()) or {}).get("description", "").strip().split(". ")[0]
+            desc = re.split(r"(?<=[a-z0-9)])\. (?=[A-Z])", (yaml.safe_load(p.read_text()) or {}).get("description", "").strip())[0]
             print(f"  {p.stem:16s} {desc[:90]}")
     if what in ("all", "templates"):
         print("templates:\n  " + "\n  ".join(TEMPLATES))
