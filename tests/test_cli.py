@@ -25,38 +25,7 @@ from thresher.data import load
 from thresher.data.readers import bundled_sharegpt_path
 from thresher.methods.recipe import PACKAGED
 
-ALPACA = [
-    {"instruction": "Give three tips for staying healthy.", "input": "",
-     "output": "Eat a balanced diet, exercise regularly, and get enough sleep."},
-    {"instruction": "What are the three primary colors?", "input": "",
-     "output": "The three primary colors are red, blue, and yellow."},
-    {"instruction": "Describe the structure of an atom.", "input": "",
-     "output": "An atom has a nucleus of protons and neutrons, surrounded by electrons."},
-    {"instruction": "Translate the sentence into French.", "input": "Where is the library?",
-     "output": "Où est la bibliothèque ?"},
-    {"instruction": "Convert the temperature to Fahrenheit.", "input": "25 degrees Celsius",
-     "output": "25 degrees Celsius is 77 degrees Fahrenheit."},
-    {"instruction": "Name the capital of Australia.", "input": "",
-     "output": "The capital of Australia is Canberra."},
-    {"instruction": "Rewrite the sentence in the passive voice.", "input": "The cat chased the mouse.",
-     "output": "The mouse was chased by the cat."},
-    {"instruction": "Suggest a name for a coffee shop.", "input": "", "output": "The Daily Grind."},
-    {"instruction": "Summarize the sentence in five words.",
-     "input": "The committee postponed the vote until next week because several members were absent.",
-     "output": "Vote postponed; members were absent."},
-    {"instruction": "Classify the animal as a mammal, bird, or reptile.", "input": "Penguin",
-     "output": "A penguin is a bird."},
-    {"instruction": "Write a haiku about autumn.", "input": "",
-     "output": "Crisp leaves drift and fall,\ngolden light on quiet paths,\nthe year exhales slow."},
-    {"instruction": "Compute the sum.", "input": "17 + 26", "output": "17 + 26 = 43."},
-    {"instruction": "Explain what a noun is.", "input": "",
-     "output": "A noun is a word that names a person, place, thing, or idea."},
-    {"instruction": "Find the antonym of the word.", "input": "generous",
-     "output": "The antonym of generous is stingy."},
-    {"instruction": "Generate a question about the water cycle.", "input": "",
-     "output": "How does evaporation move water from oceans into the atmosphere?"},
-    {"instruction": "Sort the numbers in ascending order.", "input": "9, 2, 7, 4", "output": "2, 4, 7, 9"},
-]
+from samples import ALPACA   # 16 short real-style alpaca records shared by the tests
 
 
 def write_jsonl(path: Path, records) -> Path:
