@@ -274,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="other selector parameters")
     p.set_defaults(func=cmd_select)
 
+    from thresher.training.cli import add_train_arguments, train_cli
+
+    p = sub.add_parser("train", help="fine-tune a model on a (selected) dataset: LoRA or full, TRL SFTTrainer",
+                       description="Supervised fine-tuning with the same prompt templates and response spans as "
+                                   "scoring (loss on response tokens only unless --no-mask-prompt). Checkpoints keep "
+                                   "the adapter, the optimizer state (Adam moments) and the learning rates; a rerun "
+                                   "resumes from the last complete checkpoint.")
+    add_train_arguments(p)
+    p.set_defaults(func=train_cli)
+
     p = sub.add_parser("eval", help="answer a benchmark's questions with a model and grade them with an LLM judge",
                        description="MT-Bench single-answer grading (1-10, two turns), optional pairwise comparison "
                                    "against another model (position-swapped, winning score) and reference-accuracy "
