@@ -1,0 +1,21 @@
+"""Per-sample gradient features (LoRA), Adam preconditioning, random projection, a resumable feature store,
+and the gradient-based scores over stored features (LESS, CLUES, DataInf). METHODS.md 0.5, 1, 6.3, 6.4."""
+
+from thresher.gradients.checkpoint import (adam_precondition, checkpoint_learning_rate, flat_moments,
+                                           load_adapter, load_optimizer_state, trainer_param_order)
+from thresher.gradients.features import gradient_features, write_gradient_store
+from thresher.gradients.persample import (ParamSelection, make_batch, notation_patterns, per_sample_grads,
+                                          select_parameters)
+from thresher.gradients.projection import RademacherProjector
+from thresher.gradients.scores import (clues_domain_weights, clues_scores, datainf_influence, domain_means,
+                                       global_threshold, less_scores, lr_weights, normalize_rows, select_above,
+                                       selection_metrics)
+from thresher.gradients.store import GradientStore, write_store
+
+__all__ = [
+    "adam_precondition", "checkpoint_learning_rate", "flat_moments", "load_adapter", "load_optimizer_state",
+    "trainer_param_order", "gradient_features", "write_gradient_store", "ParamSelection", "make_batch",
+    "notation_patterns", "per_sample_grads", "select_parameters", "RademacherProjector", "clues_domain_weights",
+    "clues_scores", "datainf_influence", "domain_means", "global_threshold", "less_scores", "lr_weights",
+    "normalize_rows", "select_above", "selection_metrics", "GradientStore", "write_store",
+]
