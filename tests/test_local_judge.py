@@ -63,7 +63,7 @@ def test_logit_rating_identical_across_batch_sizes_and_padding(ctx, requests_12)
     runs = {}
     for bs in (1, 3, 12):
         for side in ("left", "right") if bs > 1 else ("right",):    # one row has no padding to place
-            judge = LocalChat(lm, max_batch_size=bs)
+            judge = LocalChat(lm, max_batch_size=bs, max_batch_tokens=10**6)   # batches set by row count alone
             with lm.overrides(padding_side=side):
                 runs[bs, side] = judge.rate(requests_12, LABELS, answer_prefix="Score: ")
             assert judge.stats()["calls"] == -(-12 // bs)          # really ran 12, 4 and 1 batches

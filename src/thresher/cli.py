@@ -65,7 +65,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto = float32 on CPU, bfloat16 on GPU")
     p.add_argument("--max-batch-tokens", type=int, default=None,
-                   help="padded tokens per forward batch (default 4096)")
+                   help="padded tokens per forward batch (default 768 on CPU, 32768 on GPU)")
     p.add_argument("--shard-size", type=int, default=None, help="rows per checkpointed shard (default 64)")
     p.add_argument("--cache-dir", default=None, help="score cache root (default $THRESHER_CACHE or ~/.cache/thresher)")
 

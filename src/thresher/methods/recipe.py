@@ -53,7 +53,7 @@ class Recipe:
     model: str = "bundled"
     device: str = "auto"
     dtype: str = choice("auto", "auto", "float32", "bfloat16", "float16")
-    max_batch_tokens: int | None = None   # None: 4096 on CPU, 32768 on GPU
+    max_batch_tokens: int | None = None   # None: 768 on CPU, 32768 on GPU
     shard_size: int = 64
     seed: int = 0
     judge: dict = field(default_factory=dict)   # chat backend of judge scorers: see thresher.models.judges

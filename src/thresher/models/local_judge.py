@@ -82,7 +82,7 @@ class LocalChat:
         ok = [i for i, e in enumerate(errors) if e is None]
         new: dict[int, list[int]] = {}
         if ok:
-            gen = self._run(lambda: self.lm.generate(
+            gen = self._run(generation=True, fn=lambda: self.lm.generate(
                 [ids[i] for i in ok], max_new_tokens=[requests[i].max_tokens for i in ok],
                 temperature=[requests[i].temperature for i in ok], top_p=[requests[i].top_p for i in ok],
                 seed=[requests[i].seed for i in ok]))
@@ -136,10 +136,15 @@ class LocalChat:
                 "token_ids": cand, "error": errors}
 
     # ---------------------------------------------------------------- internals
-    def _run(self, fn):
-        """Run fn under this judge's batch limits, counting the batches it ran as calls."""
+    def _run(self, fn, generation: bool = False):
+        """Run fn under this judge's batch limits, counting the batches it ran as calls. Generation on a
+        CPU gets a larger token budget than scoring passes: its decode steps are one token per row, so
+        more rows per batch is what makes them fast."""
         before = self.lm.batches_run
-        with self.lm.overrides(max_batch_tokens=self.max_batch_tokens, max_batch_size=self.max_batch_size):
+        budget = self.max_batch_tokens
+        if budget is None and generation and getattr(self.lm.device, "type", "cpu") != "cuda":
+            budget = 4096
+        with self.lm.overrides(max_batch_tokens=budget, max_batch_size=self.max_batch_size):
             res = fn()
         self._stats.calls += self.lm.batches_run - before
         return res

@@ -60,12 +60,19 @@ class IFDScorer(Scorer):
         p, lm = self.params, self.ctx.lm().setup()
         units, owner = render_units(rows, p.template, p.turns, lm.tokenizer)
         sp = build_spans(lm.tokenizer, units, p.max_length, p.span_rule, p.template)
-        ok = np.array([s == OK for s in sp.status])
-        res = lm.token_nll(sp.cond_ids + sp.direct_ids, sp.cond_span + sp.direct_span)
+        ok = np.array([s == OK for s in sp.status], dtype=bool)
+        # Only scorable units go through the model (a prompt that fills max_length would cost a full-length
+        # forward pass for a NaN).
+        idx = np.flatnonzero(ok)
+        res = lm.token_nll([sp.cond_ids[i] for i in idx] + [sp.direct_ids[i] for i in idx],
+                           [sp.cond_span[i] for i in idx] + [sp.direct_span[i] for i in idx])
         self.tokens_processed += res.n_tokens
-        n = len(units)
-        cond, n_tok = row_mean_loss(res.nll[:n], ok, owner, len(rows))
-        direct, _ = row_mean_loss(res.nll[n:], ok, owner, len(rows))
+        n, m = len(units), len(idx)
+        nll_c, nll_d = [np.zeros(0)] * n, [np.zeros(0)] * n
+        for j, i in enumerate(idx):
+            nll_c[i], nll_d[i] = res.nll[j], res.nll[m + j]
+        cond, n_tok = row_mean_loss(nll_c, ok, owner, len(rows))
+        direct, _ = row_mean_loss(nll_d, ok, owner, len(rows))
         with np.errstate(divide="ignore", invalid="ignore"):
             loss_ratio = cond / direct
             ppl_ratio = np.exp(cond - direct)

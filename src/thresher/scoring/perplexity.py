@@ -48,10 +48,14 @@ class PerplexityScorer(Scorer):
         if p.mode == "instruction":
             return self._instruction(units, owner, len(rows), lm)
         sp = build_spans(lm.tokenizer, units, p.max_length, "offsets", p.template)
-        ok = np.array([s == OK for s in sp.status])
-        res = lm.token_nll(sp.cond_ids, sp.cond_span)
+        ok = np.array([s == OK for s in sp.status], dtype=bool)
+        idx = np.flatnonzero(ok)                 # only scorable units go through the model
+        res = lm.token_nll([sp.cond_ids[i] for i in idx], [sp.cond_span[i] for i in idx])
         self.tokens_processed += res.n_tokens
-        loss, n_tok = row_mean_loss(res.nll, ok, owner, len(rows))
+        nll = [np.zeros(0)] * len(units)
+        for j, i in enumerate(idx):
+            nll[i] = res.nll[j]
+        loss, n_tok = row_mean_loss(nll, ok, owner, len(rows))
         return {"ppl": np.exp(loss), "loss": loss, "n_tokens": n_tok,
                 "status": row_status(sp.status, owner, len(rows))}
 

@@ -109,6 +109,8 @@ class IterITSampler:
             self.ids = list(plan.table.ids)
         if self.log_dir is None:
             self.log_dir = Path(plan.out) / "iterit"
+        if hasattr(self.rescore, "bind"):
+            self.rescore.bind(plan)
 
     def __len__(self) -> int:
         return self.k
@@ -290,3 +292,42 @@ if TrainerCallback is not None:
             if state.global_step < state.max_steps and abs(state.epoch - done) < 1e-9:
                 with _scoring_mode(model):
                     self.sampler.update(done, model)
+
+
+class IFDRescorer:
+    """IterIT's complexity score S_com for ``IterITSampler``: IFD as a perplexity ratio
+    exp(s(A|Q) - s(A)) computed by thresher's IFD scorer with the model as it is being trained (its
+    LoRA included), in float64, on the training rows' own template, max_length and turns (taken from
+    the SFT plan at ``bind``). Never cached: the model changes every epoch. Rows the scorer cannot
+    score (prompt fills max_length) are NaN and set aside by the sampler.
+
+    ``span_rule``: "offsets" (default; clean) or "cherry" (prefix re-tokenisation). IterIT's own rule
+    tokenises ``text[:rfind(A)]`` without special tokens (METHODS.md 4.3, pitfall 4.7.5); the offsets rule
+    gives the same span wherever that one is right.
+    """
+
+    def __init__(self, *, span_rule: str = "offsets", template: str | None = None, max_batch_tokens: int | None = None):
+        self.span_rule, self.template, self.max_batch_tokens = span_rule, template, max_batch_tokens
+        self.plan = None
+
+    def bind(self, plan) -> None:
+        self.plan = plan
+
+    def __call__(self, rows, *, model, epoch: int) -> np.ndarray:
+        from thresher.models.hf import HFCausalLM
+        from thresher.scoring import make_scorer
+        from thresher.scoring.base import ModelContext
+
+        if self.plan is None or model is None:
+            raise ConfigError("IFDRescorer needs the SFT plan and the live model: use it as the rescore of an "
+                              "IterITSampler passed to thresher.training.train(sampler=..., callbacks="
+                              "[IterITCallback(sampler)]).")
+        cfg = self.plan.config
+        scorer = make_scorer("ifd", variant="ppl_ratio", template=self.template or cfg.template,
+                             max_length=int(cfg.max_length), span_rule=self.span_rule, turns=cfg.turns)
+        ctx = ModelContext("live")
+        ctx._lm = HFCausalLM.from_model(model, self.plan.tokenizer, identity=f"iterit-epoch{epoch}",
+                                        max_batch_tokens=self.max_batch_tokens)
+        scorer.setup(ctx)
+        cols = scorer.score_batch(self.plan.table.subset(np.asarray(rows, dtype=np.int64)))
+        return np.asarray(cols["ifd_ppl_ratio"], dtype=np.float64)
