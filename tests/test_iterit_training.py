@@ -54,3 +54,26 @@ def test_iterit_rescores_window_with_the_trained_model(sharegpt_short, ctx, tmp_
     trained = json.loads((tmp_path / "run" / "epochs" / "epoch-1.json").read_text())
     assert sorted(map(str, trained if isinstance(trained, list) else trained.get("ids", []))) == \
         sorted(map(str, log1["selected_ids"]))
+
+
+def test_merged_export_scores_like_the_adapter_model(sharegpt_short, tmp_path, cache_root):
+    """A LoRA run exported with export_merged loads as a plain model folder and gives the trained model's
+    numbers: IFD from the merged folder equals IFD on the live PEFT model (which differs from the base)."""
+    from thresher.models.hf import HFCausalLM
+    from thresher.scoring.base import ModelContext
+    from thresher.training import export_merged, train
+
+    data = sharegpt_short.subset(range(8))
+    res = train(data, out=tmp_path / "run", **{**KW, "epochs": 1, "template": "alpaca"})
+    merged = export_merged(res.out)
+    assert (merged / "config.json").exists() and list(merged.glob("*.safetensors"))
+    scorer = lambda: make_scorer("ifd", template="alpaca", max_length=96, turns="first")
+    from_folder = score_dataset(data, scorer(), ModelContext(str(merged), device="cpu", dtype="float32"),
+                                cache_root=cache_root)
+    live = ModelContext("live")
+    live._lm = HFCausalLM.from_model(res.model.eval(), res.tokenizer, identity="merged-test")
+    with torch.no_grad():
+        from_live = score_dataset(data, scorer(), live, cache_root=tmp_path / "c")
+    np.testing.assert_allclose(from_folder["ifd"], from_live["ifd"], atol=1e-4)
+    base = score_dataset(data, scorer(), ModelContext("bundled", device="cpu", dtype="float32"), cache_root=cache_root)
+    assert np.nanmax(np.abs(from_folder["ifd"] - base["ifd"])) > 1e-3

@@ -19,6 +19,7 @@ _WHERE = {
     "ShuffleAll": "hooks", "StopAtStep": "hooks", "TrainPlan": "hooks",
     "list_checkpoints": "checkpoints", "last_checkpoint": "checkpoints", "learning_rates": "checkpoints",
     "load_adam_moments": "checkpoints",
+    "export_merged": "export",
     "IterITSampler": "iterit", "IterITCallback": "iterit", "IFDRescorer": "iterit",
 }
 __all__ = sorted(_WHERE)

@@ -63,6 +63,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: float32 on CPU, bfloat16 mixed precision on GPU")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
     p.add_argument("--ids", help="file with one row id per line: train only on these rows")
+    p.add_argument("--merge", action="store_true",
+                   help="after a LoRA run, also write OUT/merged: base + adapter merged into a plain model folder "
+                        "that scorers and `thresher eval` load by path (e.g. Cherry's pre-experienced model)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="refuse an --out that already holds checkpoints (default: continue from the last one)")
     p.add_argument("--format", choices=["auto", "alpaca", "sharegpt", "messages"])
@@ -90,6 +93,9 @@ def train_cli(args: argparse.Namespace) -> int:
     loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "n/a"
     print(f"trained {result.n_examples} rows ({result.n_skipped} skipped), step {result.global_step}/"
           f"{result.max_steps}, loss {loss}, {result.samples_per_s:.2f} samples/s -> {where}")
+    if getattr(args, "merge", False) and result.final_dir:
+        from thresher.training.export import export_merged
+        print(f"merged model -> {export_merged(result.out)}")
     return 0
 
 
