@@ -260,3 +260,24 @@ def test_deita_per_turn_score_and_selection_hand_checked():
     cfg = SelectConfig("deita", params={"columns": ["c", "q"], "per_turn": True, "k": 3, "threshold": 0.9})
     # by score: row 2 (12), row 0 (8, identical to row 2 -> rejected), row 1 (7.5)
     eq(apply_selector(cfg, scores), [2, 1])
+
+
+def test_superfiltering_d_and_facility_location_through_apply_selector():
+    import pandas as pd
+    from thresher.methods.select import SelectConfig, apply_selector
+    from thresher.selection import facility_location
+
+    # Six rows on a line; IFD >= 1 on row 5 (dropped), rows 0-4 kept as the top 5/6 by IFD.
+    x = np.array([0.0, 0.1, 0.2, 5.0, 5.1, 9.0])
+    scores = pd.DataFrame({"ifd": [0.9, 0.8, 0.7, 0.6, 0.5, 1.2],
+                           "embedding": [np.array([v, 0.0], dtype=np.float32) for v in x]})
+    emb = np.stack(scores["embedding"].to_numpy())
+    fl = apply_selector(SelectConfig("facility_location", params={"ratio": 0.34}), scores)   # int(0.34 * 6) = 2
+    eq(fl, facility_location(emb, k=2))
+    sfd = apply_selector(SelectConfig("superfiltering_d", column="ifd", params={"ifd_k": 5, "k": 2}), scores)
+    eq(sfd, facility_location(emb, k=2, candidates=np.arange(5)))
+    assert 5 not in sfd.tolist() and {int(i) for i in sfd} & {0, 1, 2} and {int(i) for i in sfd} & {3, 4}
+    with pytest.raises(ConfigError, match="exactly one of the 'k' and 'ratio'"):
+        apply_selector(SelectConfig("facility_location", params={}), scores)
+    with pytest.raises(ConfigError, match="ratio"):
+        apply_selector(SelectConfig("facility_location", params={"ratio": 1.5}), scores)

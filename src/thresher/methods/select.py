@@ -85,11 +85,10 @@ def apply_selector(cfg: SelectConfig, scores: pd.DataFrame, *, default_column: s
     if name == "random":
         return S.random_k(len(scores), **p)
     if name == "cherry_pre_experience":
-        emb = np.stack(scores["embedding"].to_numpy()) if "embedding" in scores.columns else None
-        if emb is None:
+        if "embedding" not in scores.columns:
             raise ConfigError("Selector 'cherry_pre_experience' needs an 'embedding' column: score with "
                               "perplexity mode=instruction pool=mean.")
-        return S.cherry_pre_experience(emb, _col(scores, "ppl", None, name), **p)
+        return S.cherry_pre_experience(_emb(scores, name), _col(scores, "ppl", None, name), **p)
     if name in _PARAMS:
         return _apply_embedding_selector(name, p, scores, cfg.column, default_column)
     col = _col(scores, cfg.column, default_column, name)
@@ -112,16 +111,19 @@ def apply_selector(cfg: SelectConfig, scores: pd.DataFrame, *, default_column: s
 
 
 def _emb(scores: pd.DataFrame, selector: str) -> np.ndarray:
+    from thresher.scoring.rareness import stack_embeddings
+
     if "embedding" not in scores.columns:
         raise ConfigError(f"Selector {selector!r} needs an 'embedding' column: add the 'embedding' scorer to the stage.")
-    return np.stack([np.asarray(v, dtype=np.float32) for v in scores["embedding"].to_numpy()])
+    return stack_embeddings(scores, "embedding")
 
 
 def _n(p: dict, n: int, selector: str) -> int:
-    """k from k | ratio (exactly one)."""
-    if ("k" in p) == ("ratio" in p):
-        raise ConfigError(f"Selector {selector!r} needs exactly one of 'k' and 'ratio'. Got {sorted(p)}.")
-    return int(p["k"]) if "k" in p else int(float(p["ratio"]) * n)
+    """k from k | ratio (exactly one), with the selection functions' own checks and rounding."""
+    from thresher.selection.basic import _budget, _check_budget
+
+    _check_budget(selector, p.get("k"), p.get("ratio"))
+    return _budget(p.get("k"), p.get("ratio"), n)
 
 
 def _apply_embedding_selector(name: str, p: dict, scores: pd.DataFrame, column, default_column) -> np.ndarray:

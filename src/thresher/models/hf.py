@@ -35,6 +35,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # batch ran 25 % slower per row than one at a time. 768 keeps long rows alone and packs short ones
 # (benchmarks/ifd_throughput.py: 768 -> 1.10x the naive loop, 1024 -> 1.05x, 4096 -> 0.93x).
 CPU_BATCH_TOKENS = 768
+# Generation on a CPU: decode steps are one token per row, so more rows per batch is what pays.
+CPU_GENERATION_BATCH_TOKENS = 4096
 
 
 @dataclass

@@ -26,7 +26,7 @@ import numpy as np
 
 from thresher.errors import ConfigError
 from thresher.models.chat import ChatRequest, ChatResult, ChatStats
-from thresher.models.hf import HFCausalLM
+from thresher.models.hf import CPU_GENERATION_BATCH_TOKENS, HFCausalLM
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class LocalChat:
         before = self.lm.batches_run
         budget = self.max_batch_tokens
         if budget is None and generation and getattr(self.lm.device, "type", "cpu") != "cuda":
-            budget = 4096
+            budget = CPU_GENERATION_BATCH_TOKENS
         with self.lm.overrides(max_batch_tokens=budget, max_batch_size=self.max_batch_size):
             res = fn()
         self._stats.calls += self.lm.batches_run - before

@@ -150,19 +150,18 @@ class JudgeRatingScorer(Scorer):
         """Columns over rated units (one per row, or one per turn with turns: all)."""
         p = self.params
         prompt = load_prompt(p.prompt)
-        todo = list(range(len(fields)))
         msgs = [prompt.render(**f, dimension=p.dimension) for f in fields]
         n = len(fields)
-        status = np.full(n, "no response to rate", dtype=object)
+        status = np.full(n, "", dtype=object)        # every unit gets ok | unparsed | failed: ... below
         judge = self.ctx.judge()
         if p.mode == "logits" or (p.mode == "auto" and prompt.labels and hasattr(judge, "rate")):
-            return self._logits(judge, prompt, msgs, todo, n, status)
+            return self._logits(judge, prompt, msgs, status)
         reqs = [ChatRequest.of(m, max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, seed=p.seed)
                 for m in msgs]
         results = judge.chat(reqs) if reqs else []
         texts = np.full(n, "", dtype=object)
         cols = {k: np.full(n, np.nan) for k in ("rating", "rarity", "complexity", "informativeness", "overall")}
-        for i, res in zip(todo, results):
+        for i, res in enumerate(results):
             if res.text is None:
                 status[i] = f"failed: {res.error}"
                 continue
@@ -188,19 +187,18 @@ class JudgeRatingScorer(Scorer):
             out.update({k: cols[k] for k in ("rarity", "complexity", "informativeness", "overall")})
         return out
 
-    def _logits(self, judge, prompt, msgs, todo, n, status):
+    def _logits(self, judge, prompt, msgs, status):
         if not hasattr(judge, "rate"):
             raise ConfigError(f"Judge scorer mode 'logits' needs a local judge that exposes next-token "
                               f"probabilities; the configured judge ({judge.identity()}) returns text only. "
                               "Use mode: generate, or judge kind: local.")
-        rating, argmax, mass = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        rating, argmax, mass = (np.full(len(msgs), np.nan) for _ in range(3))
         if msgs:
             reqs = [ChatRequest.of(m, max_tokens=1) for m in msgs]
             res = judge.rate(reqs, list(prompt.labels), answer_prefix=prompt.answer_prefix)
-            idx = np.asarray(todo)
-            rating[idx], argmax[idx], mass[idx] = res["expected"], res["argmax"], res["mass"]
-            errors = res.get("error") or [None] * len(idx)
-            status[idx] = ["ok" if e is None else f"failed: {e}" for e in errors]
+            rating[:], argmax[:], mass[:] = res["expected"], res["argmax"], res["mass"]
+            errors = res.get("error") or [None] * len(msgs)
+            status[:] = ["ok" if e is None else f"failed: {e}" for e in errors]
         out = {"rating": rating, "rating_argmax": argmax, "label_mass": mass, "status": status}
         if prompt.parser == "ds2_json":
             # DS2 needs integer classes: the most probable overall rating, compressed to 0-5.
