@@ -122,17 +122,21 @@ def test_run_superfiltering_on_bundled_slice(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_run_cherry_runs_both_stages(tmp_path, capsys, caplog):
+def test_run_cherry_pre_experience_train_then_ifd(tmp_path, capsys, caplog):
+    """The whole Cherry method: pre-experience selection, a brief fine-tune on exactly those rows, IFD with
+    the pre-experienced model, selection; a second run reuses every stage (nothing re-scored or re-trained)."""
     run = tmp_path / "run"
     argv = ["run", "cherry", "--limit", "16", "--set", "stages.0.score.0.params.max_length=128",
-            "--set", "stages.1.score.0.params.max_length=128", "--out", str(run),
+            "--set", "stages.1.train.params.max_length=128", "--set", "stages.1.train.params.batch_size=8",
+            "--set", "stages.1.train.params.lr=0.0002",
+            "--set", "stages.2.score.0.params.max_length=128", "--out", str(run),
             "--cache-dir", str(tmp_path / "cache")]
     assert main(argv) == 0
     out = capsys.readouterr().out
     manifest = read_json(run / "manifest.json")
-    assert [s["name"] for s in manifest["stages"]] == ["pre_experience", "ifd"]
-    assert [s["scorers"][0]["cache"]["computed"] for s in manifest["stages"]] == [16, 16]
-    assert "stage pre_experience" in out and "stage ifd" in out
+    assert [s["name"] for s in manifest["stages"]] == ["pre_experience", "pre_train", "ifd"]
+    assert [s["scorers"][0]["cache"]["computed"] for s in manifest["stages"] if "scorers" in s] == [16, 16]
+    assert "stage pre_experience" in out and "stage pre_train" in out and "stage ifd" in out
 
     # Stage 1: 16 rows < 100 clusters -> one cluster per row, each smaller than per_cluster=10, so
     # every row with a finite instruction perplexity is picked, in dataset order.
@@ -147,12 +151,43 @@ def test_run_cherry_runs_both_stages(tmp_path, capsys, caplog):
     originals = {r["id"]: r for r in first_records(bundled_sharegpt_path(), manifest["data"]["report"]["n_read"])}
     assert pre_sel == [originals[i] for i in pre_ids]
 
-    # Stage 2: IFD of all rows; cherry keeps int(0.06 * survivors) of the IFD <= 1 rows.
+    # Stage 2: the base model fine-tuned (full, Cherry's preset) on exactly the pre-experience rows.
+    trained = read_json(run / "pre_train" / "train_ids.json")
+    assert sorted(trained["ids"] + list(trained["skipped"])) == sorted(pre_ids)
+    assert manifest["stages"][1]["rows"] == pre_ids
+    cfg = read_json(run / "pre_train" / "config.json")
+    assert cfg["preset"] == "cherry" and cfg["config"]["lora"] is False and cfg["config"]["epochs"] == 1
+    final = run / "pre_train" / "final"
+    assert (final / "config.json").exists()
+
+    # Stage 3: IFD with the pre-experienced model, equal to scoring with that folder directly, and not the
+    # base model's IFD; cherry keeps int(0.06 * survivors) of the IFD <= 1 rows.
     ifd = pd.read_parquet(run / "ifd" / "scores.parquet")
+    assert manifest["stages"][2]["model"] == str(final)
+    direct = tmp_path / "direct"
+    assert main(["score", str(run / "pre_experience" / "selected.json"), "--scorer", "ifd", "--model", str(final),
+                 "--max-length", "128", "--span-rule", "cherry", "--turns", "first", "--out", str(direct),
+                 "--cache-dir", str(tmp_path / "cache2")]) == 0
+    d = pd.read_parquet(direct / "scores.parquet").set_index("id")["ifd"]
+    np.testing.assert_allclose(ifd.set_index("id").loc[d.index, "ifd"], d, rtol=1e-5)
+    base = tmp_path / "base"
+    assert main(["score", str(run / "pre_experience" / "selected.json"), "--scorer", "ifd", "--max-length", "128",
+                 "--span-rule", "cherry", "--turns", "first", "--out", str(base),
+                 "--cache-dir", str(tmp_path / "cache2")]) == 0
+    assert np.nanmax(np.abs(pd.read_parquet(base / "scores.parquet")["ifd"].to_numpy() - d.to_numpy())) > 1e-3
     assert list(ifd["id"]) == list(pre["id"])
     survivors = int((ifd["ifd"] <= 1).sum())
     assert len(read_lines(run / "ifd" / "selected_ids.txt")) == int(0.06 * survivors)
     assert read_json(run / "selected.json") == read_json(run / "ifd" / "selected.json")
+
+    # Again: every score from the cache, the finished training left as it is.
+    stamp = (final / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0
+    again = read_json(run / "manifest.json")
+    assert [s["scorers"][0]["cache"]["computed"] for s in again["stages"] if "scorers" in s] == [0, 0]
+    assert (final / "model.safetensors").stat().st_mtime_ns == stamp
+    assert read_lines(run / "ifd" / "selected_ids.txt") == read_lines(run / "selected_ids.txt")
 
 
 # ------------------------------------------------------------------------------------ score + select

@@ -255,6 +255,8 @@ def test_schedule_two_epochs_faithful(tmp_path):
     assert log1["rescored"] == [5, 1, 2, 4] and log1["rescored_scores"] == [0.2, 0.4, 1.1, 0.9]
     assert log1["selected"] == [4, 1] and log1["selected_scores"] == [0.9, 0.4]
     assert log1["order"] == [4, 1, 2, 5, 7, 3, 0, 6]
+    assert (log0["rescored_count"], log1["rescored_count"]) == (8, 4)          # the cost of each round
+    assert min(log0["rescore_seconds"], log0["order_seconds"], log1["rescore_seconds"]) >= 0
 
 
 def test_schedule_window_end_and_baseline():

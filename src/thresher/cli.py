@@ -124,6 +124,11 @@ def cmd_run(args) -> int:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of keys to values.")
     _apply_common(raw, args)
+    for flag in ("target", "anchor", "clients", "validation", "labels"):
+        value = getattr(args, flag, None)
+        if value:
+            raw[flag] = value if flag == "labels" else (_existing(value, "--anchor") if flag == "anchor" else
+                                                        [_existing(f, f"--{flag}") for f in value])
     for key, value in _kv(args.set, "--set").items():
         set_dotted(raw, key, value)
     recipe, data_cfg, stages = check_recipe(raw, str(path))
@@ -131,6 +136,13 @@ def cmd_run(args) -> int:
     summary = run_recipe(recipe, data_cfg, stages, out, argv=_argv(args), raw_recipe=raw, cache_root=args.cache_dir)
     _print_summary(summary)
     return 0
+
+
+def _existing(path: str, flag: str) -> str:
+    if not Path(path).exists():
+        raise ConfigError(f"{flag}: {path} does not exist. Give a data file (.json/.jsonl/.parquet) or a saved "
+                          "Hugging Face dataset directory.")
+    return str(Path(path).resolve())
 
 
 def cmd_score(args) -> int:
@@ -189,7 +201,8 @@ def cmd_validate(args) -> int:
             and "/" not in data_cfg.path:
         raise ConfigError(f"data.path {data_cfg.path!r} does not exist.")
     print(f"ok: recipe {recipe.name!r}, data {data_cfg.path}, {len(stages)} stage(s): " +
-          "; ".join(f"{s.name} [{', '.join(sc.scorer for sc in s.scores) or '-'} -> "
+          "; ".join(f"{s.name} [train on {s.train.rows} rows{', iterit' if s.train.iterit else ''}] model {s.model}"
+                    if s.is_train else f"{s.name} [{', '.join(sc.scorer for sc in s.scores) or '-'} -> "
                     f"{s.select.selector if s.select else 'no selection'}] model {s.model}" for s in stages))
     return 0
 
@@ -232,6 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<recipe name>)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a recipe value, e.g. stages.0.select.params.ratio=0.05 (repeatable)")
+    p.add_argument("--target", nargs="+", metavar="FILE",
+                   help="target-task examples for less/datainf: one file per task (a 'task' field in the records "
+                        "overrides)")
+    p.add_argument("--clients", nargs="+", metavar="FILE",
+                   help="private client datasets (clues): the stages run once per client in OUT/clients/<name>/")
+    p.add_argument("--anchor", metavar="FILE",
+                   help="trusted anchor set (clues): scored by every client; only its scores set the global threshold")
+    p.add_argument("--validation", nargs="+", metavar="FILE",
+                   help="validation sets (clues; one domain per file); default: the anchor set doubles as validation")
+    p.add_argument("--labels", metavar="FIELD",
+                   help="record field holding a ground-truth 1 (good) / 0 (bad) label: report precision, recall "
+                        "and F1 of the selection")
     _data_args(p)
     _model_args(p)
     _judge_args(p)

@@ -96,8 +96,9 @@ def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size:
 
     ``inputs``: earlier score columns aligned with ``ds`` (needed by scorers with required columns).
     """
+    scorer.cache_root = Path(cache_root or cache_dir())    # where scorers keep intermediate stores
     scorer.setup(ctx)
-    root = Path(cache_root or cache_dir()) / "scores" / f"{scorer.name}-{scorer_key(scorer, ctx)}"
+    root = scorer.cache_root / "scores" / f"{scorer.name}-{scorer_key(scorer, ctx)}"
     need = tuple(scorer.required_columns())
     hashes = [a + b for a, b in zip(row_hashes(ds), input_hashes(inputs, need, len(ds)))]
     if scorer.scope == "dataset":

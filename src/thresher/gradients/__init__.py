@@ -3,9 +3,12 @@ and the gradient-based scores over stored features (LESS, CLUES, DataInf). METHO
 
 from thresher.gradients.checkpoint import (adam_precondition, checkpoint_learning_rate, flat_moments,
                                            load_adapter, load_optimizer_state, trainer_param_order)
-from thresher.gradients.features import gradient_features, write_gradient_store
+from thresher.gradients.features import gradient_features, iter_gradients, write_gradient_store
 from thresher.gradients.persample import (ParamSelection, make_batch, notation_patterns, per_sample_grads,
                                           select_parameters)
+from thresher.gradients.pipeline import (Checkpoint, TrainingRun, adapted_model, checkpoint_moments,
+                                         datainf_streamed, file_sha, gradient_dots, group_means, open_run,
+                                         store_batches, use_checkpoint)
 from thresher.gradients.projection import RademacherProjector
 from thresher.gradients.scores import (clues_domain_weights, clues_scores, datainf_influence, domain_means,
                                        global_threshold, less_scores, lr_weights, normalize_rows, select_above,
@@ -17,5 +20,7 @@ __all__ = [
     "trainer_param_order", "gradient_features", "write_gradient_store", "ParamSelection", "make_batch",
     "notation_patterns", "per_sample_grads", "select_parameters", "RademacherProjector", "clues_domain_weights",
     "clues_scores", "datainf_influence", "domain_means", "global_threshold", "less_scores", "lr_weights",
-    "normalize_rows", "select_above", "selection_metrics", "GradientStore", "write_store",
+    "normalize_rows", "select_above", "selection_metrics", "GradientStore", "write_store", "iter_gradients",
+    "Checkpoint", "TrainingRun", "adapted_model", "checkpoint_moments", "datainf_streamed", "file_sha",
+    "gradient_dots", "group_means", "open_run", "store_batches", "use_checkpoint",
 ]

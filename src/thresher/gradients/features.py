@@ -8,6 +8,7 @@ Unscorable units (span status not 'ok') get a NaN row.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,23 +26,19 @@ def feature_dim(sel: ParamSelection, projector: RademacherProjector | None) -> i
     return projector.out_dim if projector is not None else sel.dim
 
 
-@torch.no_grad()
-def gradient_features(model, tokenizer, units: list[Rendered], sel: ParamSelection, *, max_length: int = 512,
-                      batch_size: int = 4, project_batch: int = 64,
-                      moments: tuple[torch.Tensor, torch.Tensor] | None = None,
-                      projector: RademacherProjector | None = None, span_rule: str = "offsets") -> np.ndarray:
-    """(N, d) float32 features. ``moments`` = (exp_avg, exp_avg_sq) flat (P,) tensors (see
-    checkpoint.flat_moments) switch on Adam preconditioning; ``projector`` maps P -> d.
-
-    Two batch sizes because the costs differ: forward/backward runs on small length-sorted batches of
-    ``batch_size`` (on a CPU, compute-bound, padding is pure waste), while the projection, whose cost is
-    dominated by drawing R once per call, runs on ``project_batch`` samples at a time
-    (memory: project_batch x P floats, 64 x 460,800 x 4 B = 118 MB for LoRA r=8 on q,v of SmolLM2).
-    """
+@torch.no_grad()      # torch wraps each step of a generator, so the consumer's code keeps its grad mode
+def iter_gradients(model, tokenizer, units: list[Rendered], sel: ParamSelection, *, max_length: int = 512,
+                   batch_size: int = 4, project_batch: int = 64,
+                   moments: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   projector: RademacherProjector | None = None, span_rule: str = "offsets",
+                   template: str = "") -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Yield (unit indices (b,), (b, d) float32 features on the model's device) for every scorable unit,
+    length-sorted; unscorable units (span status not 'ok') are never yielded. Keyword args as in
+    ``gradient_features``; a consumer that reduces each chunk (a dot product, a running sum) never holds
+    more than one chunk of gradients."""
     model.eval()
-    sp = build_spans(tokenizer, units, max_length, span_rule)
+    sp = build_spans(tokenizer, units, max_length, span_rule, template)
     ok = np.flatnonzero([s == OK for s in sp.status])
-    out = np.full((len(units), feature_dim(sel, projector)), np.nan, dtype=np.float32)
     order = ok[np.argsort([len(sp.cond_ids[i]) for i in ok], kind="stable")]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     step = max(batch_size, project_batch if projector is not None else batch_size)
@@ -53,7 +50,28 @@ def gradient_features(model, tokenizer, units: list[Rendered], sel: ParamSelecti
             g = per_sample_grads(model, sel, batch)        # (b, P)
             grads.append(adam_precondition(g, *moments) if moments is not None else g)
         g = torch.cat(grads)                               # (step, P)
-        out[chunk] = (projector.project(g) if projector is not None else g).cpu().numpy()
+        yield chunk, (projector.project(g) if projector is not None else g)
+
+
+def gradient_features(model, tokenizer, units: list[Rendered], sel: ParamSelection, *, max_length: int = 512,
+                      batch_size: int = 4, project_batch: int = 64,
+                      moments: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      projector: RademacherProjector | None = None, span_rule: str = "offsets",
+                      template: str = "") -> np.ndarray:
+    """(N, d) float32 features. ``moments`` = (exp_avg, exp_avg_sq) flat (P,) tensors (see
+    checkpoint.flat_moments) switch on Adam preconditioning; ``projector`` maps P -> d; ``template``
+    is passed to build_spans (the 'cherry' span rule needs it).
+
+    Two batch sizes because the costs differ: forward/backward runs on small length-sorted batches of
+    ``batch_size`` (on a CPU, compute-bound, padding is pure waste), while the projection, whose cost is
+    dominated by drawing R once per call, runs on ``project_batch`` samples at a time
+    (memory: project_batch x P floats, 64 x 460,800 x 4 B = 118 MB for LoRA r=8 on q,v of SmolLM2).
+    """
+    out = np.full((len(units), feature_dim(sel, projector)), np.nan, dtype=np.float32)
+    for idx, feats in iter_gradients(model, tokenizer, units, sel, max_length=max_length, batch_size=batch_size,
+                                     project_batch=project_batch, moments=moments, projector=projector,
+                                     span_rule=span_rule, template=template):
+        out[idx] = feats.cpu().numpy()
     return out
 
 

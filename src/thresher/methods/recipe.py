@@ -1,12 +1,22 @@
-"""Recipes: YAML files that compose data loading, scorers and selectors into a method.
+"""Recipes: YAML files that compose data loading, scorers, selectors and training into a method.
 
-A recipe is a ``Recipe``: data options, the model, and one or more stages. Each stage runs its
+A recipe is a ``Recipe``: data options, the model, and one or more stages. A scoring stage runs its
 scorers over the whole dataset (with the stage's model, default the recipe's) and applies its
-selector; the last stage's selection is the recipe's result. Unknown keys anywhere are errors.
+selector; a training stage (``train:``) fine-tunes the stage's model on rows chosen by an earlier stage
+(Cherry's pre-experience, LESS's warm-up, CLUES's local training, IterIT). The last scoring stage's
+selection is the recipe's result. Unknown keys anywhere are errors.
+
+References, resolved when the recipe runs (``@name``):
+  stage ``model: "@T"``               the model trained by training stage T (its merged or full model folder)
+  scorer parameter ``"@T"``           the run directory of training stage T (checkpoints, for gradient scorers)
+  scorer parameter ``"@target"``      the recipe's ``target`` files (``--target``), ``"@anchor"`` its anchor file,
+                                      ``"@validation"`` its validation files (default: the anchor file)
+``clients`` (``--clients``) runs the stages once per client file; see thresher.methods.clients.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +26,7 @@ from thresher.config import build, choice, did_you_mean
 from thresher.errors import ConfigError
 from thresher.methods.select import SelectConfig, check_params
 
+log = logging.getLogger(__name__)
 PACKAGED = Path(__file__).resolve().parent.parent / "recipes"
 
 
@@ -41,7 +52,22 @@ class StageConfig:
     model: str | None = None
     score: list = field(default_factory=list)
     select: dict | None = None
+    train: dict | None = None
     note: str = ""
+
+
+@dataclass
+class TrainStageConfig:
+    rows: str = "previous"                 # whose rows: previous (the last scoring stage's selection), all,
+                                           # or the name of an earlier scoring stage
+    fraction: float | None = None          # a seeded uniform fraction of those rows (LESS warm-up: 0.05)
+    seed: int = 0
+    preset: str | None = None              # thresher.training.config.PRESETS
+    cpu_small: bool = False                # CPU scale: max_length 256, batch 4, no accumulation
+    merge: bool = False                    # LoRA: also write the merged model folder later stages load
+    params: dict = field(default_factory=dict)   # TrainConfig fields (override the preset)
+    iterit: dict | None = None             # IterIT selection during training: IterITSampler parameters
+                                           # (ratio | k, update_ratio, score_type, decay, ...) + span_rule
 
 
 @dataclass
@@ -57,6 +83,13 @@ class Recipe:
     shard_size: int = 64
     seed: int = 0
     judge: dict = field(default_factory=dict)   # chat backend of judge scorers: see thresher.models.judges
+    target: list = field(default_factory=list)  # target-task example files (LESS, DataInf): "@target"
+    anchor: str | None = None                   # trusted anchor set (CLUES threshold): "@anchor"
+    validation: list = field(default_factory=list)  # validation files (CLUES domains): "@validation";
+                                                # empty: the anchor set doubles as the validation set
+    clients: list = field(default_factory=list) # private client data files: the stages run once per client
+    labels: str | None = None                   # record field with a ground-truth good(1)/bad(0) label:
+                                                # precision/recall/F1 of the selection are reported
     stages: list = field(default_factory=list)
 
 
@@ -67,6 +100,11 @@ class ResolvedStage:
     scores: list[ScoreConfig]
     select: SelectConfig | None
     note: str
+    train: TrainStageConfig | None = None
+
+    @property
+    def is_train(self) -> bool:
+        return self.train is not None
 
 
 def resolve_recipe_path(spec: str) -> Path:
@@ -102,20 +140,38 @@ def check_recipe(raw: dict, where: str):
     build(JudgeConfig, recipe.judge, f"recipe {where}: judge")
     if not recipe.stages:
         raise ConfigError(f"recipe {where}: 'stages' must list at least one stage.")
-    stages = [_stage(s, i, recipe, where) for i, s in enumerate(recipe.stages)]
+    for key in ("target", "clients", "validation"):
+        if not isinstance(getattr(recipe, key), list):
+            raise ConfigError(f"recipe {where}: {key!r} must be a list of data files. Got {getattr(recipe, key)!r}.")
+    stages: list[ResolvedStage] = []
+    for i, s in enumerate(recipe.stages):
+        stages.append(_stage(s, i, recipe, where, stages))
+    if all(st.is_train for st in stages) and not any(st.train.iterit for st in stages):
+        raise ConfigError(f"recipe {where}: every stage trains and none selects: add a scoring stage, or an "
+                          "'iterit' block to the training stage.")
     return recipe, data, stages
 
 
-def _stage(raw, i, recipe: Recipe, where: str) -> ResolvedStage:
+def _stage(raw, i, recipe: Recipe, where: str, earlier: list[ResolvedStage]) -> ResolvedStage:
     from thresher.scoring import get_scorer
 
     owner = f"recipe {where}: stage {i}"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{owner} must be a mapping with name, score and select.")
+        raise ConfigError(f"{owner} must be a mapping with name and score/select, or name and train.")
     st = build(StageConfig, raw, owner)
+    name = st.name or f"stage{i}"
+    if name in {e.name for e in earlier}:
+        raise ConfigError(f"{owner}: stage name {name!r} is used twice; stage names name output folders.")
+    model = _model_ref(st.model or recipe.model, earlier, owner)
+    if st.train is not None:
+        if st.score or st.select is not None:
+            raise ConfigError(f"{owner}: a stage either trains ('train') or scores and selects ('score', "
+                              "'select'), not both: split it into two stages.")
+        return ResolvedStage(name, model, [], None, st.note, _train_stage(st.train, owner, earlier))
     scores, produced = [], set()
     for j, sc in enumerate(st.score):
         sc = build(ScoreConfig, sc, f"{owner}: score {j}")
+        check_refs(sc.params, recipe, earlier, f"{owner}: score {j} ({sc.scorer})")
         scorer = get_scorer(sc.scorer)(**sc.params)          # validates parameters; loads nothing
         missing = [c for c in scorer.required_columns() if c not in produced]
         if missing:
@@ -130,7 +186,114 @@ def _stage(raw, i, recipe: Recipe, where: str) -> ResolvedStage:
         check_params(sel, f"{owner}: select")
     if not scores and (sel is None or sel.selector not in ("full", "random")):
         raise ConfigError(f"{owner}: a stage needs at least one scorer unless it selects 'full' or 'random'.")
-    return ResolvedStage(st.name or f"stage{i}", st.model or recipe.model, scores, sel, st.note)
+    return ResolvedStage(name, model, scores, sel, st.note)
+
+
+def _train_stage(raw, owner: str, earlier: list[ResolvedStage]) -> TrainStageConfig:
+    """Check a training stage without loading anything: its rows, budget, preset and TrainConfig fields."""
+    from thresher.training.config import resolve_config
+
+    owner = f"{owner}: train"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{owner} must be a mapping (rows, fraction, preset, cpu_small, merge, params, iterit).")
+    tc = build(TrainStageConfig, raw, owner)
+    scoring = [e.name for e in earlier if not e.is_train]
+    if tc.rows == "previous" and not any(e.select is not None for e in earlier if not e.is_train):
+        raise ConfigError(f"{owner}: rows 'previous' needs an earlier stage that selects. Use rows: all to "
+                          "train on every row.")
+    if tc.rows not in ("previous", "all") and tc.rows not in scoring:
+        raise ConfigError(f"The 'rows' parameter of {owner} must be previous, all or the name of an earlier "
+                          f"scoring stage ({', '.join(scoring) or 'none'}). Got {tc.rows!r}.")
+    if tc.fraction is not None and not (isinstance(tc.fraction, (int, float)) and 0 < tc.fraction <= 1):
+        raise ConfigError(f"The 'fraction' parameter of {owner} must be a float in (0, 1]. Got {tc.fraction!r}.")
+    if not isinstance(tc.params, dict):
+        raise ConfigError(f"The 'params' parameter of {owner} must be a mapping of TrainConfig fields.")
+    if "model" in tc.params:
+        raise ConfigError(f"{owner}: set the model with the stage's 'model' key, not params.model.")
+    resolve_config(tc.preset, tc.params, cpu_small=tc.cpu_small)     # unknown keys, bad values, preset name
+    if tc.iterit is not None:
+        from thresher.methods.train_stage import make_iterit
+        make_iterit(tc.iterit, f"{owner}: iterit")
+    return tc
+
+
+def _model_ref(spec: str, earlier: list[ResolvedStage], owner: str) -> str:
+    """A stage model "@T" must name an earlier training stage whose model loads as a plain folder."""
+    if not (isinstance(spec, str) and spec.startswith("@")):
+        return spec
+    t = _train_ref(spec[1:], earlier, owner)
+    lora = _trained_is_lora(t.train)
+    if lora and not t.train.merge:
+        raise ConfigError(f"{owner}: model {spec!r} is a LoRA run; set merge: true in stage {t.name!r} so it "
+                          "writes a merged model folder that scorers can load.")
+    return spec
+
+
+def _trained_is_lora(tc: TrainStageConfig) -> bool:
+    from thresher.training.config import resolve_config
+    return resolve_config(tc.preset, tc.params, cpu_small=tc.cpu_small).lora
+
+
+def _train_ref(name: str, earlier: list[ResolvedStage], owner: str) -> ResolvedStage:
+    trains = {e.name: e for e in earlier if e.is_train}
+    if name not in trains:
+        raise ConfigError(f"{owner}: '@{name}' names no earlier training stage (training stages so far: "
+                          f"{', '.join(trains) or 'none'}).{did_you_mean(name, trains)}")
+    return trains[name]
+
+
+REF_INPUTS = ("target", "anchor", "validation")
+
+
+def check_refs(params, recipe: Recipe, earlier: list[ResolvedStage], owner: str) -> None:
+    """Every "@name" string in scorer parameters names an earlier training stage or a recipe input."""
+    for value in _walk(params):
+        if isinstance(value, str) and value.startswith("@") and value[1:] not in REF_INPUTS:
+            _train_ref(value[1:], earlier, owner)
+
+
+def _walk(x):
+    if isinstance(x, dict):
+        for v in x.values():
+            yield from _walk(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _walk(v)
+    else:
+        yield x
+
+
+def resolve_refs(x, recipe: Recipe, train_dirs: dict[str, str]):
+    """A copy of ``x`` with "@name" strings replaced: a training stage's run directory, the recipe's
+    target files (a list; spliced into an enclosing list) or its anchor file."""
+    if isinstance(x, dict):
+        return {k: resolve_refs(v, recipe, train_dirs) for k, v in x.items()}
+    if isinstance(x, list):
+        out = []
+        for v in x:
+            r = resolve_refs(v, recipe, train_dirs)
+            out.extend(r) if (v in ("@target", "@validation") and isinstance(r, list)) else out.append(r)
+        return out
+    if isinstance(x, str) and x.startswith("@"):
+        name = x[1:]
+        if name == "target":
+            if not recipe.target:
+                raise ConfigError(f"Recipe {recipe.name!r} needs target examples: pass --target FILE [FILE ...] "
+                                  "(one file per target task, any supported format).")
+            return list(recipe.target)
+        if name == "anchor" or (name == "validation" and not recipe.validation):
+            if not recipe.anchor:
+                raise ConfigError(f"Recipe {recipe.name!r} needs a trusted anchor set: pass --anchor FILE.")
+            if name == "validation":
+                log.warning("the anchor set doubles as the validation set: each anchor's own gradient is part of "
+                            "the mean it is scored against, which raises the anchor scores and so the threshold; "
+                            "pass --validation FILE for a separate validation set")
+                return [recipe.anchor]
+            return recipe.anchor
+        if name == "validation":
+            return list(recipe.validation)
+        return train_dirs[name]
+    return x
 
 
 def set_dotted(raw: dict, key: str, value) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from thresher.engine.io import write_json, write_parquet, atomic_path
 from thresher.engine.manifest import base_manifest
 from thresher.engine.scoring import score_dataset
 from thresher.errors import ConfigError
-from thresher.methods.recipe import DataConfig, Recipe, ResolvedStage
+from thresher.methods.recipe import DataConfig, Recipe, ResolvedStage, ScoreConfig, resolve_refs
 from thresher.methods.select import apply_selector
 from thresher.scoring import make_scorer
 from thresher.scoring.base import ModelContext
@@ -40,10 +40,10 @@ def load_data(cfg: DataConfig) -> Dataset:
     return load(path, cfg.format, on_invalid=cfg.on_invalid, lenient=cfg.lenient, limit=cfg.limit, split=cfg.split)
 
 
-def score_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, cache_root=None) -> tuple[pd.DataFrame, list]:
+def score_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, cache_root=None,
+                ctx: ModelContext | None = None) -> tuple[pd.DataFrame, list]:
     """All of a stage's scorers over ``ds``, joined on row order; returns (scores, scorer records)."""
-    ctx = ModelContext(stage.model, device=recipe.device, dtype=recipe.dtype,
-                       max_batch_tokens=recipe.max_batch_tokens, judge=recipe.judge)
+    ctx = ctx or stage_context(stage, recipe)
     table, info = pd.DataFrame({"id": ds.ids}), []
     for sc in stage.scores:
         scorer = make_scorer(sc.scorer, **sc.params)
@@ -60,39 +60,107 @@ def score_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, cache_root=No
     return table, info
 
 
+def stage_context(stage: ResolvedStage, recipe: Recipe) -> ModelContext:
+    return ModelContext(stage.model, device=recipe.device, dtype=recipe.dtype,
+                        max_batch_tokens=recipe.max_batch_tokens, judge=recipe.judge)
+
+
 def run_recipe(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
                argv=None, raw_recipe: dict | None = None, cache_root=None) -> dict:
+    """Run every stage; with ``recipe.clients`` once per client (thresher.methods.clients)."""
+    if recipe.clients:
+        from thresher.methods.clients import run_clients
+        return run_clients(recipe, data_cfg, stages, Path(out), argv=argv, raw_recipe=raw_recipe,
+                           cache_root=cache_root)
     t0 = time.perf_counter()
     out = Path(out)
     ds = load_data(data_cfg)
     manifest = {**base_manifest(argv), "recipe": raw_recipe or asdict(recipe), "seed": recipe.seed,
                 "data": {**asdict(data_cfg), "report": ds.report.as_dict(), "rows": len(ds)}, "stages": []}
     summary = {"recipe": recipe.name, "rows": len(ds), "load": ds.report.as_dict(), "stages": []}
+    pending = run_stages(ds, recipe, stages, out, manifest, summary, cache_root=cache_root, argv=argv)
+    if pending is not None:                   # a global threshold: this dataset is the only client
+        from thresher.methods.clients import finish_global_threshold
+        summary["global_threshold"] = finish_global_threshold([pending], recipe, stages[-1])
+    finish_run(out, stages, manifest, summary, t0)
+    return summary
+
+
+def finish_run(out: Path, stages: list[ResolvedStage], manifest: dict, summary: dict, t0: float) -> None:
+    if stages[-1].is_train and stages[-1].train.iterit is not None:
+        _promote_last(out, stages[-1].name, only="selected")
+    else:
+        last = [st for st in stages if not st.is_train]
+        if last:
+            _promote_last(out, last[-1].name)
+    summary["outputs"] = {"dir": str(out), "manifest": str(out / "manifest.json")}
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(out / "manifest.json", manifest)
+    write_json(out / "summary.json", summary)
+
+
+def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Path, manifest: dict,
+               summary: dict, *, cache_root=None, argv=None):
+    """Run the stages over ``ds`` into ``out``, filling ``manifest`` and ``summary``.
+
+    Returns None, or, when the last stage selects by a global threshold, what the threshold step needs
+    (thresher.methods.clients.Pending): the scores are written, the selection waits for the anchors of
+    every client.
+    """
+    from thresher.methods.train_stage import run_train_stage, train_rows, trained_model_dir
+
+    selections: dict[str, np.ndarray] = {}
+    train_dirs: dict[str, str] = {}
+    last_scoring = None
     for stage in stages:
-        scores, info = score_stage(ds, stage, recipe, cache_root)
+        model = trained_model_dir(Path(train_dirs[stage.model[1:]])) if stage.model.startswith("@") else stage.model
+        if stage.is_train:
+            rows = train_rows(stage.train, len(ds), selections, last_scoring)
+            st_sum = run_train_stage(ds, stage, recipe, rows, out, model, argv=argv)
+            train_dirs[stage.name] = str(out / stage.name)
+            manifest["stages"].append({"name": stage.name, "model": model, "train": asdict(stage.train),
+                                       "rows": [ds.ids[i] for i in rows], "note": stage.note})
+            summary["stages"].append(st_sum)
+            continue
+        stage = replace(stage, model=model,
+                        scores=[ScoreConfig(sc.scorer, resolve_refs(sc.params, recipe, train_dirs))
+                                for sc in stage.scores])
+        ctx = stage_context(stage, recipe)
+        scores, info = score_stage(ds, stage, recipe, cache_root, ctx)
         st_dir = out / stage.name
         write_parquet(st_dir / "scores.parquet", scores)
         st_sum = {"name": stage.name, "model": stage.model, "note": stage.note, **describe_scores(scores, info)}
         judged = [rec for rec in info if "judge" in rec]
         if judged:
             st_sum["judge"] = judged[-1]["judge"]      # the backend's running totals for this stage
-        if stage.select is not None:
-            # The stage's last scorer is its result (earlier ones feed it: ratings, embeddings).
-            main = info[-1]["main_column"] if info else None
-            hib = info[-1]["higher_is_better"] if info else None
-            idx = apply_selector(stage.select, scores, default_column=main, higher_is_better=hib)
-            st_sum.update(write_selection(ds, idx, st_dir))
-            st_sum["selector"] = asdict(stage.select)
         manifest["stages"].append({"name": stage.name, "model": stage.model, "scorers": info,
                                    "select": asdict(stage.select) if stage.select else None, "note": stage.note})
         summary["stages"].append(st_sum)
-    _promote_last(out, stages[-1].name)
-    summary["outputs"] = {"dir": str(out), "manifest": str(out / "manifest.json")}
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    write_json(out / "manifest.json", manifest)
-    write_json(out / "summary.json", summary)
-    return summary
+        last_scoring = stage.name
+        if stage.select is None:
+            continue
+        # The stage's last scorer is its result (earlier ones feed it: ratings, embeddings).
+        main = info[-1]["main_column"] if info else None
+        hib = info[-1]["higher_is_better"] if info else None
+        if stage.select.selector == "global_threshold":
+            from thresher.methods.clients import Pending
+            return Pending(ds, stage, scores, main, st_dir, st_sum, ctx, cache_root)
+        idx = apply_selector(stage.select, scores, default_column=main, higher_is_better=hib)
+        selections[stage.name] = idx
+        st_sum.update(write_selection(ds, idx, st_dir))
+        st_sum["selector"] = asdict(stage.select)
+    if stages[-1].is_train and stages[-1].train.iterit is not None:
+        _write_iterit_selection(ds, out / stages[-1].name, summary["stages"][-1])
+    return None
 
+
+def _write_iterit_selection(ds: Dataset, run: Path, st_sum: dict) -> None:
+    """An IterIT recipe's result: the rows its last epoch trained on, written like a selection."""
+    from thresher.methods.train_stage import iterit_trained_ids
+
+    pos = {rid: i for i, rid in enumerate(ds.ids)}
+    idx = np.array([pos[i] for i in iterit_trained_ids(run)], dtype=np.int64)
+    st_sum.update(write_selection(ds, idx, run))
 
 
 def write_selection(ds: Dataset, idx: np.ndarray, st_dir: Path) -> dict:
@@ -104,10 +172,12 @@ def write_selection(ds: Dataset, idx: np.ndarray, st_dir: Path) -> dict:
     return {"selected": int(len(idx)), "dropped": int(len(ds) - len(idx)), "selected_file": str(target)}
 
 
-def _promote_last(out: Path, stage: str) -> None:
-    """Copy the last stage's outputs to the top of the run directory."""
+def _promote_last(out: Path, stage: str, only: str = "") -> None:
+    """Copy the last scoring stage's outputs (or its files named ``only*``) to the top of the run directory."""
+    if not (out / stage).is_dir():
+        return
     for f in (out / stage).iterdir():
-        if f.is_file() and not f.name.startswith("."):
+        if f.is_file() and not f.name.startswith(".") and f.name.startswith(only):
             with atomic_path(out / f.name) as tmp:
                 shutil.copyfile(f, tmp)
 
@@ -133,8 +203,19 @@ def describe_scores(scores: pd.DataFrame, info: list[dict]) -> dict:
 
 def format_summary(summary: dict) -> str:
     """Human-readable summary printed by the CLI."""
+    if "clients" in summary and "load" not in summary:
+        return _format_clients(summary)
     lines = [f"thresher: {summary.get('recipe') or 'score'} on {summary['rows']} rows "
              f"from {summary['load']['path']} ({summary['load']['fmt']}, {summary['load']['container']})"]
+    lines += _format_stages(summary)
+    if summary.get("global_threshold"):
+        lines += _format_threshold(summary["global_threshold"])
+    lines.append(f"outputs: {summary['outputs']['dir']}  ({summary.get('seconds', 0)} s)")
+    return "\n".join(lines)
+
+
+def _format_stages(summary: dict) -> list[str]:
+    lines = []
     load = summary["load"]
     if load.get("truncated"):
         lines.append(f"  input: {load['truncated']}")
@@ -142,6 +223,12 @@ def format_summary(summary: dict) -> str:
         lines.append("  skipped at load: " + ", ".join(f"{k}: {v}" for k, v in load["skipped"].items()))
     for st in summary["stages"]:
         lines.append(f"stage {st['name']} (model {st['model']})")
+        if "train" in st:
+            t = st["train"]
+            loss = f"{t['loss']:.4f}" if t.get("loss") is not None else "n/a"
+            lines.append(f"  trained on {t['trained']} of {t['rows']} rows ({t['skipped']} skipped), step "
+                         f"{t['steps']}/{t['max_steps']}, loss {loss}, {len(t['checkpoints'])} checkpoint(s) -> "
+                         f"{t.get('merged') or t['final']}")
         for col, e in st["columns"].items():
             q = e["quantiles"]
             qs = "  ".join(f"{k} {v:.4g}" for k, v in q.items()) if q else "no finite scores"
@@ -156,7 +243,32 @@ def format_summary(summary: dict) -> str:
                          f"cost {j.get('cost', 0.0):.4f}")
         if "selected" in st:
             lines.append(f"  selected {st['selected']} kept / {st['dropped']} dropped -> {st['selected_file']}")
+        if st.get("metrics"):
+            m = st["metrics"]
+            lines.append(f"  against labels: precision {m['precision']:.3f} recall {m['recall']:.3f} f1 {m['f1']:.3f}")
         if st.get("note"):
             lines.append(f"  note: {st['note']}")
+    return lines
+
+
+def _format_threshold(gt: dict) -> list[str]:
+    q = "  ".join(f"{k} {v:.4g}" for k, v in gt["anchor"].items())
+    lines = [f"global threshold ({gt['rule']}{'' if gt.get('q') is None else ' q=' + str(gt['q'])} of the anchor "
+             f"scores): tau = {gt['tau']:.6g}   anchor scores: {q}"]
+    for name, c in gt["clients"].items():
+        extra = f", precision {c['precision']:.3f} recall {c['recall']:.3f} f1 {c['f1']:.3f}" if "f1" in c else ""
+        lines.append(f"  {name}: kept {c['selected']} of {c['rows']}{extra}")
+    if gt.get("overall"):
+        o = gt["overall"]
+        lines.append(f"  overall: precision {o['precision']:.3f} recall {o['recall']:.3f} f1 {o['f1']:.3f}")
+    return lines
+
+
+def _format_clients(summary: dict) -> str:
+    lines = [f"thresher: {summary['recipe']} over {len(summary['clients'])} clients, {summary['rows']} rows"]
+    for name, c in summary["clients"].items():
+        lines.append(f"client {name}: {c['rows']} rows from {c['load']['path']}")
+        lines += ["  " + x for x in _format_stages(c)]
+    lines += _format_threshold(summary["global_threshold"])
     lines.append(f"outputs: {summary['outputs']['dir']}  ({summary.get('seconds', 0)} s)")
     return "\n".join(lines)

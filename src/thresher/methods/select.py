@@ -16,6 +16,9 @@ Selectors (``SelectConfig.selector``) and their parameters:
   facility_location      k | ratio, metric, where                           greedy FL on ``embedding``
   superfiltering_d       column (ifd), ifd_ratio | ifd_k, k | ratio, filter_below, metric
   opencs                 per_cluster, k, order                              needs the opencs_* columns
+  global_threshold       rule (min | mean | quantile), q                    keep score >= tau, tau from the
+                                                                            anchor set's scores (pooled over
+                                                                            clients; thresher.methods.clients)
 ``where`` is a dict {column: {lt|le|gt|ge: value}} that restricts the candidates of top_k (e.g.
 IFD below 1); with ``of: passing`` a ratio then counts only the rows that pass it.
 """
@@ -34,7 +37,7 @@ from thresher.errors import ConfigError
 
 SELECTOR_NAMES = ("full", "random", "top_k", "middle", "threshold", "superfiltering", "cherry_ifd",
                   "cherry_pre_experience", "alpagasus", "ds2_bucket", "deita", "ds2_diversity",
-                  "facility_location", "superfiltering_d", "opencs")
+                  "facility_location", "superfiltering_d", "opencs", "global_threshold")
 
 # Parameters of the selectors built on embeddings and judge columns (the others are read from the
 # selection functions' signatures).
@@ -82,6 +85,9 @@ def apply_selector(cfg: SelectConfig, scores: pd.DataFrame, *, default_column: s
     p, name = dict(cfg.params), cfg.selector
     if name == "full":
         return np.arange(len(scores), dtype=np.int64)
+    if name == "global_threshold":
+        raise ConfigError("Selector 'global_threshold' needs the anchor set's scores: it runs as the last stage "
+                          "of a recipe with an anchor (thresher run ... --anchor FILE), not on a scores table alone.")
     if name == "random":
         return S.random_k(len(scores), **p)
     if name == "cherry_pre_experience":
@@ -196,6 +202,9 @@ def check_params(cfg: SelectConfig, owner: str) -> None:
     """Reject parameters the selector does not take (run by ``thresher validate``, no data needed)."""
     import inspect
 
+    if cfg.selector == "global_threshold":
+        from thresher.methods.clients import check_global_threshold
+        return check_global_threshold(cfg.params, owner)
     if cfg.selector == "full":
         allowed = set()
     elif cfg.selector in _PARAMS:

@@ -86,6 +86,7 @@ class Scorer:
     def __init__(self, **params):
         self.params = build(self.Params, params, f"scorer {self.name!r}")
         self.ctx: ModelContext | None = None
+        self.cache_root = None                  # set by the engine: a folder for intermediate stores
         self.tokens_processed = 0               # read by the engine for tokens/s
 
     def param_dict(self) -> dict:

@@ -27,6 +27,9 @@ register("ds2_curation", "thresher.scoring.curation_scorer:DS2CurationScorer")
 register("opencs_tags", "thresher.scoring.opencs:OpenCSTagScorer")
 register("opencs_clusters", "thresher.scoring.opencs:OpenCSClusterScorer")
 register("opencs_pairs", "thresher.scoring.opencs:OpenCSPairScorer")
+register("less", "thresher.scoring.gradient:LessScorer")
+register("clues", "thresher.scoring.gradient:CluesScorer")
+register("datainf", "thresher.scoring.gradient:DataInfScorer")
 
 
 def get_scorer(name: str):

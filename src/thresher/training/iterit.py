@@ -25,7 +25,10 @@ mode under ``torch.no_grad()`` around the call and restores training mode afterw
 Each scoring round writes ``<log_dir>/epoch-<e>.json`` (default ``OUT/iterit``): the rows re-scored and
 their scores, candidate and set-aside counts, the k rows selected (rank order, with ids and scores) and
 the full ordering with each position's score (the reference's ``{e}_alpaca.jsonl`` and
-``{e}_alpaca_selected.jsonl`` in one file). ``state_dict`` is JSON (NaN scores as null).
+``{e}_alpaca_selected.jsonl`` in one file), and the round's cost: ``rescored_count`` (rows the ``rescore``
+callable scored; 0 when ``initial_scores`` stood in or for "baseline"), ``rescore_seconds`` (wall seconds
+of that call) and ``order_seconds`` (wall seconds of ``window_order``: TF-IDF fit + greedy).
+``state_dict`` is JSON (NaN scores as null).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -178,12 +182,13 @@ class IterITSampler:
             raise ConfigError(f"The 'k' parameter of IterITSampler must be <= the {n} training rows. "
                               f"Got {self.k}.")
         rows = np.arange(n, dtype=np.int64)
+        t = time.perf_counter()
         if self.initial_scores is not None:
-            s = self._check_scores(self.initial_scores, n, "initial_scores")
+            s, scored = self._check_scores(self.initial_scores, n, "initial_scores"), 0
         else:
-            s = self._check_scores(self.rescore(rows, model=self.model, epoch=0), n, "rescore")
+            s, scored = self._check_scores(self.rescore(rows, model=self.model, epoch=0), n, "rescore"), n
         self.scores = np.full(n, np.nan)
-        self._reorder(0, rows, rows, s)
+        self._reorder(0, rows, rows, s, scored, time.perf_counter() - t)
 
     def update(self, epoch: int, model=None) -> None:
         """Prepare ``epoch`` (>= 1) after epoch - 1 has trained: re-score the window with ``model``."""
@@ -195,26 +200,31 @@ class IterITSampler:
             self.model = model
         if self.strategy == "baseline":
             self.epoch = epoch
-            self._log(epoch, np.zeros(0, np.int64), np.zeros(0))
+            self._log(epoch, np.zeros(0, np.int64), np.zeros(0), 0, 0.0, 0.0)
             return
         rows = self.order[:self.window].copy()
+        t = time.perf_counter()
         s = self._check_scores(self.rescore(rows, model=self.model, epoch=epoch), len(rows), "rescore")
-        self._reorder(epoch, self.order, rows, s)
+        self._reorder(epoch, self.order, rows, s, len(rows), time.perf_counter() - t)
 
     # ---------------------------------------------------------------- internals
-    def _reorder(self, epoch: int, order: np.ndarray, rows: np.ndarray, s: np.ndarray) -> None:
-        """Store the window's new scores, re-order the window, log the round."""
+    def _reorder(self, epoch: int, order: np.ndarray, rows: np.ndarray, s: np.ndarray, scored: int,
+                 rescore_s: float) -> None:
+        """Store the window's new scores, re-order the window, log the round (with its timings)."""
         self.scores[rows] = s
+        t = time.perf_counter()
         docs = [self.responses[r] for r in rows]
         self.order = window_order(order, s, docs, k=self.k, eos=self.eos or "", **self.rank_kw)
+        order_s = time.perf_counter() - t
         self.epoch = epoch
-        self._log(epoch, rows, s)
+        self._log(epoch, rows, s, scored, rescore_s, order_s)
 
-    def _log(self, epoch: int, rows: np.ndarray, s: np.ndarray) -> None:
+    def _log(self, epoch: int, rows: np.ndarray, s: np.ndarray, scored: int, rescore_s: float,
+             order_s: float) -> None:
         sel = self.order[:self.k]
         cand = int(np.sum(s < self.rank_kw["threshold"]))
-        log.info("IterIT epoch %d: re-scored %d rows, %d candidates, %d set aside", epoch, len(rows),
-                 cand, len(rows) - cand)
+        log.info("IterIT epoch %d: re-scored %d rows (%.2f s), %d candidates, %d set aside; ordering %.2f s",
+                 epoch, scored, rescore_s, cand, len(rows) - cand, order_s)
         if self.log_dir is None:
             return
         from thresher.engine.io import write_json
@@ -226,7 +236,9 @@ class IterITSampler:
             "n_candidates": cand, "n_set_aside": len(rows) - cand,
             "selected": sel.tolist(), "selected_ids": [ids[r] for r in sel],
             "selected_scores": _json_floats(self.scores[sel]),
-            "order": self.order.tolist(), "order_scores": _json_floats(self.scores[self.order])})
+            "order": self.order.tolist(), "order_scores": _json_floats(self.scores[self.order]),
+            "rescored_count": int(scored), "rescore_seconds": float(rescore_s),
+            "order_seconds": float(order_s)})
 
     def _check_scores(self, scores, n: int, what: str) -> np.ndarray:
         try:

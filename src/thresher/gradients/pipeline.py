@@ -1,0 +1,269 @@
+"""Model-side orchestration of the gradient scorers: a training run's checkpoints, the base model wrapped
+with the run's LoRA adapter, and reductions over batched per-sample gradients that never hold more than
+one chunk of them (inner products with fixed directions, group means, DataInf's statistics).
+
+A training run directory is what ``thresher.training.sft.train`` writes: ``checkpoint-<step>/`` with the
+PEFT adapter, ``optimizer.pt``, ``trainer_state.json`` and ``optimizer_params.json``. Each checkpoint
+provides its learning rate (``checkpoint_learning_rate``: mean LR over the epoch before it), its Adam
+moments, and a content fingerprint (sha256 of the adapter weights and of trainer_state.json), so a
+retrained run in the same directory misses every cache while a copied run hits it.
+
+The base model is shared with the other scorers of a run (``ModelContext.lm()``): ``adapted_model``
+injects the run's LoRA layers into it for the duration of a ``with`` block and removes them afterwards
+(PEFT ``unload``), restoring the base weights' ``requires_grad`` flags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from thresher.errors import ConfigError
+from thresher.gradients.checkpoint import checkpoint_learning_rate, flat_moments, load_adapter, load_optimizer_state
+from thresher.gradients.persample import ParamSelection
+
+WHICH = ("all", "last")
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+_ADAPTER = "adapter_model.safetensors"
+
+Batches = Callable[[], Iterator[tuple[np.ndarray, torch.Tensor]]]   # a re-iterable stream of (idx, (b, P))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+    lr: float              # eta_c: mean learning rate of the epoch before the checkpoint
+    fingerprint: str       # sha256 of the adapter weights + trainer_state.json
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    path: Path
+    checkpoints: tuple[Checkpoint, ...]
+
+    @property
+    def lrs(self) -> np.ndarray:
+        return np.array([c.lr for c in self.checkpoints], dtype=np.float64)
+
+    @property
+    def fingerprint(self) -> str:
+        """Steps and content of the checkpoints used (not the directory: a moved run keeps its caches)."""
+        return _sha(*(f"{c.step}:{c.fingerprint}" for c in self.checkpoints))[:32]
+
+
+def _sha(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(str(p).encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+_FILE_SHA: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha(path: str | Path) -> str:
+    """sha256 of a file's bytes, remembered per (path, size, mtime) so a big adapter is read once per process."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_SHA:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _FILE_SHA[key] = h.hexdigest()
+    return _FILE_SHA[key]
+
+
+def _complete(d: Path) -> bool:
+    try:
+        json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (d / "optimizer.pt").is_file() and (d / _ADAPTER).is_file() and (d / "adapter_config.json").is_file()
+
+
+def open_run(path, which: str = "all", *, owner: str = "the scorer", param: str = "checkpoints") -> TrainingRun:
+    """The complete LoRA checkpoints of a training run directory, oldest step first (``which="last"``: the
+    newest only). A checkpoint cut off mid-save (no readable trainer_state.json) is skipped."""
+    if not isinstance(path, (str, Path)) or not str(path).strip():
+        raise ConfigError(f"The {param!r} parameter of {owner} must be the path of a training run directory "
+                          f"(the output of 'thresher train'). Got {path!r}.")
+    if which not in WHICH:
+        raise ConfigError(f"The 'which' parameter of {owner} must be one of {', '.join(map(repr, WHICH))}. "
+                          f"Got {which!r}.")
+    root = Path(path)
+    if not root.is_dir():
+        raise ConfigError(f"The {param!r} parameter of {owner} must be a training run directory; {str(root)!r} "
+                          f"{'is not a directory' if root.exists() else 'does not exist'}.")
+    found = sorted((int(m.group(1)), d) for d in root.iterdir()
+                   if (m := _CKPT.match(d.name)) and d.is_dir() and _complete(d))
+    if not found:
+        raise ConfigError(f"The {param!r} parameter of {owner}: {str(root)!r} holds no complete LoRA checkpoint "
+                          f"(checkpoint-<step>/ with {_ADAPTER}, adapter_config.json, optimizer.pt and "
+                          "trainer_state.json). Train with save_steps > 0 or one checkpoint per epoch, and "
+                          "save_total_limit unset.")
+    if which == "last":
+        found = found[-1:]
+    ckpts = tuple(Checkpoint(d, step, _learning_rate(d),
+                             _sha(file_sha(d / _ADAPTER), file_sha(d / "trainer_state.json"))[:32])
+                  for step, d in found)
+    return TrainingRun(root, ckpts)
+
+
+def _learning_rate(ckpt_dir: Path) -> float:
+    try:
+        return checkpoint_learning_rate(ckpt_dir)
+    except ConfigError as e:
+        raise ConfigError(f"{ckpt_dir}: {e}") from None
+
+
+@contextmanager
+def adapted_model(base_model: torch.nn.Module, run: TrainingRun) -> Iterator[torch.nn.Module]:
+    """``base_model`` with the run's LoRA layers injected (trainable, weights of no checkpoint yet: call
+    ``use_checkpoint``); the base model is restored on exit, so other scorers sharing it are unaffected."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig.from_pretrained(str(run.checkpoints[0].path))
+    config.inference_mode = False                    # saved adapters say True, which freezes the LoRA weights
+    flags = {n: p.requires_grad for n, p in base_model.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)     # transformers 5.x notices inside PEFT
+        model = get_peft_model(base_model, config)
+    try:
+        model.eval()                                 # LoRA dropout off: deterministic gradients
+        yield model
+    finally:
+        model.unload()
+        for n, p in base_model.named_parameters():
+            p.requires_grad_(flags.get(n, p.requires_grad))
+
+
+def use_checkpoint(model: torch.nn.Module, ckpt: Checkpoint) -> None:
+    """Load the checkpoint's adapter weights into the adapted model."""
+    load_adapter(ckpt.path, model)
+
+
+def checkpoint_moments(ckpt: Checkpoint, model: torch.nn.Module, sel: ParamSelection,
+                       device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat (P,) Adam moments (exp_avg, exp_avg_sq) of the selected parameters, on ``device`` (default: the
+    model's; adam_precondition needs them next to the gradients).
+
+    Names come from the checkpoint's optimizer_params.json (thresher's trainer); a checkpoint of a plain HF
+    Trainer falls back to rebuilding the Trainer's parameter order from the model."""
+    if (ckpt.path / "optimizer_params.json").is_file():
+        from thresher.training.checkpoints import load_adam_moments
+        state = {n: (d["exp_avg"], d["exp_avg_sq"]) for n, d in load_adam_moments(ckpt.path).items()}
+    else:
+        state = load_optimizer_state(ckpt.path, model)
+    dev = device if device is not None else next(model.parameters()).device
+    m, v = flat_moments(state, sel)
+    return m.to(dev), v.to(dev)
+
+
+# ----------------------------------------------------------------------------------- streamed reductions
+def gradient_dots(batches: Iterator[tuple[np.ndarray, torch.Tensor]], n: int, directions: np.ndarray) -> np.ndarray:
+    """(n, K) float64 inner products <g_i, directions[:, k]> from a stream of (idx, (b, d)) gradient chunks;
+    NaN rows for units the stream never yields (unscorable). directions: (d, K)."""
+    out = np.full((n, directions.shape[1]), np.nan)
+    dirs = None
+    for idx, g in batches:
+        if dirs is None:
+            dirs = torch.as_tensor(directions, dtype=torch.float32, device=g.device)
+        out[idx] = (g.float() @ dirs).double().cpu().numpy()             # (b, d) @ (d, K)
+    return out
+
+
+def group_means(batches: Iterator[tuple[np.ndarray, torch.Tensor]], groups: np.ndarray, n_groups: int,
+                dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean gradient of each group from a stream: ((G, d) float64 means, (G,) counts of scored units).
+    groups: (n,) group index of each unit. A group with no scored unit gets a NaN mean."""
+    sums, counts = np.zeros((n_groups, dim)), np.zeros(n_groups, dtype=np.int64)
+    for idx, g in batches:
+        gi = torch.as_tensor(groups[idx], device=g.device)
+        s = torch.zeros(n_groups, g.shape[1], dtype=torch.float64, device=g.device).index_add_(0, gi, g.double())
+        sums += s.cpu().numpy()
+        counts += np.bincount(groups[idx], minlength=n_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts[:, None], counts
+
+
+def datainf_streamed(batches: Batches, n: int, val_mean: np.ndarray, layers: list[slice],
+                     lambda_const_param: float = 10.0) -> np.ndarray:
+    """DataInf (METHODS.md 6.4) in three passes over a re-iterable gradient stream, O(P) memory:
+
+      pass 1: a_il = g_il . v_l and s_il = |g_il|^2 for every sample i and layer l          (n, L)
+              -> lambda_l = sum_i s_il / (n P_l) / lambda_const_param,  c_il = a_il / (lambda_l + s_il)
+      pass 2: S_l = sum_i c_il g_il                                                           (P,)
+              -> h_l = (v_l - S_l / n) / lambda_l
+      pass 3: I_k = -sum_l h_l . g_kl = -h . g_k
+    Equal to ``scores.datainf_influence`` on the same gradients (which needs all of them in memory).
+    ``batches()`` yields (idx, (b, P)) chunks, each sample once; samples never yielded get NaN and do not
+    count in n. Returns (n,) I: more negative = more beneficial.
+    """
+    v = torch.as_tensor(np.asarray(val_mean, dtype=np.float64))
+    P = v.shape[0]
+    layer_of = torch.zeros(P, dtype=torch.long)                 # (P,) layer index of each coordinate
+    sizes = torch.zeros(len(layers), dtype=torch.float64)
+    for l, sl in enumerate(layers):
+        layer_of[sl] = l
+        sizes[l] = sl.stop - sl.start
+    a, s2 = np.zeros((n, len(layers))), np.zeros((n, len(layers)))
+    seen = np.zeros(n, dtype=bool)
+    dev_cache: dict = {}
+
+    def on(dev):                                                # v and layer_of on the stream's device
+        if dev not in dev_cache:
+            dev_cache[dev] = (v.to(dev), layer_of.to(dev))
+        return dev_cache[dev]
+
+    for idx, g in batches():                                     # pass 1: per-layer dots and squared norms
+        vd, lo = on(g.device)
+        g = g.double()
+        zeros = torch.zeros(g.shape[0], len(layers), dtype=torch.float64, device=g.device)
+        a[idx] = zeros.index_add(1, lo, g * vd).cpu().numpy()
+        s2[idx] = zeros.index_add(1, lo, g * g).cpu().numpy()
+        seen[idx] = True
+    m = int(seen.sum())
+    if m == 0:
+        raise ConfigError("DataInf: no training sample could be scored (every span was empty or truncated).")
+    lam = s2[seen].sum(axis=0) / (m * sizes.numpy()) / lambda_const_param          # (L,)
+    if (lam <= 0).any():
+        raise ConfigError("A DataInf layer has all-zero training gradients (a fresh LoRA adapter has B = 0 and "
+                          "zero A-gradients); use a warmed-up adapter (a later checkpoint).")
+    c = a / (lam + s2)                                                            # (n, L)
+    S = torch.zeros(P, dtype=torch.float64)
+    for idx, g in batches():                                     # pass 2: S = sum_i c_i(layer) * g_i
+        _, lo = on(g.device)
+        ci = torch.as_tensor(c[idx], device=g.device)                            # (b, L)
+        S += (ci[:, lo] * g.double()).sum(dim=0).cpu()
+    h = (v - S / m) / torch.as_tensor(lam)[layer_of]                             # (P,)
+    out = np.full(n, np.nan)
+    hd: dict = {}
+    for idx, g in batches():                                     # pass 3: I_k = -h . g_k
+        hh = hd.setdefault(g.device, h.to(g.device))
+        out[idx] = -(g.double() @ hh).cpu().numpy()
+    return out
+
+
+def store_batches(store) -> Batches:
+    """A re-iterable stream over a GradientStore's shards: (row indices, (rows, d) float32 CPU tensor);
+    NaN rows (unscorable units) are skipped."""
+    def gen():
+        for start, x in store.iter_chunks():
+            x = np.asarray(x, dtype=np.float32)
+            ok = np.isfinite(x).all(axis=1)
+            if ok.any():
+                yield start + np.flatnonzero(ok), torch.from_numpy(x[ok])
+    return gen

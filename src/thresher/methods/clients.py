@@ -1,0 +1,169 @@
+"""Private clients and one global threshold (CLUES, METHODS.md 1.2 step 4).
+
+``thresher run clues --clients a.jsonl b.jsonl --anchor anchor.jsonl`` runs the recipe's stages once per
+client, each in ``OUT/clients/<name>/``: local training on the client's own rows, then its scoring stage,
+which scores the client's rows AND the public anchor set with the same model, checkpoints, learning rates
+and weights. The last stage's selector is ``global_threshold``: only the anchor scores leave the clients;
+the server pools them and derives one threshold tau by the rule (min, mean or a quantile q of the anchor
+scores); every client then keeps its own rows scoring >= tau. No client's rows or scores of rows leave its
+folder except the counts in the summary. With ``labels`` (a record field holding 1 for good, 0 for bad
+samples) the summary reports precision, recall and F1 of the selection per client and overall (the
+CLUES paper's Table 3).
+
+Summary of ``OUT``: per-client summaries, tau, the anchor score quantiles, the selection metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from thresher.data.table import Dataset
+from thresher.engine.io import write_json, write_parquet
+from thresher.engine.manifest import base_manifest
+from thresher.errors import ConfigError
+from thresher.gradients.scores import global_threshold, select_above, selection_metrics
+from thresher.methods.recipe import DataConfig, Recipe, ResolvedStage
+
+RULE_PARAMS = {"rule", "q"}
+
+
+@dataclass
+class Pending:
+    """A client's scored last stage, waiting for the global threshold."""
+    ds: Dataset
+    stage: ResolvedStage                  # with resolved model and scorer parameters
+    scores: pd.DataFrame
+    column: str
+    st_dir: Path
+    st_sum: dict
+    ctx: object
+    cache_root: object
+    name: str = ""
+    anchor_scores: np.ndarray | None = None
+
+
+def check_global_threshold(params: dict, owner: str) -> None:
+    bad = [k for k in params if k not in RULE_PARAMS]
+    if bad:
+        raise ConfigError(f"{owner}: selector 'global_threshold' has no parameter {bad[0]!r}. "
+                          "Its parameters: q, rule.")
+    try:
+        global_threshold(np.zeros(1), params.get("rule", "min"), params.get("q"))
+    except ConfigError as e:
+        raise ConfigError(f"{owner}: {e}") from None
+
+
+def score_anchor(p: Pending, recipe: Recipe) -> np.ndarray:
+    """The anchor set scored by the client's own stage (same model, checkpoints, learning rates, weights)."""
+    from thresher.methods.run import load_data, score_stage
+
+    if not recipe.anchor:
+        raise ConfigError("Selector 'global_threshold' needs a trusted anchor set: pass --anchor FILE "
+                          "(or set 'anchor' in the recipe).")
+    anchor = load_data(DataConfig(path=recipe.anchor))
+    table, info = score_stage(anchor, p.stage, recipe, p.cache_root, p.ctx)
+    write_parquet(p.st_dir / "anchor_scores.parquet", table)
+    return table[info[-1]["main_column"]].to_numpy(dtype=np.float64)
+
+
+def finish_global_threshold(pending: list[Pending], recipe: Recipe, stage: ResolvedStage) -> dict:
+    """Pool the clients' anchor scores, derive tau, select in every client, write the selections."""
+    from thresher.methods.run import write_selection
+
+    params = dict(stage.select.params)
+    for p in pending:
+        if p.anchor_scores is None:
+            p.anchor_scores = score_anchor(p, recipe)
+    pooled = np.concatenate([p.anchor_scores for p in pending])
+    tau = global_threshold(pooled, params.get("rule", "min"), params.get("q"))
+    out = {"rule": params.get("rule", "min"), "q": params.get("q"), "tau": tau,
+           "anchor": _quantiles(pooled), "clients": {}}
+    all_keep, all_good = [], []
+    for p in pending:
+        s = p.scores[p.column].to_numpy(dtype=np.float64)
+        keep = select_above(s, tau)
+        idx = np.flatnonzero(keep).astype(np.int64)
+        p.st_sum.update(write_selection(p.ds, idx, p.st_dir))
+        p.st_sum["selector"] = asdict(stage.select)
+        p.st_sum["tau"] = tau
+        entry = {"rows": len(p.ds), "selected": int(keep.sum()), "own_anchor_min": float(np.nanmin(p.anchor_scores))}
+        if recipe.labels:
+            good = ground_truth(p.ds, recipe.labels)
+            entry.update(selection_metrics(keep, good))
+            all_keep.append(keep), all_good.append(good)
+            p.st_sum["metrics"] = {k: entry[k] for k in ("precision", "recall", "f1")}
+        out["clients"][p.name or "data"] = entry
+    if all_keep:
+        out["overall"] = selection_metrics(np.concatenate(all_keep), np.concatenate(all_good))
+    return out
+
+
+def ground_truth(ds: Dataset, field: str) -> np.ndarray:
+    """(N,) bool from each record's ``field`` (1/0, true/false)."""
+    vals = []
+    for i, rec in enumerate(ds.raw):
+        v = rec.get(field) if isinstance(rec, dict) else None
+        if isinstance(v, bool) or (isinstance(v, (int, float)) and v in (0, 1)):
+            vals.append(bool(v))
+            continue
+        raise ConfigError(f"{ds.source}: record {ds.meta[i].get('index', i)} has {field!r} = {v!r}; the labels "
+                          f"field must be 1/0 or true/false in every record (1 = good sample).")
+    return np.array(vals, dtype=bool)
+
+
+def _quantiles(a: np.ndarray) -> dict:
+    f = a[np.isfinite(a)]
+    if not f.size:
+        return {}
+    return dict(zip(["min", "p25", "p50", "p75", "max"], np.quantile(f, [0, .25, .5, .75, 1]).round(6).tolist()))
+
+
+def client_names(paths: list[str]) -> list[str]:
+    """Folder names of the clients: file stems, made unique with a counter."""
+    names, seen = [], {}
+    for p in paths:
+        stem = Path(p).name.split(".")[0] or "client"
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
+
+
+def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
+                argv=None, raw_recipe: dict | None = None, cache_root=None) -> dict:
+    from thresher.methods.run import load_data, run_stages
+
+    t0 = time.perf_counter()
+    if stages[-1].is_train or stages[-1].select is None or stages[-1].select.selector != "global_threshold":
+        raise ConfigError(f"Recipe {recipe.name!r} runs per client (--clients) but its last stage does not select "
+                          "with 'global_threshold': clients share nothing but that threshold.")
+    manifest = {**base_manifest(argv), "recipe": raw_recipe or asdict(recipe), "seed": recipe.seed, "clients": {}}
+    summary = {"recipe": recipe.name, "clients": {}, "stages": []}
+    pending = []
+    for name, path in zip(client_names(recipe.clients), recipe.clients):
+        ds = load_data(DataConfig(**{**asdict(data_cfg), "path": path, "limit": data_cfg.limit}))
+        c_dir = out / "clients" / name
+        c_man = {"data": {**asdict(data_cfg), "path": path, "report": ds.report.as_dict(), "rows": len(ds)},
+                 "stages": []}
+        c_sum = {"recipe": recipe.name, "client": name, "rows": len(ds), "load": ds.report.as_dict(), "stages": []}
+        p = run_stages(ds, recipe, stages, c_dir, c_man, c_sum, cache_root=cache_root, argv=argv)
+        p.name = name
+        p.anchor_scores = score_anchor(p, recipe)       # the only thing that leaves the client
+        pending.append(p)
+        manifest["clients"][name] = c_man
+        summary["clients"][name] = c_sum
+    gt = finish_global_threshold(pending, recipe, stages[-1])
+    for p in pending:
+        write_json(out / "clients" / p.name / "summary.json", summary["clients"][p.name])
+    summary["global_threshold"] = gt
+    summary["rows"] = sum(len(p.ds) for p in pending)
+    summary["outputs"] = {"dir": str(out), "manifest": str(out / "manifest.json"),
+                          "clients": {p.name: str(p.st_dir) for p in pending}}
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(out / "manifest.json", manifest)
+    write_json(out / "summary.json", summary)
+    return summary
