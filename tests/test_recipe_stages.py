@@ -237,3 +237,41 @@ def test_clues_recipe_rejects_planted_corruption(tmp_path, capsys):
     assert np.median(s[good]) > np.median(s[~good])
     assert keep.any() and gt["overall"]["precision"] > 0.5 + 1e-9               # base rate: half are good
     assert "global threshold (min of the anchor scores)" in out
+
+
+# ------------------------------------------------------------------------------ LESS and DataInf recipes
+@pytest.mark.slow
+def test_less_then_datainf_recipes_share_the_warmup(tmp_path, capsys):
+    """`thresher run less --target T`: a LoRA warm-up on a seeded random fraction, LESS scores at its two
+    checkpoints, the top ratio selected. `thresher run datainf` into the same folder reuses the finished
+    warm-up (same settings, same rows: no training) and scores DataInf at its last checkpoint."""
+    data = write_jsonl(tmp_path / "pool.jsonl", [dict(r, id=f"r{i}") for i, r in enumerate(ALPACA)])
+    target = write_jsonl(tmp_path / "colours.jsonl", [
+        {"instruction": "What colour is grass?", "input": "", "output": "Grass is green."},
+        {"instruction": "Name a red fruit.", "input": "", "output": "A strawberry is a red fruit."}])
+    run = tmp_path / "run"
+    small = ["--set", "stages.0.train.fraction=0.5", "--set", "stages.0.train.params.epochs=2",
+             "--set", "stages.0.train.params.max_length=96", "--set", "stages.0.train.params.lr=0.002",
+             "--set", "stages.0.train.params.lora_r=4"]
+    common = ["--data", str(data), "--target", str(target), "--out", str(run), "--cache-dir", str(tmp_path / "c")]
+    assert main(["run", "less", *common, *small, "--set", "stages.1.score.0.params.proj_dim=512",
+                 "--set", "stages.1.select.params.ratio=0.25"]) == 0
+    warm = json.loads((run / "warmup" / "train_ids.json").read_text())
+    assert len(warm["ids"]) + len(warm["skipped"]) == 8                        # 0.5 x 16 rows
+    ckpts = json.loads((run / "warmup" / "summary.json").read_text())["checkpoints"]
+    assert len(ckpts) == 2                                                       # one per epoch
+    less = pd.read_parquet(run / "less" / "scores.parquet")
+    s = less["less"].to_numpy()
+    assert np.isfinite(s).all() and (np.abs(s) <= 1 + 1e-6).all() and np.ptp(s) > 0
+    top = list(less["id"].to_numpy()[np.argsort(-s, kind="stable")[:4]])
+    assert (run / "selected_ids.txt").read_text().split() == top
+
+    stamp = (run / "warmup" / "final" / "adapter_model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["run", "datainf", *common, *small, "--set", "stages.1.select.params.ratio=0.25"]) == 0
+    assert (run / "warmup" / "final" / "adapter_model.safetensors").stat().st_mtime_ns == stamp   # reused
+    inf = pd.read_parquet(run / "datainf" / "scores.parquet")
+    np.testing.assert_allclose(inf["datainf"], -inf["datainf_influence"])
+    assert np.isfinite(inf["datainf"]).all() and np.ptp(inf["datainf"]) > 0
+    top = list(inf["id"].to_numpy()[np.argsort(-inf["datainf"].to_numpy(), kind="stable")[:4]])
+    assert (run / "selected_ids.txt").read_text().split() == top
