@@ -42,3 +42,15 @@ def sharegpt_short():
             keep.append(i)
     assert len(keep) >= 80, f"only {len(keep)} short pairs in the first 1500 records"
     return ds.subset(keep[:80])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one intra-op thread for a module: two threads spin against other processes on a shared
+    2-core machine, and one is faster there."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -30,12 +30,8 @@ COMMON = dict(max_length=MAX_LEN, batch_size=4)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two intra-op threads spin against other processes on a shared 2-core machine; one is faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def write_jsonl(path, records):

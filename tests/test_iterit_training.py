@@ -22,11 +22,8 @@ KW = dict(max_length=96, turns="first", batch_size=2, grad_accum=1, epochs=2, lr
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def test_iterit_rescores_window_with_the_trained_model(sharegpt_short, ctx, tmp_path, cache_root):
