@@ -245,6 +245,16 @@ def test_registry():
     assert set(SELECTOR_NAMES) - set(SELECTORS) == {"full", "middle", "superfiltering_d"}
 
 
+def test_global_threshold_select_hand_checked():
+    from thresher.selection import global_threshold_select
+
+    s = np.array([0.3, 0.9, np.nan, 0.5, 0.7])
+    anchors = np.array([0.6, 0.8, 0.5, np.nan])
+    assert global_threshold_select(s, anchors).tolist() == [1, 3, 4]                    # tau = min = 0.5
+    assert global_threshold_select(s, anchors, "mean").tolist() == [1, 4]               # tau = 0.633
+    assert global_threshold_select(s, anchors, "quantile", q=1.0).tolist() == [1]       # tau = 0.8
+
+
 def test_deita_per_turn_score_and_selection_hand_checked():
     import pandas as pd
     from thresher.methods.select import SelectConfig, apply_selector, deita_turn_score

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from thresher.errors import ConfigError
+from thresher.selection.clients import THRESHOLD_RULES, global_threshold, select_above, selection_metrics  # noqa: F401
 
 CHUNK = 4096
-THRESHOLD_RULES = ("min", "mean", "quantile")
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -93,36 +93,6 @@ def clues_scores(train: Sequence[np.ndarray], val_means: Sequence[np.ndarray], l
         for c in range(len(lrs)):
             out[s: s + CHUNK] += np.asarray(train[c][s: s + CHUNK], dtype=np.float64) @ direction[c]
     return out / len(lrs)
-
-
-def global_threshold(anchor_scores: np.ndarray, rule: str = "min", q: float | None = None) -> float:
-    """tau from trusted anchor scores: their minimum, mean, or q-quantile (rule 'quantile', q in [0, 1])."""
-    if rule not in THRESHOLD_RULES:
-        raise ConfigError(f"The 'rule' parameter must be one of {', '.join(THRESHOLD_RULES)}. Got {rule!r}.")
-    a = np.asarray(anchor_scores, dtype=np.float64)
-    a = a[np.isfinite(a)]
-    if a.size == 0:
-        raise ConfigError("No finite anchor score: the global threshold needs scored anchor samples.")
-    if rule == "quantile":
-        if q is None or not 0.0 <= q <= 1.0:
-            raise ConfigError(f"The 'q' parameter must be a float in [0, 1] for rule 'quantile'. Got {q!r}.")
-        return float(np.quantile(a, q))
-    return float(a.min() if rule == "min" else a.mean())
-
-
-def select_above(scores: np.ndarray, tau: float) -> np.ndarray:
-    """Boolean keep mask: score >= tau (NaN scores are dropped)."""
-    s = np.asarray(scores, dtype=np.float64)
-    return np.isfinite(s) & (s >= tau)
-
-
-def selection_metrics(selected: np.ndarray, is_good: np.ndarray) -> dict[str, float]:
-    """Precision, recall and F1 of a keep mask against ground-truth good (clean) labels."""
-    sel, good = np.asarray(selected, bool), np.asarray(is_good, bool)
-    tp = float((sel & good).sum())
-    p = tp / sel.sum() if sel.any() else 0.0
-    r = tp / good.sum() if good.any() else 0.0
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r > 0 else 0.0}
 
 
 def datainf_influence(train: np.ndarray, val: np.ndarray, layers: Sequence[slice] | None = None,

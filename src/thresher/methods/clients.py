@@ -26,7 +26,7 @@ from thresher.data.table import Dataset
 from thresher.engine.io import write_json, write_parquet
 from thresher.engine.manifest import base_manifest
 from thresher.errors import ConfigError
-from thresher.gradients.scores import global_threshold, select_above, selection_metrics
+from thresher.selection.clients import global_threshold, select_above, selection_metrics
 from thresher.methods.recipe import DataConfig, Recipe, ResolvedStage
 
 RULE_PARAMS = {"rule", "q"}

@@ -14,6 +14,7 @@ from thresher.selection.basic import (
     top_k,
 )
 from thresher.selection.cherry import cherry_pre_experience
+from thresher.selection.clients import global_threshold_select
 from thresher.selection.diversity import (
     alpagasus_select,
     deita_repr_filter,
@@ -37,6 +38,7 @@ SELECTORS = {
     "ds2_diversity": ds2_diversity_filter,
     "facility_location": facility_location,
     "opencs": opencs_select,
+    "global_threshold": global_threshold_select,
 }
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "ds2_bucket_select",
     "ds2_diversity_filter",
     "facility_location",
+    "global_threshold_select",
     "opencs_select",
     "cherry_ifd_select",
     "cherry_pre_experience",

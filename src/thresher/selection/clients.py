@@ -1,0 +1,48 @@
+"""Selection shared by private clients: one global threshold from trusted anchor scores (CLUES,
+METHODS.md 1.2 step 4), and how well a keep mask matches ground-truth quality labels. Arrays in, arrays out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from thresher.errors import ConfigError
+
+THRESHOLD_RULES = ("min", "mean", "quantile")
+
+
+def global_threshold(anchor_scores: np.ndarray, rule: str = "min", q: float | None = None) -> float:
+    """tau from trusted anchor scores: their minimum, mean, or q-quantile (rule 'quantile', q in [0, 1])."""
+    if rule not in THRESHOLD_RULES:
+        raise ConfigError(f"The 'rule' parameter must be one of {', '.join(THRESHOLD_RULES)}. Got {rule!r}.")
+    a = np.asarray(anchor_scores, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        raise ConfigError("No finite anchor score: the global threshold needs scored anchor samples.")
+    if rule == "quantile":
+        if q is None or not 0.0 <= q <= 1.0:
+            raise ConfigError(f"The 'q' parameter must be a float in [0, 1] for rule 'quantile'. Got {q!r}.")
+        return float(np.quantile(a, q))
+    return float(a.min() if rule == "min" else a.mean())
+
+
+def select_above(scores: np.ndarray, tau: float) -> np.ndarray:
+    """Boolean keep mask: score >= tau (NaN scores are dropped)."""
+    s = np.asarray(scores, dtype=np.float64)
+    return np.isfinite(s) & (s >= tau)
+
+
+def selection_metrics(selected: np.ndarray, is_good: np.ndarray) -> dict[str, float]:
+    """Precision, recall and F1 of a keep mask against ground-truth good (clean) labels."""
+    sel, good = np.asarray(selected, bool), np.asarray(is_good, bool)
+    tp = float((sel & good).sum())
+    p = tp / sel.sum() if sel.any() else 0.0
+    r = tp / good.sum() if good.any() else 0.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r > 0 else 0.0}
+
+
+def global_threshold_select(scores: np.ndarray, anchor_scores: np.ndarray, rule: str = "min",
+                            q: float | None = None) -> np.ndarray:
+    """Indices (int64, dataset order) of the rows scoring >= tau = global_threshold(anchor_scores, rule, q).
+    Clients pass the anchor scores pooled over every client, so all of them share one tau."""
+    return np.flatnonzero(select_above(scores, global_threshold(anchor_scores, rule, q))).astype(np.int64)
