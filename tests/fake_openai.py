@@ -277,14 +277,17 @@ class _Handler(BaseHTTPRequestHandler):
             cut = len(good) // 2
         elif base == "nocontent":
             body = json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode()
+        # t_reply: when the reply starts to go out, the earliest moment the client can hold it (taken after
+        # the send, a client that starts waiting on receipt could seem to wait a little less than it did).
         rec.update(retry_after=headers.get("Retry-After"), wall_reply=time.time())
+        t_reply = time.monotonic()
         try:
             self._send(status, body, headers, cut)
             billed = kind == "ok"
         except OSError:
             billed = False                         # the client is gone: it never got the answer
         with fake.lock:
-            rec.update(status=status, billed=billed, t_reply=time.monotonic())
+            rec.update(status=status, billed=billed, t_reply=t_reply)
         fake.finish(rec)
 
 
