@@ -153,3 +153,67 @@ def test_turns_all_aggregates_token_weighted(ctx, cache_root):
     # measured); a wrong weighting (unweighted mean of the two turns) is off by far more.
     assert both["loss_cond"][0] == pytest.approx(expect, abs=2e-5)
     assert abs(both["loss_cond"][0] - (first["loss_cond"][0] + last["loss_cond"][0]) / 2) > 1e-3 or n1 == n2
+
+
+def test_vocab_sliced_head_equals_full_cross_entropy(ctx, sharegpt_short):
+    """The online log-sum-exp over vocabulary slices equals cross-entropy on full logits: on the bundled
+    model's real head and real hidden states (a slice width that leaves a short last slice, and the
+    default), and on a tiny random model whose head has a bias and soft-capped logits (the bundled head
+    has neither; tiny because only the head's arithmetic is under test)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from thresher.models.hf import HFCausalLM
+
+    lm = ctx.lm()
+    r = render("alpaca", *split_turns(sharegpt_short.messages[0], "first")[0], {}, lm.tokenizer)
+    ids = torch.tensor([lm.tokenizer(r.prompt + r.response)["input_ids"]])
+    with torch.inference_mode():
+        states = lm._decoder()(input_ids=ids).last_hidden_state[0, :-1]
+        targets = ids[0, 1:]
+        full = torch.nn.functional.cross_entropy(lm.model.lm_head(states).double(), targets, reduction="none")
+        for vocab_chunk in (3000, None):                       # 49152 = 16 x 3000 + 1152
+            with_chunk = HFCausalLM.from_model(lm.model, lm.tokenizer, identity="bundled")
+            with_chunk.vocab_chunk, with_chunk.head_chunk = vocab_chunk, 7
+            got = with_chunk._head_nll(states, targets, torch).double()
+            torch.testing.assert_close(got, full, atol=2e-5, rtol=0)
+        assert full.std() > 1                                  # real, spread-out losses
+
+        torch.manual_seed(0)
+        tiny = LlamaForCausalLM(LlamaConfig(vocab_size=1001, hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+        tiny.config.tie_word_embeddings = False
+        tiny.lm_head = torch.nn.Linear(32, 1001, bias=True)
+        tiny.config.final_logit_softcapping = 2.0
+        x, y = torch.randn(13, 32) * 4, torch.randint(0, 1001, (13,))
+        capped = (tiny.lm_head(x) / 2.0).tanh() * 2.0
+        ref = torch.nn.functional.cross_entropy(capped.double(), y, reduction="none")
+        t = HFCausalLM.from_model(tiny, lm.tokenizer, identity="tiny")
+        t.vocab_chunk, t.head_chunk = 128, 5
+        torch.testing.assert_close(t._head_nll(x, y, torch).double(), ref, atol=1e-5, rtol=0)
+        tiny.config.final_logit_softcapping = None             # the cap mattered: without it, other losses
+        assert (t._head_nll(x, y, torch).double() - ref).abs().max() > 0.1
+
+
+def test_cpu_worker_threads_give_identical_nll_and_restore_threads(ctx, sharegpt_short):
+    """Batches in per-core worker threads give the same NLL, bit for bit, as one thread running them in
+    turn; the caller's intra-op thread count is restored."""
+    lm = ctx.lm()
+    units = [render("alpaca", *split_turns(m, "first")[0], {}, lm.tokenizer) for m in sharegpt_short.messages[:12]]
+    sp = build_spans(lm.tokenizer, units, 512, "offsets", "alpaca")
+    before = torch.get_num_threads()
+    try:
+        with lm.overrides(max_batch_size=2):
+            torch.set_num_threads(1)
+            assert lm._cpu_workers(6, torch) == 1
+            one = lm.token_nll(sp.cond_ids, sp.cond_span, pool="mean")
+            torch.set_num_threads(2)
+            assert lm._cpu_workers(6, torch) == 2
+            two = lm.token_nll(sp.cond_ids, sp.cond_span, pool="mean")
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(one.nll) == 12 and all(len(a) > 0 for a in one.nll)
+    for a, b in zip(one.nll, two.nll):
+        np.testing.assert_array_equal(a, b)
+    assert two.embeddings.shape == (12, lm.model.config.hidden_size) and np.isfinite(two.embeddings).all()
+    np.testing.assert_array_equal(one.embeddings, two.embeddings)
