@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # CPU token budget per forward batch. On a CPU batching pays only for short sequences: measured on the
 # bundled model, 64-token rows ran 1.6x faster per row in batches of 4-8, while two 500-token rows in one
-# batch ran 25 % slower per row than one at a time. 768 keeps long rows alone and packs short ones
-# (benchmarks/ifd_throughput.py: 768 -> 1.10x the naive loop, 1024 -> 1.05x, 4096 -> 0.93x).
+# batch ran 25 % slower per row than one at a time. 768 keeps long rows alone and packs short ones; with
+# the per-core worker threads, 512 / 768 / 1024 / 1536 scored 64 ShareGPT pairs in 25.6 / 26.3 / 26.3 /
+# 27.9 s (flat within noise; 4096 was 0.93x the naive loop before the workers).
 CPU_BATCH_TOKENS = 768
 # Generation on a CPU: decode steps are one token per row, so more rows per batch is what pays.
 CPU_GENERATION_BATCH_TOKENS = 4096
