@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ from thresher.scoring.common import render_units, row_status
 TEMPLATES = ("alpaca", "wiz", "vicuna", "none", "chat")
 POOL_SHARD = 256                     # rows per GradientStore shard: the unit of resume for the LESS pool store
 PROJECT_BYTES = 2 << 30              # bound on the block of full gradients held for one projection call
+
+log = logging.getLogger(__name__)
 
 
 def _sha(*parts) -> str:
@@ -182,6 +185,10 @@ class _RunScorer(Scorer):
         for key, default in (("template", "alpaca"), ("max_length", 512), ("turns", "last")):
             if getattr(self.params, key) is None:
                 setattr(self.params, key, saved.get(key, default))
+        if self.params.turns == "all":            # a gradient is per sample: one response span per row
+            log.warning("training run %s supervised every assistant turn; gradients are taken on each row's last "
+                        "turn (set turns: first to use the first)", self.params.checkpoints)
+            self.params.turns = "last"
 
     def data_sets(self, name: str) -> list[tuple[str, Dataset]]:
         """(path, Dataset) of each file of a data-file parameter; errors name the parameter and the file."""

@@ -49,7 +49,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, help="tokens per sequence (prompt + response)")
     p.add_argument("--template", choices=["alpaca", "wiz", "vicuna", "none", "chat"],
                    help="prompt template, the same as scoring's (default alpaca)")
-    p.add_argument("--turns", choices=["last", "first"], help="which assistant turn of a row is supervised")
+    p.add_argument("--turns", choices=["last", "first", "all"],
+                   help="which assistant turns of a row are supervised (all: every reply, user/system text "
+                        "masked, as FastChat trains on ShareGPT)")
     p.add_argument("--no-mask-prompt", dest="mask_prompt", action="store_false", default=None,
                    help="loss on the whole sequence, prompt included (CLUES)")
     p.add_argument("--no-eos", dest="add_eos", action="store_false", default=None,

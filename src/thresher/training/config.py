@@ -22,7 +22,7 @@ ALL_LINEAR = ATTN_QKVO + ["gate_proj", "up_proj", "down_proj"]
 class TrainConfig:
     model: str = "bundled"                 # hub id, local path, or "bundled" (SmolLM2-135M-Instruct)
     template: str = choice("alpaca", "alpaca", "wiz", "vicuna", "none", "chat")
-    turns: str = choice("last", "last", "first")
+    turns: str = choice("last", "last", "first", "all")   # all: every assistant reply supervised
     max_length: int = 512
     mask_prompt: bool = True               # False = loss on the whole sequence (CLUES)
     add_eos: bool = True

@@ -99,7 +99,8 @@ class IterITSampler:
         from thresher.data import split_turns
 
         if self.responses is None:
-            self.responses = [split_turns(m, plan.config.turns)[0][1] for m in plan.table.messages]
+            # The trained responses (with turns "all": every reply of the row, joined).
+            self.responses = ["\n".join(r for _, r in split_turns(m, plan.config.turns)) for m in plan.table.messages]
         elif len(self.responses) != len(plan.table):
             raise ConfigError(f"IterITSampler was given {len(self.responses)} responses but training "
                               f"keeps {len(plan.table)} rows; pass responses=None to take them from "
