@@ -52,6 +52,32 @@ def test_stage_validation_errors(stages, message):
         check_recipe(stage_recipe(*stages), "<test>")
 
 
+GT = {"name": "s", "score": [{"scorer": "length"}], "select": {"selector": "global_threshold"}}
+
+
+@pytest.mark.parametrize("stages, collab, message", [
+    ([SCORE], {"train": {"preset": "clues"}}, "last stage must select with 'global_threshold'"),
+    ([GT], {"train": {"preset": "clues", "rows": "all"}}, "rows, fraction, iterit and merge do not apply"),
+    ([GT], {"train": {"preset": "cherry"}}, "must use LoRA"),
+    ([GT], {"train": {"preset": "clues", "params": {"lr": -1}}}, "'lr' parameter"),
+    ([GT], {"train": {"preset": "clues"}, "merge": {"method": "average"}}, "merge: .*average"),
+    ([GT], {"train": {"preset": "clues"}, "merge": {"density": 0}}, "merge: .*density"),
+    ([GT], {"train": {"preset": "clues"}, "merge": {"densty": 0.5}}, "merge has no parameter 'densty'"),
+    ([GT], {"trian": {}}, "trian"),
+])
+def test_collaborate_validation_errors(stages, collab, message):
+    with pytest.raises(ConfigError, match=message):
+        check_recipe(stage_recipe(*stages, collaborate=collab), "<test>")
+
+
+def test_packaged_clues_recipe_collaborates_with_ties():
+    from thresher.methods.recipe import check_collaborate, load_recipe
+
+    recipe, _, stages = load_recipe("clues")
+    tc, opts = check_collaborate(recipe.collaborate, stages, "clues")
+    assert tc.preset == "clues" and opts == {"method": "ties", "density": 0.2, "weights": None, "full": True}
+
+
 def test_valid_training_stages_and_references():
     _, _, st = check_recipe(stage_recipe(
         SCORE, {"name": "t", "train": {"rows": "s", "fraction": 0.5, "merge": True, "preset": "clues"}},
@@ -215,7 +241,9 @@ def test_clues_recipe_rejects_planted_corruption(tmp_path, capsys):
             "--out", str(run), "--cache-dir", str(tmp_path / "cache"),
             "--set", "stages.0.train.params.max_steps=4", "--set", "stages.0.train.params.save_steps=2",
             "--set", "stages.0.train.params.max_length=128", "--set", "stages.0.train.params.lr=0.002",
-            "--set", "stages.0.train.params.turns=last"]
+            "--set", "stages.0.train.params.turns=last",
+            "--set", "collaborate.train.params.max_steps=2", "--set", "collaborate.train.params.max_length=128",
+            "--set", "collaborate.train.params.turns=last"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())
@@ -237,6 +265,25 @@ def test_clues_recipe_rejects_planted_corruption(tmp_path, capsys):
     assert np.median(s[good]) > np.median(s[~good])
     assert keep.any() and gt["overall"]["precision"] > 0.5 + 1e-9               # base rate: half are good
     assert "global threshold (min of the anchor scores)" in out
+    # Collaboration: each client trains on exactly the rows it kept; the server merges the adapters (TIES).
+    collab = summary["collaborate"]
+    trained = {}
+    for c in ("a", "b"):
+        kept = (run / "clients" / c / "clues" / "selected_ids.txt").read_text().split()
+        if kept:
+            ids = json.loads((run / "clients" / c / "collaborate" / "train_ids.json").read_text())["ids"]
+            assert sorted(ids) == sorted(kept) and collab["clients"][c]["trained"] == len(kept)
+            trained[c] = kept
+        else:
+            assert collab["clients"][c] == {"rows": 0, "note": "kept no row: not trained, not merged"}
+    if len(trained) == 2:
+        record = json.loads((run / "collaborate" / "merge.json").read_text())
+        assert record["method"] == "ties" and record["density"] == 0.2 and record["weights"] == [1.0, 1.0]
+        assert [r["rows"] for r in record["runs"]] == [len(trained["a"]), len(trained["b"])]
+        assert (run / "collaborate" / "merged" / "config.json").exists()
+        assert collab["model"] == str(run / "collaborate" / "merged") and "merged (ties, density 0.2)" in out
+    else:
+        assert "nothing to merge" in out
 
 
 # ------------------------------------------------------------------------------ LESS and DataInf recipes

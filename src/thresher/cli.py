@@ -1,4 +1,4 @@
-"""Command line: thresher score | select | run | validate | ls.
+"""Command line: thresher score | select | run | train | merge | eval | validate | ls.
 
 Only this module configures logging. Every user-facing error is a ThresherError: printed without a
 traceback, exit status 2.
@@ -308,6 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "resumes from the last complete checkpoint.")
     add_train_arguments(p)
     p.set_defaults(func=train_cli)
+
+    from thresher.training.merge import add_merge_arguments, merge_cli
+
+    p = sub.add_parser("merge", help="merge several clients' LoRA training runs into one adapter (TIES, FedAvg)",
+                       description="Combine the final LoRA adapters of `thresher train` runs (CLUES's collaborative "
+                                   "step: TIES, density 0.2, weights 1.0; or linear, cat, or one FedAvg round "
+                                   "weighted by training rows) into a PEFT adapter folder; --full also folds it into "
+                                   "the base model as OUT/merged, loadable by every scorer and `thresher eval`.")
+    add_merge_arguments(p)
+    p.set_defaults(func=merge_cli)
 
     p = sub.add_parser("eval", help="answer a benchmark's questions with a model and grade them with an LLM judge",
                        description="MT-Bench single-answer grading (1-10, two turns), optional pairwise comparison "

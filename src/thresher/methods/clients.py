@@ -10,11 +10,18 @@ folder except the counts in the summary. With ``labels`` (a record field holding
 samples) the summary reports precision, recall and F1 of the selection per client and overall (the
 CLUES paper's Table 3).
 
+With a ``collaborate`` block (CLUES step 5) every client then fine-tunes the base model on the rows it kept
+(``OUT/clients/<name>/collaborate/``) and the server merges the clients' LoRA adapters into
+``OUT/collaborate/`` (TIES with density 0.2 and weights 1.0 by default, as the CLUES code; linear, cat or
+FedAvg by option; thresher.training.merge), and ``OUT/collaborate/merged/`` is the base model with the
+merged adapter folded in, loadable by path (``thresher score --model``, ``thresher eval``).
+
 Summary of ``OUT``: per-client summaries, tau, the anchor score quantiles, the selection metrics.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +52,7 @@ class Pending:
     cache_root: object
     name: str = ""
     anchor_scores: np.ndarray | None = None
+    selected: np.ndarray | None = None    # row positions kept under the global threshold
 
 
 def check_global_threshold(params: dict, owner: str) -> None:
@@ -88,6 +96,7 @@ def finish_global_threshold(pending: list[Pending], recipe: Recipe, stage: Resol
         s = p.scores[p.column].to_numpy(dtype=np.float64)
         keep = select_above(s, tau)
         idx = np.flatnonzero(keep).astype(np.int64)
+        p.selected = idx
         p.st_sum.update(write_selection(p.ds, idx, p.st_dir))
         p.st_sum["selector"] = asdict(stage.select)
         p.st_sum["tau"] = tau
@@ -101,6 +110,41 @@ def finish_global_threshold(pending: list[Pending], recipe: Recipe, stage: Resol
     if all_keep:
         out["overall"] = selection_metrics(np.concatenate(all_keep), np.concatenate(all_good))
     return out
+
+
+def collaborate(pending: list[Pending], recipe: Recipe, stages: list[ResolvedStage], out: Path,
+                argv=None) -> dict:
+    """CLUES step 5: each client fine-tunes the base model on the rows it kept, then the server merges the
+    clients' adapters. A client that kept nothing does not train (and is not merged); with one trained
+    client there is nothing to merge and its run is the result."""
+    from thresher.methods.recipe import ResolvedStage, check_collaborate
+    from thresher.methods.train_stage import run_train_stage
+    from thresher.training.merge import merge_runs
+
+    tc, opts = check_collaborate(recipe.collaborate, stages, recipe.name)
+    stage = ResolvedStage("collaborate", recipe.model, [], None, "", tc)
+    trained, result = [], {"clients": {}, "merge": {k: opts[k] for k in ("method", "density", "weights")}}
+    for p in pending:
+        c_dir = p.st_dir.parent
+        if not len(p.selected):
+            result["clients"][p.name or "data"] = {"rows": 0, "note": "kept no row: not trained, not merged"}
+            continue
+        t = run_train_stage(p.ds, stage, recipe, p.selected, c_dir, recipe.model, argv=argv)["train"]
+        result["clients"][p.name or "data"] = t
+        trained.append(Path(t["dir"]))
+    if not trained:
+        raise ConfigError("No client kept any row under the global threshold: there is nothing to train on "
+                          "collaboratively. Lower the threshold (rule mean or a quantile q) or check the scores.")
+    if len(trained) == 1:
+        result["merge"]["note"] = f"one client trained ({trained[0]}): nothing to merge"
+        return result
+    merged = merge_runs(trained, out / "collaborate", method=opts["method"], density=opts["density"],
+                        weights=opts["weights"], export_full=opts["full"], argv=argv)
+    result["merged"] = str(merged)
+    result["merge"]["weights"] = json.loads((merged / "merge.json").read_text(encoding="utf-8"))["weights"]
+    if opts["full"]:
+        result["model"] = str(merged / "merged")
+    return result
 
 
 def ground_truth(ds: Dataset, field: str) -> np.ndarray:
@@ -157,6 +201,8 @@ def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage
         manifest["clients"][name] = c_man
         summary["clients"][name] = c_sum
     gt = finish_global_threshold(pending, recipe, stages[-1])
+    if recipe.collaborate is not None:
+        summary["collaborate"] = collaborate(pending, recipe, stages, out, argv=argv)
     for p in pending:
         write_json(out / "clients" / p.name / "summary.json", summary["clients"][p.name])
     summary["global_threshold"] = gt

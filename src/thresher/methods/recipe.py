@@ -12,6 +12,8 @@ References, resolved when the recipe runs (``@name``):
   scorer parameter ``"@target"``      the recipe's ``target`` files (``--target``), ``"@anchor"`` its anchor file,
                                       ``"@validation"`` its validation files (default: the anchor file)
 ``clients`` (``--clients``) runs the stages once per client file; see thresher.methods.clients.
+``collaborate`` (after a ``global_threshold`` selection): every client fine-tunes on the rows it kept, and
+the server merges the clients' LoRA adapters (CLUES step 5; thresher.training.merge).
 """
 
 from __future__ import annotations
@@ -90,7 +92,16 @@ class Recipe:
     clients: list = field(default_factory=list) # private client data files: the stages run once per client
     labels: str | None = None                   # record field with a ground-truth good(1)/bad(0) label:
                                                 # precision/recall/F1 of the selection are reported
+    collaborate: dict | None = None             # CollaborateConfig: train on each client's kept rows, merge
     stages: list = field(default_factory=list)
+
+
+@dataclass
+class CollaborateConfig:
+    """CLUES step 5: each client fine-tunes on the rows it kept under the global threshold (the base model,
+    the local-training hyper-parameters), then the server merges the clients' adapters."""
+    train: dict = field(default_factory=dict)   # preset, cpu_small, params (as a training stage; no rows/fraction)
+    merge: dict = field(default_factory=dict)   # method (ties | linear | fedavg), density, weights, full
 
 
 @dataclass
@@ -146,6 +157,8 @@ def check_recipe(raw: dict, where: str):
     stages: list[ResolvedStage] = []
     for i, s in enumerate(recipe.stages):
         stages.append(_stage(s, i, recipe, where, stages))
+    if recipe.collaborate is not None:
+        check_collaborate(recipe.collaborate, stages, where)
     if all(st.is_train for st in stages) and not any(st.train.iterit for st in stages):
         raise ConfigError(f"recipe {where}: every stage trains and none selects: add a scoring stage, or an "
                           "'iterit' block to the training stage.")
@@ -215,6 +228,39 @@ def _train_stage(raw, owner: str, earlier: list[ResolvedStage]) -> TrainStageCon
         from thresher.methods.train_stage import make_iterit
         make_iterit(tc.iterit, f"{owner}: iterit")
     return tc
+
+
+def check_collaborate(raw, stages: list[ResolvedStage], where: str) -> tuple[TrainStageConfig, dict]:
+    """The collaborate block, checked without loading anything: (its training config, merge options)."""
+    from thresher.training.merge import check_merge_options
+
+    owner = f"recipe {where}: collaborate"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{owner} must be a mapping with 'train' and 'merge'.")
+    cc = build(CollaborateConfig, raw, owner)
+    last = stages[-1]
+    if last.is_train or last.select is None or last.select.selector != "global_threshold":
+        raise ConfigError(f"{owner}: collaboration trains on the rows each client kept under the global "
+                          "threshold; the last stage must select with 'global_threshold'.")
+    if not isinstance(cc.train, dict) or {"rows", "fraction", "iterit", "merge"} & set(cc.train):
+        raise ConfigError(f"{owner}: 'train' is a mapping of preset, cpu_small and params (each client trains on "
+                          "the rows it kept; rows, fraction, iterit and merge do not apply).")
+    tc = _train_stage({**cc.train, "rows": "all"}, owner, stages)
+    if not _trained_is_lora(tc):
+        raise ConfigError(f"{owner}: merging combines LoRA adapters; the clients' training must use LoRA "
+                          "(a LoRA preset, or params.lora: true).")
+    if not isinstance(cc.merge, dict):
+        raise ConfigError(f"{owner}: 'merge' must be a mapping (method, density, weights, full).")
+    opts = {"method": "ties", "density": 0.2, "weights": None, "full": True, **cc.merge}
+    bad = [k for k in opts if k not in ("method", "density", "weights", "full")]
+    if bad:
+        raise ConfigError(f"{owner}: merge has no parameter {bad[0]!r}. Its parameters: density, full, method, "
+                          "weights.")
+    try:
+        check_merge_options(opts["method"], opts["density"], opts["weights"])
+    except ConfigError as e:
+        raise ConfigError(f"{owner}: merge: {e}") from None
+    return tc, opts
 
 
 def _model_ref(spec: str, earlier: list[ResolvedStage], owner: str) -> str:

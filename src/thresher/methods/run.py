@@ -82,6 +82,9 @@ def run_recipe(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage]
     if pending is not None:                   # a global threshold: this dataset is the only client
         from thresher.methods.clients import finish_global_threshold
         summary["global_threshold"] = finish_global_threshold([pending], recipe, stages[-1])
+        if recipe.collaborate is not None:
+            from thresher.methods.clients import collaborate
+            summary["collaborate"] = collaborate([pending], recipe, stages, out, argv=argv)
     finish_run(out, stages, manifest, summary, t0)
     return summary
 
@@ -210,6 +213,8 @@ def format_summary(summary: dict) -> str:
     lines += _format_stages(summary)
     if summary.get("global_threshold"):
         lines += _format_threshold(summary["global_threshold"])
+    if summary.get("collaborate"):
+        lines += _format_collaborate(summary["collaborate"])
     lines.append(f"outputs: {summary['outputs']['dir']}  ({summary.get('seconds', 0)} s)")
     return "\n".join(lines)
 
@@ -270,5 +275,24 @@ def _format_clients(summary: dict) -> str:
         lines.append(f"client {name}: {c['rows']} rows from {c['load']['path']}")
         lines += ["  " + x for x in _format_stages(c)]
     lines += _format_threshold(summary["global_threshold"])
+    if summary.get("collaborate"):
+        lines += _format_collaborate(summary["collaborate"])
     lines.append(f"outputs: {summary['outputs']['dir']}  ({summary.get('seconds', 0)} s)")
     return "\n".join(lines)
+
+
+def _format_collaborate(c: dict) -> list[str]:
+    m = c["merge"]
+    lines = ["collaborative training on the kept rows:"]
+    for name, t in c["clients"].items():
+        if "note" in t:
+            lines.append(f"  {name}: {t['note']}")
+        else:
+            loss = f"{t['loss']:.4f}" if t.get("loss") is not None else "n/a"
+            lines.append(f"  {name}: trained on {t['trained']} rows, {t['steps']} steps, loss {loss} -> {t['final']}")
+    if c.get("merged"):
+        lines.append(f"  merged ({m['method']}, density {m['density']}): adapter {c['merged']}"
+                     + (f", model {c['model']}" if c.get("model") else ""))
+    else:
+        lines.append(f"  {m.get('note', 'not merged')}")
+    return lines

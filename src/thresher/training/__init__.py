@@ -19,7 +19,8 @@ _WHERE = {
     "ShuffleAll": "hooks", "StopAtStep": "hooks", "TrainPlan": "hooks",
     "list_checkpoints": "checkpoints", "last_checkpoint": "checkpoints", "learning_rates": "checkpoints",
     "load_adam_moments": "checkpoints",
-    "export_merged": "export",
+    "export_merged": "export", "fold_adapter": "export",
+    "merge_runs": "merge", "merge_states": "merge",
     "IterITSampler": "iterit", "IterITCallback": "iterit", "IFDRescorer": "iterit",
 }
 __all__ = sorted(_WHERE)

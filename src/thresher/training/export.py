@@ -8,21 +8,14 @@ pre-experienced model and IterIT's trained model are scored this way (``--model 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from thresher.engine.io import atomic_dir
 from thresher.errors import ConfigError
 
 
 def export_merged(run_dir, out=None) -> Path:
     """Write ``out`` (default RUN/merged): base model + the run's final adapter merged, float32 safetensors."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from thresher.models import bundled
-
     run_dir = Path(run_dir)
     final = run_dir / "final"
     if not (final / "adapter_config.json").exists():
@@ -33,18 +26,27 @@ def export_merged(run_dir, out=None) -> Path:
     out = Path(out) if out else run_dir / "merged"
     # The run's own model spec (the adapter's recorded base path may be a cache folder long gone).
     base = json.loads((run_dir / "config.json").read_text())["config"]["model"]
+    return fold_adapter(base, final, out)
+
+
+def fold_adapter(base: str, adapter_dir, out) -> Path:
+    """Base model ``base`` (a model spec: "bundled", a path or a hub id) with the LoRA adapter in
+    ``adapter_dir`` folded in (PEFT merge_and_unload), saved as float32 with the adapter folder's tokenizer
+    to ``out``, atomically."""
+    import warnings
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thresher.models import bundled
+
     src = str(bundled.converted_model_dir()) if base in bundled.BUNDLED_ALIASES else base
     model = AutoModelForCausalLM.from_pretrained(src, dtype="float32")
-    merged = PeftModel.from_pretrained(model, str(final)).merge_and_unload()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".merged-", dir=out.parent))
-    try:
+    with warnings.catch_warnings():
+        # transformers 5.x deprecation notice raised from inside PEFT, not actionable by the user
+        warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*", category=FutureWarning)
+        merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    with atomic_dir(out) as tmp:              # a half-written export is never left in place
         merged.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(str(final)).save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)                  # a half-written export is never left in place
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(tmp)
+    return Path(out)
