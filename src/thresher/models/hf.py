@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thresher.errors import ConfigError
-from thresher.models import bundled
+from thresher.models import bundled, cpu_gemm as gemm
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,21 @@ class HFCausalLM:
 
     def __init__(self, model: str = "bundled", *, device: str = "auto", dtype: str = "auto",
                  max_batch_tokens: int | None = None, max_batch_size: int = 64, padding_side: str = "right",
-                 head_chunk: int = 1024, vocab_chunk: int | None = None):
+                 head_chunk: int = 1024, vocab_chunk: int | None = None, cpu_gemm: str | None = None):
         if dtype not in DTYPES:
             raise ConfigError(f"The 'dtype' parameter must be one of {', '.join(DTYPES)}. Got {dtype!r}.")
         if padding_side not in ("left", "right"):
             raise ConfigError(f"The 'padding_side' parameter must be 'left' or 'right'. Got {padding_side!r}.")
+        if cpu_gemm is not None and cpu_gemm not in gemm.CHOICES:
+            raise ConfigError(f"The 'cpu_gemm' parameter must be one of {', '.join(gemm.CHOICES)}. Got {cpu_gemm!r}.")
         self.model_spec, self.device_spec, self.dtype_spec = str(model), device, dtype
         self.max_batch_tokens_spec, self.max_batch_size = max_batch_tokens, int(max_batch_size)
         self.max_batch_tokens = int(max_batch_tokens or CPU_BATCH_TOKENS)
         self.padding_side, self.head_chunk = padding_side, int(head_chunk)
         self.vocab_chunk = vocab_chunk        # None: 2048 on a CPU, 16384 on a GPU (see _head_nll)
+        self.cpu_gemm_spec = cpu_gemm         # auto | onednn | torch (thresher.models.cpu_gemm); None: $THRESHER_CPU_GEMM
+        self.cpu_gemm = None                  # the path in use once loaded: "onednn", "torch" (None off the CPU)
+        self._head_slices = gemm.PackedSlices()    # the output head's vocabulary slices, packed for oneDNN
         self.model = self.tokenizer = self.device = self.dtype = None
 
     # ---------------------------------------------------------------- loading
@@ -127,7 +132,12 @@ class HFCausalLM:
         self.model.to(self.device).eval()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        log.info("loaded %s on %s as %s", self.model_spec, self.device, self.dtype)
+        if self.device.type == "cpu":
+            self.cpu_gemm = gemm.choose(self.cpu_gemm_spec, torch)
+            if self.cpu_gemm == "onednn":
+                gemm.pack_linears(self.model)
+        log.info("loaded %s on %s as %s%s", self.model_spec, self.device, self.dtype,
+                 f" (CPU GEMMs: {self.cpu_gemm})" if self.cpu_gemm else "")
         return self
 
     def tokenizer_only(self):
@@ -266,6 +276,9 @@ class HFCausalLM:
         w, bias = head.weight, head.bias
         vocab = w.shape[0]
         vslice = self.vocab_chunk or (2048 if w.device.type == "cpu" else 16384)
+        packed = None
+        if self.cpu_gemm == "onednn" and w.device.type == "cpu" and w.dtype == states.dtype:
+            packed = self._head_slices.get(w, vslice)
         parts = []
         for a in range(0, states.shape[0], self.head_chunk):
             x, y = states[a: a + self.head_chunk], targets[a: a + self.head_chunk]
@@ -276,9 +289,12 @@ class HFCausalLM:
             buf = torch.empty(x.shape[0] * min(vslice, vocab), dtype=w.dtype, device=w.device)
             run_max = torch.full((x.shape[0],), float("-inf"), device=w.device)       # float32 (m,)
             run_sum = torch.zeros(x.shape[0], device=w.device)
-            for v in range(0, vocab, vslice):
+            for k, v in enumerate(range(0, vocab, vslice)):
                 ws = w[v: v + vslice]
-                logits = torch.mm(x, ws.t(), out=buf[: x.shape[0] * ws.shape[0]].view(x.shape[0], ws.shape[0]))
+                if packed is not None:                                                 # oneDNN, see cpu_gemm
+                    logits = gemm.linear(x.contiguous(), packed[k])
+                else:
+                    logits = torch.mm(x, ws.t(), out=buf[: x.shape[0] * ws.shape[0]].view(x.shape[0], ws.shape[0]))
                 if bias is not None:
                     logits.add_(bias[v: v + vslice])
                 logits = self._logits(logits.float())                                  # (m, slice)
