@@ -9,7 +9,8 @@ half-open span [start, end), token j predicted from position j-1:
     with an online log-sum-exp (``_head_nll``);
   - padding side is configurable; position ids are derived from the attention mask, so left and right
     padding give the same numbers;
-  - on a CPU, batches run in worker threads, one core each (see ``_cpu_workers``).
+  - on a CPU, batches run in worker threads, one core each (see ``_cpu_workers``), and the linear layers
+    and the head's slices run through oneDNN with packed weights (thresher.models.cpu_gemm).
 The same pass can return pooled last-layer hidden states (mean over tokens, or the last token).
 
 ``next_token_logprobs`` scores a few candidate next tokens after each prompt (logit-based judges:
@@ -454,10 +455,10 @@ class HFCausalLM:
         limit = torch.from_numpy(max_new)
         head, dec = self.model.get_output_embeddings(), self._decoder()
         cache, step_ids, step_pos = None, ids, pos
+        kv = _cache_kwarg(dec)
         for t in range(T):
-            res = dec(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=cache,
-                      use_cache=True)
-            cache = res.past_key_values
+            res = dec(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True, **{kv: cache})
+            cache = getattr(res, kv)
             logits = self._logits(head(res.last_hidden_state[:, -1])).float()       # (b, V)
             nxt = _pick(logits, temp[alive.numpy()], top_p[alive.numpy()],
                         None if uniforms is None else uniforms[alive, t], torch)   # (b,)
@@ -472,6 +473,14 @@ class HFCausalLM:
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)      # (b, L + t + 1)
             step_ids, step_pos = nxt[:, None], mask.sum(1, keepdim=True) - 1        # (b, 1) each
         return [_cut(row, stop, int(m)) for row, m in zip(gen.numpy(), max_new)]
+
+
+def _cache_kwarg(decoder) -> str:
+    """The KV-cache argument (and output field) of a decoder's forward: ``cache`` in transformers >= 5.24,
+    ``past_key_values`` before (and deprecated after)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
 def _in_worker_threads(batches: list[np.ndarray], run, workers: int, torch) -> None:
