@@ -59,7 +59,7 @@ def test_packed_forward_matches_and_falls_back_for_gradients(bias):
     with torch.inference_mode():
         got = model(x)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-    assert lin._thresher_packed.packed is not None                     # the packed path ran
+    assert lin._thresher_packed.cache.parts is not None                # the packed path ran
     xg = x.clone().requires_grad_(True)
     out = model(xg)                                                    # grad mode: plain F.linear
     out.sum().backward()
@@ -80,7 +80,7 @@ def test_in_place_weight_update_repacks_and_deepcopy_works():
         expected = torch.nn.functional.linear(x, lin.weight * -2.0, lin.bias)
     assert not torch.allclose(before, after)
     with torch.no_grad():
-        torch.testing.assert_close(lin(x) , torch.nn.functional.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
         lin.weight.mul_(-2.0)
         torch.testing.assert_close(lin(x), expected, atol=1e-5, rtol=1e-5)
         twin = copy.deepcopy(model)                                     # the copy packs its own weights

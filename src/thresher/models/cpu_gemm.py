@@ -69,13 +69,10 @@ def pack_linears(model) -> int:
 
 
 class _Packed:
-    """The forward of one linear layer; the packed weight is keyed by the weight's identity and version."""
+    """The forward of one linear layer: the packed weight when no gradient is needed, else F.linear."""
 
     def __init__(self, lin):
-        self.lin, self.key, self.packed = lin, None, None
-
-    def __getstate__(self):                   # copies and pickles repack on first use
-        return {"lin": self.lin, "key": None, "packed": None}
+        self.lin, self.cache = lin, PackedSlices()
 
     def __call__(self, x):
         import torch
@@ -84,22 +81,25 @@ class _Packed:
         if (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)) or x.device.type != "cpu" \
                 or w.device.type != "cpu" or x.dtype != w.dtype or w.dtype not in (torch.float32, torch.bfloat16):
             return torch.nn.functional.linear(x, w, b)
-        key = (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
-        if key != self.key:                   # first use, or the weight changed since it was packed
-            with torch.inference_mode():
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), None)
-            self.key = key
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, b, "none", [], "")
+        return linear(x, self.cache.get(w, w.shape[0])[0], b)      # one slice: the whole weight
 
 
 class PackedSlices:
-    """Row slices of a weight matrix (out, in), each packed for oneDNN, rebuilt when the weight changes: the
-    output head in vocabulary slices (HFCausalLM._head_nll). Safe to share between worker threads."""
+    """Row slices of a weight matrix (out, in), each packed for oneDNN, keyed by the weight's identity and
+    version so that they are rebuilt when the weight changes (a new tensor, or an in-place update). Used
+    whole by every packed linear layer, and in vocabulary slices for the output head
+    (HFCausalLM._head_nll). Safe to share between worker threads; copies and pickles repack on first use."""
 
     def __init__(self):
         import threading
 
         self.key, self.parts, self.lock = None, None, threading.Lock()
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
 
     def get(self, w, size: int) -> list:
         import torch
@@ -115,7 +115,7 @@ class PackedSlices:
 
 
 def linear(x, packed, bias=None):
-    """x (m, in) @ packed (out, in)^T (+ bias) -> (m, out), with a weight from ``PackedSlices``."""
+    """x (..., in) @ packed (out, in)^T (+ bias) -> (..., out), with a weight from ``PackedSlices``."""
     import torch
 
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")

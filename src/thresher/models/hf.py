@@ -287,13 +287,16 @@ class HFCausalLM:
             if bias is not None:
                 target_logit = target_logit + bias[y]
             target_logit = self._logits(target_logit.float())
-            buf = torch.empty(x.shape[0] * min(vslice, vocab), dtype=w.dtype, device=w.device)
+            if packed is not None:
+                x = x.contiguous()
+            else:
+                buf = torch.empty(x.shape[0] * min(vslice, vocab), dtype=w.dtype, device=w.device)
             run_max = torch.full((x.shape[0],), float("-inf"), device=w.device)       # float32 (m,)
             run_sum = torch.zeros(x.shape[0], device=w.device)
             for k, v in enumerate(range(0, vocab, vslice)):
                 ws = w[v: v + vslice]
                 if packed is not None:                                                 # oneDNN, see cpu_gemm
-                    logits = gemm.linear(x.contiguous(), packed[k])
+                    logits = gemm.linear(x, packed[k])
                 else:
                     logits = torch.mm(x, ws.t(), out=buf[: x.shape[0] * ws.shape[0]].view(x.shape[0], ws.shape[0]))
                 if bias is not None:
