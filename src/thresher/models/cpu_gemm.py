@@ -1,10 +1,10 @@
 """oneDNN-packed linear layers for CPU inference: the model's GEMMs without MKL's generic code path.
 
-torch runs a float32 ``nn.Linear`` on a CPU through MKL's sgemm. On this project's machines (AMD EPYC,
-Zen 4, AVX-512) that reaches about 86 GFLOP/s per core, while oneDNN's brgemm kernels (selected by the
-CPU's instruction set, not its vendor) with the weight reordered once into oneDNN's blocked layout reach
-100-110 on the model's own shapes and 215 vs 134 GFLOP/s on a 2048 x 2048 product with 2 threads
-(benchmarks/ifd_throughput.py measures the peak both ways). Both compute in float32 (oneDNN's default
+torch runs a float32 ``nn.Linear`` on a CPU through MKL's sgemm, which takes a generic code path on this
+project's machines (AMD EPYC, Zen 4, AVX-512); oneDNN's brgemm kernels (selected by the CPU's instruction
+set, not its vendor) with the weight reordered once into oneDNN's blocked layout are faster: 219 vs 148
+GFLOP/s on a 2048 x 2048 product with 2 threads (benchmarks/ifd_throughput.py prints the peak of both, and
+IFD scoring with and without this module). Both compute in float32 (oneDNN's default
 "strict" math mode); results differ at float32 rounding level (accumulation order), as between thread
 counts.
 
