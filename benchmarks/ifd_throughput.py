@@ -9,6 +9,13 @@ scored tokens only, attention) and is set against the fp32 matrix-multiply peak 
     python benchmarks/ifd_throughput.py                   # 256 ShareGPT pairs, CPU float32 + bfloat16
     python benchmarks/ifd_throughput.py --n 64 --skip-bf16
     python benchmarks/ifd_throughput.py --device cuda     # GPU: bfloat16 thresher vs naive loop
+
+On a GPU machine without the bundled packages (the figure in the README came from one): copy config.json
+and the tokenizer files of the converted bundled model (under $THRESHER_CACHE/models/) to DIR and a
+ShareGPT-format slice to FILE, then
+    python benchmarks/ifd_throughput.py --device cuda --random-init DIR --data FILE --n 600
+Random weights of the same architecture cost the same FLOPs and kernels, so the speeds carry over; the
+IFD values do not (the thresher/naive difference is still checked).
 """
 
 from __future__ import annotations

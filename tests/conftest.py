@@ -29,12 +29,35 @@ def ctx():
 
 
 @pytest.fixture(scope="session")
-def sharegpt_short():
+def sharegpt_1500():
+    """The first 1500 valid records of the bundled ShareGPT."""
+    from thresher.data.readers import bundled_sharegpt_path, load
+
+    return load(bundled_sharegpt_path(), limit=1500, lenient=True, on_invalid="skip")
+
+
+@pytest.fixture(scope="session")
+def sharegpt_long_texts(sharegpt_1500):
+    """Real ShareGPT first turns (user message + reply) longer than 3,000 characters: 150 of them."""
+    from thresher.data.readers import split_turns
+
+    texts = []
+    for msgs in sharegpt_1500.messages:
+        context, resp = split_turns(msgs, "first")[0]
+        text = "\n".join(m["content"] for m in context) + "\n" + resp
+        if len(text) > 3000:
+            texts.append(text)
+    assert len(texts) >= 150, f"only {len(texts)} long first turns in the first 1500 records"
+    return texts[:150]
+
+
+@pytest.fixture(scope="session")
+def sharegpt_short(sharegpt_1500):
     """Real ShareGPT first-turn pairs, short enough (prompt and response under 400 characters)
     that a real-model test runs in seconds and nothing is truncated at max_length 512."""
-    from thresher.data.readers import bundled_sharegpt_path, load, split_turns
+    from thresher.data.readers import split_turns
 
-    ds = load(bundled_sharegpt_path(), limit=1500, lenient=True, on_invalid="skip")
+    ds = sharegpt_1500
     keep = []
     for i, msgs in enumerate(ds.messages):
         context, resp = split_turns(msgs, "first")[0]

@@ -11,7 +11,7 @@ from thresher.data.readers import split_turns
 from thresher.data.table import Dataset, LoadReport
 from thresher.data.templates import render
 from thresher.engine.scoring import score_dataset
-from thresher.models.spans import build_spans
+from thresher.models.spans import HEAD_CHARS_PER_TOKEN, HEAD_MARGIN, _head_cut, build_spans, encode_heads
 from thresher.scoring import make_scorer
 from thresher.scoring.base import ModelContext
 
@@ -125,6 +125,34 @@ def test_cherry_rule_rejects_when_prompt_fills_budget(ctx):
     che = build_spans(tok, [r], 128, "cherry", "alpaca")
     off = build_spans(tok, [r], 128, "offsets", "alpaca")
     assert che.status[0] == "prompt fills max_length" and off.status[0] == "prompt fills max_length"
+
+
+def test_head_tokenisation_matches_whole_text(ctx, sharegpt_long_texts):
+    """encode_heads tokenises only the head of a long text: its tokens and offsets must be whole-text
+    tokenisation's first max_tokens, on real ShareGPT turns and on texts built to break it (runs with no
+    whitespace, whitespace runs, multi-byte characters, code, tokens over 6 characters), and both the
+    cut path and the fall-back (whole text) path must run."""
+    tok = ctx.lm().tokenizer
+    texts = sharegpt_long_texts + [
+        "x" * 5000 + " tail", "ab " * 3000, "  \n\t " * 2000 + "end", "数据选择 " * 1500, "é😀 " * 3000,
+        "def f(x):\n    return x  # comment\n" * 300, "word " * 400 + "z" * 3000 + " word" * 500,
+        ("=" * 64 + " ") * 200]
+    for max_tokens in (16, 64, 512):
+        ids, offs = encode_heads(tok, texts, max_tokens)
+        whole = tok(texts, return_offsets_mapping=True, return_attention_mask=False)
+        cut = fallback = 0
+        for i, t in enumerate(texts):
+            w_ids = np.asarray(whole["input_ids"][i])
+            w_off = np.asarray(whole["offset_mapping"][i]).reshape(-1, 2)
+            n = len(ids[i])
+            assert n == len(w_ids) or n == max_tokens < len(w_ids), (max_tokens, i)
+            assert np.array_equal(ids[i], w_ids[:n]) and np.array_equal(offs[i], w_off[:n]), (max_tokens, i)
+            cut += n < len(w_ids)
+            fallback += _head_cut(t, max_tokens * HEAD_CHARS_PER_TOKEN + HEAD_MARGIN) is not None and \
+                n == len(w_ids) > max_tokens
+        assert cut > 0, max_tokens
+        if max_tokens == 16:
+            assert fallback > 0                  # the '=' * 64 text: 16 tokens span more than the head
 
 
 def test_truncation_scores_same_answer_chars_in_both_passes(ctx, sharegpt_short):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 from pathlib import Path
@@ -361,7 +360,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _configure_logging(args) -> None:
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for noisy in ("transformers", "sentence_transformers", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:

@@ -60,7 +60,7 @@ class HFCausalLM:
 
     def __init__(self, model: str = "bundled", *, device: str = "auto", dtype: str = "auto",
                  max_batch_tokens: int | None = None, max_batch_size: int = 64, padding_side: str = "right",
-                 head_chunk: int = 1024, vocab_chunk: int | None = None, cpu_gemm: str | None = None):
+                 head_chunk: int | None = None, vocab_chunk: int | None = None, cpu_gemm: str | None = None):
         if dtype not in DTYPES:
             raise ConfigError(f"The 'dtype' parameter must be one of {', '.join(DTYPES)}. Got {dtype!r}.")
         if padding_side not in ("left", "right"):
@@ -70,7 +70,8 @@ class HFCausalLM:
         self.model_spec, self.device_spec, self.dtype_spec = str(model), device, dtype
         self.max_batch_tokens_spec, self.max_batch_size = max_batch_tokens, int(max_batch_size)
         self.max_batch_tokens = int(max_batch_tokens or CPU_BATCH_TOKENS)
-        self.padding_side, self.head_chunk = padding_side, int(head_chunk)
+        self.padding_side = padding_side
+        self.head_chunk = head_chunk          # rows per head pass; None: 1024 on a CPU, 8192 on a GPU
         self.vocab_chunk = vocab_chunk        # None: 2048 on a CPU, 16384 on a GPU (see _head_nll)
         self.cpu_gemm_spec = cpu_gemm         # auto | onednn | torch (thresher.models.cpu_gemm); None: $THRESHER_CPU_GEMM
         self.cpu_gemm = None                  # the path in use once loaded: "onednn", "torch" (None off the CPU)
@@ -187,8 +188,16 @@ class HFCausalLM:
             off = width - len(s) if self.padding_side == "left" else 0
             ids[r, off: off + len(s)], mask[r, off: off + len(s)], offs[r] = s, 1, off
         pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-        to = lambda a: torch.from_numpy(a).to(self.device)
-        return to(ids), to(mask), to(pos), offs
+        return self._to_device(ids, torch), self._to_device(mask, torch), self._to_device(pos, torch), offs
+
+    def _to_device(self, a: np.ndarray, torch):
+        """A host array on the model's device. To a GPU the copy goes through pinned memory and does not
+        block: a plain copy from pageable memory waits for every kernel queued before it, which would stall
+        the host between batches instead of letting it queue the next one."""
+        t = torch.from_numpy(a)
+        if self.device.type != "cuda":
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     # ---------------------------------------------------------------- scoring
     def token_nll(self, seqs: list, spans: list[tuple[int, int]], *, pool: str | None = None) -> NLLResult:
@@ -201,11 +210,21 @@ class HFCausalLM:
         out: list[np.ndarray] = [np.zeros(0)] * len(seqs)
         pooled_parts: list[tuple[np.ndarray, np.ndarray]] = []
         batches = self._batches(lengths)
+        # On a GPU the NLLs stay on the device until every batch is queued (one copy back at the end), so
+        # the host never waits for a batch to finish before it launches the next one.
+        pending = [] if self.device.type == "cuda" else None
+
+        def store(b, nll):                    # nll: float64 span NLLs of batch b's rows, concatenated
+            counts = [max(spans[i][1] - spans[i][0], 0) for i in b]
+            for i, part in zip(b, np.split(nll, np.cumsum(counts)[:-1])):
+                out[i] = part
 
         def run(b):                           # each batch writes only its own rows: safe from worker threads
             nll, pooled = self._run_batch([seqs[i] for i in b], [spans[i] for i in b], pool, torch)
-            for j, i in enumerate(b):
-                out[i] = nll[j]
+            if pending is None:
+                store(b, nll.double().cpu().numpy())
+            else:
+                pending.append((b, nll))
             if pooled is not None:
                 pooled_parts.append((b, pooled))
 
@@ -216,6 +235,11 @@ class HFCausalLM:
             with torch.inference_mode():
                 for b in batches:
                     run(b)
+                if pending:
+                    flat = torch.cat([nll for _, nll in pending]).double().cpu().numpy()
+                    ends = np.cumsum([nll.shape[0] for _, nll in pending])
+                    for (b, _), part in zip(pending, np.split(flat, ends[:-1])):
+                        store(b, part)
         emb = None
         if pooled_parts:
             emb = np.zeros((len(seqs), pooled_parts[0][1].shape[1]), dtype=np.float32)
@@ -250,13 +274,12 @@ class HFCausalLM:
         tok = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts)]) if counts.sum() else \
             np.zeros(0, dtype=np.int64)
         cols = tok + offs[rows]                                                # padded column of each target
-        r_t, c_t = torch.from_numpy(rows).to(self.device), torch.from_numpy(cols).to(self.device)
+        r_t, c_t = self._to_device(rows, torch), self._to_device(cols, torch)
         states = hidden[r_t, c_t - 1]                                          # (M, H) predictors
         targets = ids[r_t, c_t]                                                # (M,)
-        nll = self._head_nll(states, targets, torch).double().cpu().numpy()
-        per_seq = np.split(nll, np.cumsum(counts)[:-1])
+        nll = self._head_nll(states, targets, torch)                          # (M,) float32, on the device
         pooled = self._pool(hidden, mask, pool, torch) if pool else None
-        return per_seq, pooled
+        return nll, pooled
 
     def _head_nll(self, states, targets, torch):
         """Output head + cross-entropy on the needed rows only: -log softmax(W h)[target] per row.
@@ -269,11 +292,12 @@ class HFCausalLM:
         Other heads (e.g. quantised modules) take full-vocabulary chunks and ``cross_entropy``.
         """
         head = self.model.get_output_embeddings()
+        rows = self.head_chunk or (1024 if states.device.type == "cpu" else 8192)
         if type(head) is not torch.nn.Linear:
-            parts = [torch.nn.functional.cross_entropy(self._logits(head(states[a: a + self.head_chunk])).float(),
-                                                       targets[a: a + self.head_chunk], reduction="none")
-                     for a in range(0, states.shape[0], self.head_chunk)]
-            return torch.cat(parts) if parts else torch.zeros(0)
+            parts = [torch.nn.functional.cross_entropy(self._logits(head(states[a: a + rows])).float(),
+                                                       targets[a: a + rows], reduction="none")
+                     for a in range(0, states.shape[0], rows)]
+            return torch.cat(parts) if parts else torch.zeros(0, device=states.device)
         w, bias = head.weight, head.bias
         vocab = w.shape[0]
         vslice = self.vocab_chunk or (2048 if w.device.type == "cpu" else 16384)
@@ -281,8 +305,8 @@ class HFCausalLM:
         if self.cpu_gemm == "onednn" and w.device.type == "cpu" and w.dtype == states.dtype:
             packed = self._head_slices.get(w, vslice)
         parts = []
-        for a in range(0, states.shape[0], self.head_chunk):
-            x, y = states[a: a + self.head_chunk], targets[a: a + self.head_chunk]
+        for a in range(0, states.shape[0], rows):
+            x, y = states[a: a + rows], targets[a: a + rows]
             target_logit = (x * w[y]).sum(1)                                           # (m,)
             if bias is not None:
                 target_logit = target_logit + bias[y]
@@ -306,7 +330,7 @@ class HFCausalLM:
                 run_sum.mul_((run_max - new_max).exp_()).add_(logits.sub_(new_max[:, None]).exp_().sum(1))
                 run_max = new_max
             parts.append(run_max + run_sum.log() - target_logit)
-        return torch.cat(parts) if parts else torch.zeros(0)
+        return torch.cat(parts) if parts else torch.zeros(0, device=states.device)
 
     def _logits(self, logits):
         """Apply the architecture's final logit transforms, if any (e.g. Gemma-2 soft-capping)."""

@@ -18,6 +18,14 @@ Two rules (``span_rule``):
            rejected if that budget is <= 4, if either span is empty, or if len(tokenize(instruction)) +
            direct span length > max_length. At BPE boundaries this can differ from ``offsets`` by a token.
 Units that cannot be scored get a reason in ``status`` (their spans are empty) and become NaN downstream.
+
+Only the head of a long text is tokenised (``encode_heads``): a ShareGPT response often runs to thousands
+of tokens of which max_length keeps 512, and tokenising the rest was over half of IFD's CPU-side time on a
+GPU. The text is cut at a whitespace well past where the kept tokens can end, and the head's tokens are
+used only when the first max_length of them end at least ``HEAD_MARGIN`` characters before the cut;
+otherwise the whole text is tokenised. This relies on tokenisation being local to words (true of the
+byte-level BPE, SentencePiece and WordPiece tokenizers of causal LMs: no token spans a whitespace
+followed by more text); tests/test_ifd.py checks it against whole-text tokenisation on real data.
 """
 
 from __future__ import annotations
@@ -48,6 +56,48 @@ def _encode(tokenizer, texts: list[str], offsets: bool):
     return enc
 
 
+# A head of max_length x HEAD_CHARS_PER_TOKEN characters (+ margin) holds max_length tokens unless the
+# text averages more than 6 characters a token (English prose: ~4.2 with the bundled tokenizer); such
+# texts are simply tokenised whole.
+HEAD_CHARS_PER_TOKEN = 6
+HEAD_MARGIN = 512
+
+
+def _head_cut(text: str, limit: int) -> int | None:
+    """Where to cut ``text`` for a head of about ``limit`` characters: just before a whitespace in the
+    last HEAD_MARGIN / 2 characters of the limit; None to tokenise it whole (short, or no whitespace)."""
+    if len(text) <= limit:
+        return None
+    lo = limit - HEAD_MARGIN // 2
+    cut = max(text.rfind(" ", lo, limit), text.rfind("\n", lo, limit))
+    return cut if cut > 0 else None
+
+
+def encode_heads(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Token ids and (N, 2) character offsets of each text, limited to the first ``max_tokens`` tokens
+    where the text has more; the same tokens as tokenising the whole text (see the module docstring)."""
+    limit = max_tokens * HEAD_CHARS_PER_TOKEN + HEAD_MARGIN
+    cuts = [_head_cut(t, limit) for t in texts]
+    enc = _encode(tokenizer, [t if c is None else t[:c] for t, c in zip(texts, cuts)], True)
+    ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
+    offs = [np.asarray(x, dtype=np.int64).reshape(-1, 2) for x in enc["offset_mapping"]]
+    redo = []
+    for i, cut in enumerate(cuts):
+        if cut is None:
+            continue
+        near = np.flatnonzero(offs[i][:, 1] > cut - HEAD_MARGIN)      # tokens ending close to the cut
+        if near.size and near[0] >= max_tokens:
+            ids[i], offs[i] = ids[i][:max_tokens], offs[i][:max_tokens]
+        else:
+            redo.append(i)
+    if redo:
+        enc = _encode(tokenizer, [texts[i] for i in redo], True)
+        for j, i in enumerate(redo):
+            ids[i] = np.asarray(enc["input_ids"][j], dtype=np.int64)
+            offs[i] = np.asarray(enc["offset_mapping"][j], dtype=np.int64).reshape(-1, 2)
+    return ids, offs
+
+
 def build_spans(tokenizer, units: list[Rendered], max_length: int, rule: str = "offsets",
                 template: str = "") -> SpanBatch:
     if rule not in SPAN_RULES:
@@ -66,12 +116,11 @@ def _response_tokens(offsets: np.ndarray, char_start: int) -> np.ndarray:
 
 
 def _offset_spans(tokenizer, units, max_length) -> SpanBatch:
-    cond = _encode(tokenizer, [u.prompt + u.response for u in units], True)
-    direct = _encode(tokenizer, [u.direct_prefix + u.response for u in units], True)
+    cond_ids, cond_off = encode_heads(tokenizer, [u.prompt + u.response for u in units], max_length)
+    direct_ids, direct_off = encode_heads(tokenizer, [u.direct_prefix + u.response for u in units], max_length)
     out = SpanBatch()
     for i, u in enumerate(units):
-        c_ids, c_off = np.asarray(cond["input_ids"][i]), np.asarray(cond["offset_mapping"][i]).reshape(-1, 2)
-        d_ids, d_off = np.asarray(direct["input_ids"][i]), np.asarray(direct["offset_mapping"][i]).reshape(-1, 2)
+        c_ids, c_off, d_ids, d_off = cond_ids[i], cond_off[i], direct_ids[i], direct_off[i]
         c_tok = _response_tokens(c_off, len(u.prompt))
         c_tok = c_tok[(c_tok >= 1) & (c_tok < max_length)]
         if c_tok.size == 0:
@@ -82,7 +131,7 @@ def _offset_spans(tokenizer, units, max_length) -> SpanBatch:
         d_tok = _response_tokens(d_off, len(u.direct_prefix))
         d_tok = d_tok[(d_tok >= 1) & (d_off[d_tok, 1] <= len(u.direct_prefix) + covered) & (d_tok < max_length)]
         if d_tok.size == 0:
-            _append(out, c_ids, d_ids, None, None, "empty direct span")
+            _append(out, c_ids[:max_length], d_ids[:max_length], None, None, "empty direct span")
             continue
         c_span, d_span = (int(c_tok[0]), int(c_tok[-1]) + 1), (int(d_tok[0]), int(d_tok[-1]) + 1)
         _append(out, c_ids[: c_span[1]], d_ids[: d_span[1]], c_span, d_span, OK)
@@ -104,8 +153,8 @@ def _lengths(tokenizer, texts: list[str]) -> np.ndarray:
 def _cherry_spans(tokenizer, units, max_length, template) -> SpanBatch:
     whole = [u.prompt + u.response for u in units]
     direct = [u.direct_prefix + u.response for u in units]
-    c_all = _encode(tokenizer, whole, False)["input_ids"]
-    d_all = _encode(tokenizer, direct, False)["input_ids"]
+    c_all = encode_heads(tokenizer, whole, max_length)[0]
+    d_all = encode_heads(tokenizer, direct, max_length)[0]
     c_t0 = _lengths(tokenizer, [w[: w.rfind(u.response)] for w, u in zip(whole, units)])
     d_t0 = _lengths(tokenizer, [d[: d.rfind(u.response)] for d, u in zip(direct, units)])
     # Cherry measures L_P on the rendered prompt (alpaca) but on the raw instruction for wiz.
