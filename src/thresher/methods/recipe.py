@@ -101,7 +101,7 @@ class CollaborateConfig:
     """CLUES step 5: each client fine-tunes on the rows it kept under the global threshold (the base model,
     the local-training hyper-parameters), then the server merges the clients' adapters."""
     train: dict = field(default_factory=dict)   # preset, cpu_small, params (as a training stage; no rows/fraction)
-    merge: dict = field(default_factory=dict)   # method (ties | linear | fedavg), density, weights, full
+    merge: dict = field(default_factory=dict)   # method (ties | linear | cat | fedavg), density, weights, full
 
 
 @dataclass

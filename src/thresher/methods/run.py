@@ -291,7 +291,8 @@ def _format_collaborate(c: dict) -> list[str]:
             loss = f"{t['loss']:.4f}" if t.get("loss") is not None else "n/a"
             lines.append(f"  {name}: trained on {t['trained']} rows, {t['steps']} steps, loss {loss} -> {t['final']}")
     if c.get("merged"):
-        lines.append(f"  merged ({m['method']}, density {m['density']}): adapter {c['merged']}"
+        density = f", density {m['density']}" if m["method"] == "ties" else ""
+        lines.append(f"  merged ({m['method']}{density}): adapter {c['merged']}"
                      + (f", model {c['model']}" if c.get("model") else ""))
     else:
         lines.append(f"  {m.get('note', 'not merged')}")

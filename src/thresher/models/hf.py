@@ -235,11 +235,9 @@ class HFCausalLM:
             with torch.inference_mode():
                 for b in batches:
                     run(b)
-                if pending:
-                    flat = torch.cat([nll for _, nll in pending]).double().cpu().numpy()
-                    ends = np.cumsum([nll.shape[0] for _, nll in pending])
-                    for (b, _), part in zip(pending, np.split(flat, ends[:-1])):
-                        store(b, part)
+                if pending:                   # the batches' rows in order, their NLLs concatenated alike
+                    store(np.concatenate([b for b, _ in pending]),
+                          torch.cat([nll for _, nll in pending]).double().cpu().numpy())
         emb = None
         if pooled_parts:
             emb = np.zeros((len(seqs), pooled_parts[0][1].shape[1]), dtype=np.float32)

@@ -20,8 +20,8 @@ Two rules (``span_rule``):
 Units that cannot be scored get a reason in ``status`` (their spans are empty) and become NaN downstream.
 
 Only the head of a long text is tokenised (``encode_heads``): a ShareGPT response often runs to thousands
-of tokens of which max_length keeps 512, and tokenising the rest was over half of IFD's CPU-side time on a
-GPU. The text is cut at a whitespace well past where the kept tokens can end, and the head's tokens are
+of tokens of which max_length keeps 512 (the first 382 first turns of the bundled ShareGPT: 266,012 tokens,
+139,557 of them within 512 a text), and tokenisation is a large share of IFD's time on a GPU. The text is cut at a whitespace well past where the kept tokens can end, and the head's tokens are
 used only when the first max_length of them end at least ``HEAD_MARGIN`` characters before the cut;
 otherwise the whole text is tokenised. This relies on tokenisation being local to words (true of the
 byte-level BPE, SentencePiece and WordPiece tokenizers of causal LMs: no token spans a whitespace

@@ -137,10 +137,10 @@ def merge_states(states: list, weights: list[float], *, method: str = "ties", de
     coef_b = root.float()
     p = torch.tensor(weights, dtype=torch.float64)
     p = (p / p.sum()).float() if method == "fedavg" else p.float()
+    lin = ws.float()
     merged = {}
     for a_key, b_key in _factor_pairs(states[0]):
         if method == "cat":                                      # exact sum of w_i dW_i at rank sum_i r_i
-            lin = ws.float()
             new_a = torch.cat([lin[i] * s[a_key].float() for i, s in enumerate(states)], dim=0)   # (sum r, in)
             new_b = torch.cat([s[b_key].float() for s in states], dim=1)                         # (out, sum r)
             merged[a_key], merged[b_key] = _cast(new_a, states[0][a_key]), _cast(new_b, states[0][b_key])
@@ -197,10 +197,13 @@ def _factor_pairs(state: dict) -> list[tuple[str, str]]:
 def check_merge_options(method: str, density: float, weights=None) -> None:
     """Validate merge options before anything is trained (recipes' ``collaborate.merge``)."""
     _check_params(method, density)
-    if weights is not None and (not isinstance(weights, (list, tuple)) or not all(
-            isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w) for w in weights)):
+    if weights is not None and (not isinstance(weights, (list, tuple)) or not _finite_numbers(weights)):
         raise ConfigError(f"The 'weights' parameter of merge_runs must be a list of finite numbers, one per "
                           f"client. Got {weights!r}.")
+
+
+def _finite_numbers(values) -> bool:
+    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
 def _check_params(method: str, density: float) -> None:
@@ -244,11 +247,9 @@ def _check_out(out, runs: list[_Run]) -> Path:
 
 def _check_compatible(runs: list[_Run], method: str) -> None:
     first = runs[0]
-    for key in ("use_dora",):
-        for r in runs:
-            if r.lora.get(key):
-                raise ConfigError(f"Run {r.path} uses {key}; only plain LoRA adapters can be merged.")
     for r in runs:
+        if r.lora.get("use_dora"):
+            raise ConfigError(f"Run {r.path} uses use_dora; only plain LoRA adapters can be merged.")
         if r.lora.get("rank_pattern") or r.lora.get("alpha_pattern"):
             raise ConfigError(f"Run {r.path} has a per-module rank_pattern/alpha_pattern; only adapters with one "
                               "rank and alpha can be merged.")
@@ -303,7 +304,7 @@ def _resolve_weights(weights, runs: list[_Run], method: str) -> list[float]:
     if len(weights) != n:
         raise ConfigError(f"The 'weights' parameter of merge_runs must hold one weight per run ({n} runs). "
                           f"Got {len(weights)} weights.")
-    if not all(isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
+    if not _finite_numbers(weights):
         raise ConfigError(f"The 'weights' parameter of merge_runs must hold finite numbers. Got {weights!r}.")
     if method == "fedavg":
         if any(w < 0 for w in weights) or sum(weights) <= 0:
