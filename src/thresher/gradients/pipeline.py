@@ -109,7 +109,8 @@ def open_run(path, which: str = "all", *, owner: str = "the scorer", param: str 
     if not found:
         raise ConfigError(f"The {param!r} parameter of {owner}: {str(root)!r} holds no complete LoRA checkpoint "
                           f"(checkpoint-<step>/ with {_ADAPTER}, adapter_config.json, optimizer.pt and "
-                          "trainer_state.json). Train with save_steps > 0 or one checkpoint per epoch, and "
+                          "trainer_state.json, and for a run of thresher's trainer its thresher_complete.json). "
+                          "Train with save_steps > 0 or one checkpoint per epoch, and "
                           "save_total_limit unset.")
     if which == "last":
         found = found[-1:]
