@@ -267,4 +267,6 @@ def test_model_identity_follows_checkpoint_content(ctx, run_dir, files, tmp_path
     k = next(iter(w))
     w[k] = w[k] + 1e-3
     save_file(w, str(adapter))                                # a retrained checkpoint: new identity
+    from thresher.training.checkpoints import mark_complete
+    mark_complete(adapter.parent)                             # ... marked complete, as the trainer does
     assert identity() != first and identity("last") == last

@@ -4,6 +4,11 @@ optimizer state in checkpoints, exact resume, the epoch-sampler hook, presets.""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +21,7 @@ from thresher.errors import ConfigError
 from thresher.models.spans import build_spans
 from thresher.training import (IGNORE, PRESETS, build_examples, last_checkpoint, learning_rates,
                                load_adam_moments, resolve_config, train)
+from thresher.training.checkpoints import MARKER, checkpoint_problem
 from thresher.training.hooks import StopAtStep
 
 MAX_LEN = 128
@@ -293,7 +299,90 @@ def test_train_cli_preset_with_flag_overrides(tmp_path, capsys):
     assert "step 1/1" in capsys.readouterr().out
 
 
-def test_a_checkpoint_cut_off_mid_save_is_never_resumed_from(tmp_path):
+# ------------------------------------------------------------------ checkpoint completeness
+def test_every_checkpoint_of_a_run_carries_thresher_files_and_its_marker(runs):
+    full, stopped, resumed = runs
+    assert [c.name for c in stopped.checkpoints] == ["checkpoint-2"]
+    for res in (full, resumed):             # the stopped run's directory is the resumed run's
+        assert [c.name for c in res.checkpoints] == ["checkpoint-2", "checkpoint-4"]
+        assert sorted(d.name for d in res.out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+        for ck in res.checkpoints:
+            marker = json.loads((ck / MARKER).read_text())
+            assert {"optimizer_params.json", "sampler_state.json", "trainer_state.json", "optimizer.pt",
+                    "adapter_model.safetensors"} <= set(marker["files"]) <= {p.name for p in ck.iterdir()}
+            assert all((ck / f).stat().st_size == n for f, n in marker["files"].items())
+            assert checkpoint_problem(ck) is None
+    # checkpoint-2 closes epoch 1: its sampler state is the one after that epoch's on_epoch_end (the window
+    # advanced twice), because the marker waited for on_epoch_end
+    order = json.loads((full.out / "checkpoint-2" / "sampler_state.json").read_text())["order"]
+    rows = json.loads((full.out / "epochs" / "epoch-2.json").read_text())["ids"]
+    assert [json.loads((full.out / "train_ids.json").read_text())["ids"][i] for i in order[:4]] == rows
+
+
+def _fake_checkpoint(d: Path, sampler: bool = True) -> Path:
+    d.mkdir(parents=True)
+    for name, data in (("adapter_model.safetensors", b"w" * 64), ("optimizer.pt", b"o" * 32),
+                       ("trainer_state.json", b'{"log_history": []}'),
+                       ("optimizer_params.json", b'{"param_groups": [[]]}')):
+        (d / name).write_bytes(data)
+    if sampler:
+        (d / "sampler_state.json").write_text('{"order": [1, 2, 3, 4]}')
+    return d
+
+
+def test_an_incomplete_checkpoint_is_skipped_with_a_warning_and_never_rotated_in(tmp_path, caplog):
+    """The folders a kill leaves: transformers' files without thresher's (the old window: rotation had
+    already run), a marker whose listed file is cut short or gone; resume takes the last complete one."""
+    from thresher.training.checkpoints import mark_complete, require_complete, rotate
+
+    (tmp_path / "train_ids.json").write_text('{"ids": []}')                   # a thresher run directory
+    mark_complete(_fake_checkpoint(tmp_path / "checkpoint-2"), ("sampler_state.json",))
+    _fake_checkpoint(tmp_path / "checkpoint-4", sampler=False)               # killed before its files
+    cut = _fake_checkpoint(tmp_path / "checkpoint-6")
+    mark_complete(cut, ("sampler_state.json",))
+    (cut / "sampler_state.json").write_text('{"order": [1')                  # cut short after marking
+    gone = _fake_checkpoint(tmp_path / "checkpoint-8")
+    mark_complete(gone, ("sampler_state.json",))
+    (gone / "optimizer.pt").unlink()
+    with caplog.at_level("WARNING", logger="thresher.training.checkpoints"):
+        assert last_checkpoint(tmp_path).name == "checkpoint-2"
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert "checkpoint-4: incomplete checkpoint (no thresher_complete.json" in warned
+    assert "checkpoint-6: incomplete checkpoint (sampler_state.json has 12 bytes, thresher_complete.json says 23" in warned
+    assert "checkpoint-8: incomplete checkpoint (optimizer.pt is missing)" in warned
+    for d in ("checkpoint-4", "checkpoint-6", "checkpoint-8"):              # every reader refuses them
+        with pytest.raises(ConfigError, match=f"{d} is an incomplete checkpoint"):
+            require_complete(tmp_path / d)
+        with pytest.raises(ConfigError, match="incomplete checkpoint"):
+            learning_rates(tmp_path / d)
+    with pytest.raises(ConfigError, match="incomplete checkpoint"):
+        load_adam_moments(tmp_path / "checkpoint-4")
+    from thresher.gradients.checkpoint import checkpoint_learning_rate
+    with pytest.raises(ConfigError, match="incomplete checkpoint"):
+        checkpoint_learning_rate(tmp_path / "checkpoint-6")
+    # save_total_limit=1 keeps the last complete checkpoint however many incomplete ones follow it
+    assert rotate(tmp_path, 1) == [] and (tmp_path / "checkpoint-2").is_dir()
+    mark_complete(_fake_checkpoint(tmp_path / "checkpoint-10"), ("sampler_state.json",))
+    assert rotate(tmp_path, 1) == [tmp_path / "checkpoint-2"]
+    assert last_checkpoint(tmp_path).name == "checkpoint-10" and (tmp_path / "checkpoint-4").is_dir()
+    assert last_checkpoint(tmp_path / "missing") is None
+
+
+def test_a_stateful_sampler_never_resumes_without_its_state(tmp_path):
+    from thresher.training import IterITSampler
+    from thresher.training.checkpoints import mark_complete
+    from thresher.training.hooks import restore_sampler
+
+    ck = _fake_checkpoint(tmp_path / "checkpoint-2", sampler=False)          # a run with a stateless sampler
+    mark_complete(ck)
+    sampler = IterITSampler(lambda rows, **kw: np.zeros(len(rows)), k=1, responses=["a", "b"])
+    with pytest.raises(ConfigError, match="checkpoint-2 holds no sampler_state.json.*IterITSampler"):
+        restore_sampler(sampler, ck)
+
+
+def test_a_plain_trainer_run_is_still_read_without_markers(tmp_path):
+    from thresher.training.checkpoints import list_checkpoints, require_complete
+
     for step, state in ((2, "{}"), (3, '{"log_hist'), (10, "{}")):
         d = tmp_path / f"checkpoint-{step}"
         d.mkdir()
@@ -301,5 +390,68 @@ def test_a_checkpoint_cut_off_mid_save_is_never_resumed_from(tmp_path):
         (d / "adapter_model.safetensors").write_bytes(b"x")
         if step != 10:                                   # 10: the optimizer state was never written
             (d / "optimizer.pt").write_bytes(b"x")
-    assert last_checkpoint(tmp_path).name == "checkpoint-2"
-    assert last_checkpoint(tmp_path / "missing") is None
+    assert [d.name for d in list_checkpoints(tmp_path, foreign=True)] == ["checkpoint-2"]
+    assert list_checkpoints(tmp_path) == []              # thresher's own runs need the marker
+    require_complete(tmp_path / "checkpoint-2")          # a foreign checkpoint is read as it is
+
+
+# ------------------------------------------------------------------ a real kill inside the save window
+TINY_KW = dict(lora=False, max_length=64, template="alpaca", add_eos=False, batch_size=2, grad_accum=2,
+               max_steps=4, save_steps=1, save_total_limit=1, lr=1e-3, logging_steps=1, device="cpu",
+               dtype="float32", seed=0)
+
+
+class KillAt(TrainerCallback):
+    """SIGKILL in on_epoch_end after optimiser step ``step``: transformers has written checkpoint-<step>
+    and the sampler has advanced; thresher's recorder (the last callback) has not written the sampler
+    state and the marker yet. Before the fix, rotation had already deleted the previous checkpoint."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_epoch_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def tiny_run(model, data, out, kill_at=None):
+    s = RotatingSampler()
+    cbs = [Advance(s)] + ([KillAt(int(kill_at))] if kill_at else [])
+    return train(str(data), out=out, model=str(model), sampler=s, callbacks=cbs, **TINY_KW)
+
+
+def test_a_run_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path, caplog):
+    from samples import ALPACA
+    from tiny_model import save_tiny_llama
+
+    model = save_tiny_llama(tmp_path / "tiny")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ALPACA[:12]), encoding="utf-8")
+    code = ("import sys, torch; torch.set_num_threads(1); sys.path.insert(0, sys.argv[1]); "
+            "import test_training as t; t.tiny_run(*sys.argv[2:5], kill_at=2)")
+    proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(model), str(data),
+                           str(tmp_path / "killed")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    killed = tmp_path / "killed"
+    assert not (killed / "checkpoint-2" / MARKER).exists()
+    assert (killed / "checkpoint-2" / "optimizer.pt").is_file()                # transformers' part is there
+    assert last_checkpoint(killed).name == "checkpoint-1"                       # kept despite the limit of 1
+
+    with caplog.at_level("WARNING", logger="thresher.training"):
+        resumed = tiny_run(model, data, killed)
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert "checkpoint-2: incomplete checkpoint" in warned and "replacing" in warned
+    assert json.loads((killed / "summary.json").read_text())["resumed_from"].endswith("checkpoint-1")
+    reference = tiny_run(model, data, tmp_path / "reference")
+    for e in range(4):                      # the sampler state came back: the same rows every epoch
+        a = json.loads((reference.out / "epochs" / f"epoch-{e}.json").read_text())["ids"]
+        assert a == json.loads((killed / "epochs" / f"epoch-{e}.json").read_text())["ids"]
+    from safetensors.torch import load_file
+    a = load_file(reference.final_dir / "model.safetensors")
+    b = load_file(resumed.final_dir / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-7)
+    for res in (resumed, reference):        # save_total_limit=1: only the last one left, and complete
+        assert [p.name for p in res.out.glob("checkpoint-*")] == ["checkpoint-4"]
+        assert checkpoint_problem(res.out / "checkpoint-4") is None

@@ -8,7 +8,9 @@ A checkpoint directory in the HF Trainer layout holds ``optimizer.pt`` (torch Ad
 numbered by position across param_groups), ``trainer_state.json`` (log_history) and the PEFT adapter
 (``adapter_model.safetensors``). Trainer builds its groups as [weight-decay params, no-decay params],
 each in ``model.named_parameters()`` order over trainable params (transformers Trainer.create_optimizer);
-we rebuild that order to name the moments.
+we rebuild that order to name the moments. A checkpoint of a thresher run is read only when complete
+(``thresher.training.checkpoints``: its completion marker and every file it lists); one of another trainer
+has no marker and is read as it is.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from thresher.errors import ConfigError
 from thresher.gradients.persample import ParamSelection
+from thresher.training.checkpoints import require_complete
 
 AdamState = dict[str, tuple[torch.Tensor, torch.Tensor]]   # param name -> (exp_avg, exp_avg_sq)
 _NO_DECAY = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
@@ -64,6 +67,7 @@ def trainer_param_order(model: torch.nn.Module) -> list[str]:
 
 def load_optimizer_state(checkpoint_dir: str | Path, model: torch.nn.Module) -> AdamState:
     """Name the Adam moments in ``checkpoint_dir/optimizer.pt`` after ``model``'s trainable params."""
+    require_complete(checkpoint_dir)
     path = Path(checkpoint_dir) / "optimizer.pt"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist. Point at a Trainer checkpoint directory "
@@ -82,6 +86,7 @@ def load_adapter(checkpoint_dir: str | Path, model: torch.nn.Module) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    require_complete(checkpoint_dir)
     path = Path(checkpoint_dir) / "adapter_model.safetensors"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist; the checkpoint has no PEFT adapter.")
@@ -99,6 +104,7 @@ def checkpoint_learning_rate(trainer_state: str | Path | dict, window_epochs: fl
     state = trainer_state
     if not isinstance(state, dict):
         path = Path(state)
+        require_complete(path if path.is_dir() else path.parent)
         path = path / "trainer_state.json" if path.is_dir() else path
         state = json.loads(path.read_text())
     logs = [e for e in state.get("log_history", []) if "learning_rate" in e and "epoch" in e]

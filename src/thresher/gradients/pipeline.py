@@ -16,7 +16,6 @@ injects the run's LoRA layers into it for the duration of a ``with`` block and r
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ import torch
 from thresher.errors import ConfigError
 from thresher.gradients.checkpoint import checkpoint_learning_rate, flat_moments, load_adapter, load_optimizer_state
 from thresher.gradients.persample import ParamSelection
+from thresher.training.checkpoints import list_checkpoints, load_adam_moments
 
 WHICH = ("all", "last")
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -86,17 +86,15 @@ def file_sha(path: str | Path) -> str:
     return _FILE_SHA[key]
 
 
-def _complete(d: Path) -> bool:
-    try:
-        json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (d / "optimizer.pt").is_file() and (d / _ADAPTER).is_file() and (d / "adapter_config.json").is_file()
+def _lora(d: Path) -> bool:
+    return (d / _ADAPTER).is_file() and (d / "adapter_config.json").is_file()
 
 
 def open_run(path, which: str = "all", *, owner: str = "the scorer", param: str = "checkpoints") -> TrainingRun:
     """The complete LoRA checkpoints of a training run directory, oldest step first (``which="last"``: the
-    newest only). A checkpoint cut off mid-save (no readable trainer_state.json) is skipped."""
+    newest only). A checkpoint cut off mid-save is skipped with a warning (thresher runs: no completion
+    marker or a listed file missing or of another size; runs of another trainer: no readable
+    trainer_state.json, see ``thresher.training.checkpoints``)."""
     if not isinstance(path, (str, Path)) or not str(path).strip():
         raise ConfigError(f"The {param!r} parameter of {owner} must be the path of a training run directory "
                           f"(the output of 'thresher train'). Got {path!r}.")
@@ -107,12 +105,12 @@ def open_run(path, which: str = "all", *, owner: str = "the scorer", param: str 
     if not root.is_dir():
         raise ConfigError(f"The {param!r} parameter of {owner} must be a training run directory; {str(root)!r} "
                           f"{'is not a directory' if root.exists() else 'does not exist'}.")
-    found = sorted((int(m.group(1)), d) for d in root.iterdir()
-                   if (m := _CKPT.match(d.name)) and d.is_dir() and _complete(d))
+    found = [(int(_CKPT.match(d.name).group(1)), d) for d in list_checkpoints(root, foreign=True) if _lora(d)]
     if not found:
         raise ConfigError(f"The {param!r} parameter of {owner}: {str(root)!r} holds no complete LoRA checkpoint "
                           f"(checkpoint-<step>/ with {_ADAPTER}, adapter_config.json, optimizer.pt and "
-                          "trainer_state.json). Train with save_steps > 0 or one checkpoint per epoch, and "
+                          "trainer_state.json, and for a run of thresher's trainer its thresher_complete.json). "
+                          "Train with save_steps > 0 or one checkpoint per epoch, and "
                           "save_total_limit unset.")
     if which == "last":
         found = found[-1:]
@@ -163,7 +161,6 @@ def checkpoint_moments(ckpt: Checkpoint, model: torch.nn.Module, sel: ParamSelec
     Names come from the checkpoint's optimizer_params.json (thresher's trainer); a checkpoint of a plain HF
     Trainer falls back to rebuilding the Trainer's parameter order from the model."""
     if (ckpt.path / "optimizer_params.json").is_file():
-        from thresher.training.checkpoints import load_adam_moments
         state = {n: (d["exp_avg"], d["exp_avg_sq"]) for n, d in load_adam_moments(ckpt.path).items()}
     else:
         state = load_optimizer_state(ckpt.path, model)

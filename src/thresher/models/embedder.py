@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from thresher.errors import ConfigError
-from thresher.models import bundled
+from thresher.models import bundled, fingerprint
 
 
 class SentenceEmbedder:
@@ -16,19 +16,44 @@ class SentenceEmbedder:
         self.model_spec, self.device_spec = model, device
         self.batch_size, self.max_length = int(batch_size), max_length
         self.model = None
+        self._ident: fingerprint.Identity | None = None
 
     def identity(self) -> str:
-        return "bundled:all-MiniLM-L6-v2" if self.model_spec == bundled.BUNDLED_EMBEDDER else self.model_spec
+        """Identity for cache keys (``thresher.models.fingerprint``): the bundled model's content hash, a
+        local folder's content hash, a hub id's resolved commit; once loaded, what was loaded."""
+        return self._resolve().text
+
+    def _resolve(self) -> fingerprint.Identity:
+        if self._ident is None or (self.model is None and self._ident.revision is None):
+            if self.model_spec == bundled.BUNDLED_EMBEDDER:
+                self._ident = fingerprint.Identity(fingerprint.bundled_embedder_identity())
+            else:
+                self._ident = fingerprint.identify(self._hub_name(self.model_spec))
+        return self._ident
+
+    @staticmethod
+    def _hub_name(spec: str) -> str:
+        # sentence-transformers reads a short name ("all-MiniLM-L6-v2") as one of its own models, except
+        # the original transformers names on its list; the identity must name the repository it loads.
+        from pathlib import Path
+        if "/" in spec or Path(spec).is_dir():
+            return spec
+        from sentence_transformers.util.misc import ORIGINAL_TRANSFORMER_MODELS
+        return spec if spec.lower() in ORIGINAL_TRANSFORMER_MODELS else f"sentence-transformers/{spec}"
 
     def setup(self) -> "SentenceEmbedder":
         if self.model is None:
             import torch
             from sentence_transformers import SentenceTransformer
 
-            src = str(bundled.embedder_path()) if self.model_spec == bundled.BUNDLED_EMBEDDER else self.model_spec
+            ident = self._resolve()
+            if self.model_spec == bundled.BUNDLED_EMBEDDER:
+                src = str(bundled.embedder_path())
+            else:
+                src = self._hub_name(self.model_spec)
             device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device_spec == "auto" else self.device_spec
             try:
-                self.model = SentenceTransformer(src, device=device)
+                self.model = SentenceTransformer(src, device=device, revision=ident.revision)
             except OSError as e:
                 raise ConfigError(f"Could not load sentence embedder {self.model_spec!r}: {e}") from None
             if self.max_length:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thresher.errors import ConfigError
-from thresher.models import bundled, cpu_gemm as gemm
+from thresher.models import bundled, cpu_gemm as gemm, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class HFCausalLM:
         self.cpu_gemm = None                  # the path in use once loaded: "onednn", "torch" (None off the CPU)
         self._head_slices = gemm.PackedSlices()    # the output head's vocabulary slices, packed for oneDNN
         self.model = self.tokenizer = self.device = self.dtype = None
+        self._ident: fingerprint.Identity | None = None     # see identity()
 
     # ---------------------------------------------------------------- loading
     @property
@@ -84,18 +85,30 @@ class HFCausalLM:
         return self.model_spec in bundled.BUNDLED_ALIASES
 
     def identity(self) -> str:
-        """Stable identity for cache fingerprints (no weights loaded)."""
+        """Identity for cache keys, without loading weights (``thresher.models.fingerprint``): the bundled
+        GGUF's package version and content hash, a hub id's resolved commit, a local folder's content
+        hash. Once the weights are loaded, the identity they were loaded under."""
         if getattr(self, "_identity", None):
             return self._identity
-        if self.is_bundled:
-            return bundled.bundled_identity()
+        return self._resolve().text
+
+    def _resolve(self) -> fingerprint.Identity:
+        # A hub id is resolved once per backend (a request to the hub) and then loaded at that commit; a
+        # local folder is re-checked until its weights are loaded (the side cache makes that a few stats).
+        if self._ident is None or (self.model is None and self._ident.revision is None):
+            self._ident = (fingerprint.Identity(fingerprint.bundled_lm_identity()) if self.is_bundled
+                           else fingerprint.identify(self.model_spec))
+        return self._ident
+
+    def source(self) -> tuple[str, dict]:
+        """What ``from_pretrained`` loads: a folder or hub id, and keyword arguments (``revision``: the
+        commit ``identity()`` names, so the weights loaded are the ones the cache keys describe)."""
         from pathlib import Path
-        p = Path(self.model_spec)
-        if p.exists():
-            files = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin"))
-            sig = ",".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files)
-            return f"path:{p.resolve()}:{sig}"
-        return f"hub:{self.model_spec}"
+        if self.is_bundled:
+            return str(bundled.converted_model_dir()), {}
+        if Path(self.model_spec).is_dir():
+            return self.model_spec, {}
+        return self.model_spec, {"revision": self._resolve().revision}
 
     @classmethod
     def from_model(cls, model, tokenizer, *, identity: str, max_batch_tokens: int | None = None,
@@ -124,10 +137,11 @@ class HFCausalLM:
         # A CPU is compute-bound at small batches (bigger ones only add padding); a GPU needs big ones.
         if self.max_batch_tokens_spec is None:
             self.max_batch_tokens = 32768 if self.device.type == "cuda" else CPU_BATCH_TOKENS
-        src = str(bundled.converted_model_dir()) if self.is_bundled else self.model_spec
+        self._resolve()                       # the identity of what is loaded now
+        src, kw = self.source()
         try:
             self.tokenizer_only()
-            self.model = AutoModelForCausalLM.from_pretrained(src, dtype=self.dtype)
+            self.model = AutoModelForCausalLM.from_pretrained(src, dtype=self.dtype, **kw)
         except OSError as e:
             raise ConfigError(f"Could not load model {self.model_spec!r}: {e}. Pass a local path, 'bundled', "
                               "or a hub id on a machine that can reach the hub.") from None
@@ -146,9 +160,9 @@ class HFCausalLM:
         """The tokenizer without loading weights (length scorers, validation)."""
         if self.tokenizer is None:
             from transformers import AutoTokenizer
-            src = str(bundled.converted_model_dir()) if self.is_bundled else self.model_spec
+            src, kw = self.source()
             try:
-                self.tokenizer = AutoTokenizer.from_pretrained(src)
+                self.tokenizer = AutoTokenizer.from_pretrained(src, **kw)
             except OSError as e:
                 raise ConfigError(f"Could not load the tokenizer of {self.model_spec!r}: {e}") from None
         return self.tokenizer

@@ -24,24 +24,27 @@ def export_merged(run_dir, out=None) -> Path:
         raise ConfigError(f"{run_dir} has no finished model in final/: the run stopped before its last step "
                           "(rerun `thresher train` with the same arguments to resume it).")
     out = Path(out) if out else run_dir / "merged"
-    # The run's own model spec (the adapter's recorded base path may be a cache folder long gone).
-    base = json.loads((run_dir / "config.json").read_text())["config"]["model"]
-    return fold_adapter(base, final, out)
+    # The run's own model spec (the adapter's recorded base path may be a cache folder long gone), and for
+    # a hub model the commit it trained on (its identity "hub:<id>@<commit>").
+    saved = json.loads((run_dir / "config.json").read_text())
+    ident = str(saved.get("model") or "")
+    revision = ident.rsplit("@", 1)[1] if ident.startswith("hub:") and "@" in ident else None
+    return fold_adapter(saved["config"]["model"], final, out, revision=revision)
 
 
-def fold_adapter(base: str, adapter_dir, out) -> Path:
-    """Base model ``base`` (a model spec: "bundled", a path or a hub id) with the LoRA adapter in
-    ``adapter_dir`` folded in (PEFT merge_and_unload), saved as float32 with the adapter folder's tokenizer
-    to ``out``, atomically."""
+def fold_adapter(base: str, adapter_dir, out, *, revision: str | None = None) -> Path:
+    """Base model ``base`` (a model spec: "bundled", a path or a hub id; ``revision``: the hub commit,
+    default the one it resolves to now) with the LoRA adapter in ``adapter_dir`` folded in (PEFT
+    merge_and_unload), saved as float32 with the adapter folder's tokenizer to ``out``, atomically."""
     import warnings
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from thresher.models import bundled
+    from thresher.models.hf import HFCausalLM
 
-    src = str(bundled.converted_model_dir()) if base in bundled.BUNDLED_ALIASES else base
-    model = AutoModelForCausalLM.from_pretrained(src, dtype="float32")
+    src, kw = HFCausalLM(base).source() if revision is None else (base, {"revision": revision})
+    model = AutoModelForCausalLM.from_pretrained(src, dtype="float32", **kw)
     with warnings.catch_warnings():
         # transformers 5.x deprecation notice raised from inside PEFT, not actionable by the user
         warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*", category=FutureWarning)

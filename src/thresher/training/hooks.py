@@ -47,11 +47,9 @@ from transformers import TrainerCallback
 
 from thresher.engine.io import write_json
 from thresher.errors import ConfigError
+from thresher.training.checkpoints import OPTIMIZER_PARAMS, SAMPLER_STATE, mark_complete, rotate
 
 log = logging.getLogger(__name__)
-
-SAMPLER_STATE = "sampler_state.json"
-OPTIMIZER_PARAMS = "optimizer_params.json"
 
 
 @dataclass
@@ -105,17 +103,25 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class RunRecorder(TrainerCallback):
-    """Progress logging (loss, lr, rate, ETA) and the extra files each checkpoint needs.
+    """Progress logging (loss, lr, rate, ETA) and thresher's files in each checkpoint.
 
-    Every checkpoint gets ``optimizer_params.json``: the parameter names in the order of the optimizer's
-    state ids (optimizer.pt keys its exp_avg / exp_avg_sq by position, not by name), and the sampler
-    state when the sampler has one.
+    The trainer calls ``checkpoint_saved`` right after transformers wrote a checkpoint. Every checkpoint
+    gets ``optimizer_params.json`` (the parameter names in the order of the optimizer's state ids:
+    optimizer.pt keys its exp_avg / exp_avg_sq by position, not by name), the sampler state when the
+    sampler has one, then the completion marker (``checkpoints.mark_complete``), and only then are older
+    checkpoints rotated out (``save_total_limit``). A checkpoint written at an epoch's last step precedes
+    ``on_epoch_end``, where hooks update their state for the next epoch (IterIT re-scores there); a run
+    resumed from it starts that next epoch, so the sampler state and the marker wait for
+    ``on_epoch_end`` (this callback runs after the user's: it is registered last). A kill before then
+    leaves the checkpoint without its marker, and a resume takes the previous one.
     """
 
-    def __init__(self, sampler_hook, n_tokens_per_sample: float):
-        self.hook, self.tokens_per_sample = sampler_hook, n_tokens_per_sample
+    def __init__(self, sampler_hook, n_tokens_per_sample: float, save_total_limit: int | None = None):
+        self.hook, self.tokens_per_sample, self.limit = sampler_hook, n_tokens_per_sample, save_total_limit
         self.t0 = self.step0 = None
         self.names: list[list[str]] | None = None
+        self.in_epoch = False            # between on_epoch_begin and on_epoch_end
+        self.pending: Path | None = None     # a checkpoint waiting for on_epoch_end
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw):
         self.t0, self.step0 = time.perf_counter(), state.global_step
@@ -136,24 +142,29 @@ class RunRecorder(TrainerCallback):
                  state.global_step, state.max_steps, logs["loss"], logs.get("learning_rate", float("nan")),
                  samples, samples * self.tokens_per_sample, _fmt_seconds(eta))
 
-    def on_save(self, args, state, control, **kw):
-        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if not ckpt.is_dir():
-            return
+    def on_epoch_begin(self, args, state, control, **kw):
+        self.in_epoch = True
+
+    def checkpoint_saved(self, ckpt: Path, state) -> None:
+        """transformers has written ``ckpt``: add thresher's files and mark it (now or at epoch end)."""
         write_json(ckpt / OPTIMIZER_PARAMS, {"param_groups": self.names})
-        self._save_sampler(ckpt)
+        if self.in_epoch and abs(state.epoch - round(state.epoch)) < 1e-9:
+            self.pending = ckpt
+        else:
+            self._complete(ckpt)
 
     def on_epoch_end(self, args, state, control, **kw):
-        # A checkpoint written at an epoch's last step precedes on_epoch_end, where hooks update their
-        # state; a run resumed from it starts the next epoch, so it needs the state as updated now.
-        # This callback runs after the user's (it is registered last).
-        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if ckpt.is_dir():
-            self._save_sampler(ckpt)
+        self.in_epoch = False
+        if self.pending is not None:
+            ckpt, self.pending = self.pending, None
+            self._complete(ckpt)
 
-    def _save_sampler(self, ckpt: Path) -> None:
-        if hasattr(self.hook, "state_dict"):
+    def _complete(self, ckpt: Path) -> None:
+        stateful = hasattr(self.hook, "state_dict")
+        if stateful:
             write_json(ckpt / SAMPLER_STATE, self.hook.state_dict())
+        mark_complete(ckpt, (SAMPLER_STATE,) if stateful else ())
+        rotate(ckpt.parent, self.limit)
 
 
 class StopAtStep(TrainerCallback):
@@ -169,9 +180,15 @@ class StopAtStep(TrainerCallback):
 
 
 def restore_sampler(hook, checkpoint: Path) -> None:
+    """Load the sampler's state from a (complete) checkpoint; a stateful sampler never resumes without it."""
+    if not hasattr(hook, "load_state_dict"):
+        return
     f = Path(checkpoint) / SAMPLER_STATE
-    if hasattr(hook, "load_state_dict") and f.exists():
-        hook.load_state_dict(json.loads(f.read_text(encoding="utf-8")))
+    if not f.is_file():
+        raise ConfigError(f"{checkpoint} holds no {SAMPLER_STATE}: the run that wrote it had a sampler without "
+                          f"a state, and this run's {type(hook).__name__} cannot resume from it. Resume with "
+                          "the same sampler, or train into a new output directory.")
+    hook.load_state_dict(json.loads(f.read_text(encoding="utf-8")))
 
 
 def _fmt_seconds(s: float) -> str:

@@ -18,6 +18,8 @@ Run directory ``out``:
   epochs/epoch-<e>.json   ids in the order epoch e trained them
   checkpoint-<step>/ adapter (or full) weights, optimizer.pt, scheduler.pt, rng_state.pth,
                      trainer_state.json, optimizer_params.json, sampler_state.json (when the sampler has one)
+                     and, written last, thresher_complete.json (see ``checkpoints``: only a checkpoint
+                     with it is resumed from; save_total_limit rotates only after it is written)
   final/             the trained adapter (LoRA) or model (full) and tokenizer; written atomically, only
                      when the run reached its last step
   summary.json       steps, losses, runtime, samples/s, tokens/s
@@ -118,12 +120,12 @@ def train(data, *, out, preset: str | None = None, cpu_small: bool = False, mode
         hook.bind(TrainPlan(kept, ex, tokenizer, cfg, out))
     if resume_from is not None:
         restore_sampler(hook, resume_from)
-    recorder = RunRecorder(hook, ex.n_tokens() / len(ex))
+    recorder = RunRecorder(hook, ex.n_tokens() / len(ex), cfg.save_total_limit)
     with warnings.catch_warnings():
         # transformers 5.x deprecation notices raised from inside TRL/PEFT, not actionable by the user
         warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*", category=FutureWarning)
-        trainer = _make_trainer(cfg, out, ex, tokenizer, EpochSampler(hook, kept.ids, out),
-                                [*(callbacks or []), recorder])   # recorder last: see RunRecorder.on_epoch_end
+        trainer = _make_trainer(cfg, out, ex, backend, EpochSampler(hook, kept.ids, out), callbacks or [],
+                                recorder)
         if resume_from is not None:
             log.info("resuming from %s", resume_from)
         t0 = time.perf_counter()                 # runtime = the training loop, not the model load
@@ -209,7 +211,7 @@ def _precision(cfg: TrainConfig, cuda: bool):
     return (low if cfg.lora else torch.float32), mode == "bfloat16", mode == "float16"
 
 
-def _make_trainer(cfg: TrainConfig, out: Path, ex, tokenizer, torch_sampler, callbacks):
+def _make_trainer(cfg: TrainConfig, out: Path, ex, backend, torch_sampler, callbacks, recorder):
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, PrinterCallback
@@ -219,10 +221,9 @@ def _make_trainer(cfg: TrainConfig, out: Path, ex, tokenizer, torch_sampler, cal
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("The 'device' parameter is 'cuda' but no CUDA device is visible. Use 'auto' or 'cpu'.")
     weights_dtype, bf16, fp16 = _precision(cfg, cuda)
-    from thresher.models import bundled
-    src = str(bundled.converted_model_dir()) if cfg.model in bundled.BUNDLED_ALIASES else cfg.model
+    src, kw = backend.source()                 # a hub id at the commit config.json records
     try:
-        lm = AutoModelForCausalLM.from_pretrained(src, dtype=weights_dtype)
+        lm = AutoModelForCausalLM.from_pretrained(src, dtype=weights_dtype, **kw)
     except OSError as e:
         raise ConfigError(f"Could not load model {cfg.model!r}: {e}. Pass a local path, 'bundled', or a hub id "
                           "on a machine that can reach the hub.") from None
@@ -238,7 +239,7 @@ def _make_trainer(cfg: TrainConfig, out: Path, ex, tokenizer, torch_sampler, cal
         max_steps=cfg.max_steps, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         save_strategy="steps" if cfg.save_steps > 0 else "epoch", save_steps=max(cfg.save_steps, 1),
-        save_total_limit=cfg.save_total_limit, logging_steps=cfg.logging_steps, logging_first_step=True,
+        save_total_limit=None, logging_steps=cfg.logging_steps, logging_first_step=True,
         seed=cfg.seed, data_seed=cfg.seed, use_cpu=not cuda, bf16=bf16, fp16=fp16,
         report_to="none", disable_tqdm=True, **_checkpointing_arg(SFTConfig, cfg.gradient_checkpointing),
         dataloader_pin_memory=cuda, max_length=cfg.max_length,
@@ -246,8 +247,11 @@ def _make_trainer(cfg: TrainConfig, out: Path, ex, tokenizer, torch_sampler, cal
     )
     train_ds = datasets.Dataset.from_dict({"input_ids": [x.tolist() for x in ex.input_ids],
                                            "labels": [x.tolist() for x in ex.labels]})
-    trainer = _sft_class()(torch_sampler, cuda, model=lm, args=args, train_dataset=train_ds,
-                           processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    # The recorder is the last callback (see RunRecorder) and rotates checkpoints itself, after their
+    # marker: transformers' rotation (save_total_limit=None above) ran before thresher's files existed.
+    trainer = _sft_class()(torch_sampler, cuda, recorder, model=lm, args=args, train_dataset=train_ds,
+                           processing_class=backend.tokenizer, peft_config=peft_config,
+                           callbacks=[*callbacks, recorder])
     trainer.remove_callback(PrinterCallback)        # RunRecorder logs progress through logging instead
     return trainer
 
@@ -273,13 +277,21 @@ def _sft_class():
         whole accumulated batch).
         """
 
-        def __init__(self, torch_sampler, fused_head: bool, **kw):
-            self._thresher_sampler, self._fused_head = torch_sampler, fused_head
+        def __init__(self, torch_sampler, fused_head: bool, recorder, **kw):
+            self._thresher_sampler, self._fused_head, self._recorder = torch_sampler, fused_head, recorder
             self.tokens_trained = 0                       # real (unpadded) tokens of this train() call
             super().__init__(**kw)
 
         def _get_train_sampler(self, train_dataset=None):
             return self._thresher_sampler
+
+        def _save_checkpoint(self, model, trial):
+            ckpt = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            if ckpt.exists():      # a save of this step cut off by a kill; the resume started before it
+                log.warning("replacing %s, left incomplete by an earlier save of this step", ckpt)
+                shutil.rmtree(ckpt)
+            super()._save_checkpoint(model, trial)
+            self._recorder.checkpoint_saved(ckpt, self.state)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if model.training:
@@ -321,7 +333,7 @@ def _finish(trainer, output, cfg, out: Path, ex, skipped, runtime, resume_from) 
         train_loss=float(output.training_loss) if done else None, runtime_s=runtime,
         samples_per_s=samples / runtime if runtime > 0 else float("nan"),
         tokens_per_s=tokens / runtime if runtime > 0 else float("nan"),
-        n_examples=len(ex), n_skipped=len(skipped), checkpoints=list_checkpoints(out), log_history=history,
+        n_examples=len(ex), n_skipped=len(skipped), checkpoints=list_checkpoints(out, warn=False), log_history=history,
         model=trainer.model, tokenizer=trainer.processing_class)
     write_json(out / "summary.json", {
         "global_step": result.global_step, "max_steps": result.max_steps, "train_loss": result.train_loss,
