@@ -25,26 +25,6 @@ def atomic_path(path):
         raise
 
 
-@contextmanager
-def atomic_dir(path):
-    """Yield a fresh folder next to ``path`` to fill; on success it replaces ``path`` (an existing folder
-    there is removed first), else it is deleted: a half-written folder is never left in place."""
-    import shutil
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_json(path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from thresher.engine.io import atomic_dir
+from thresher.engine.outputs import atomic_dir
 from thresher.errors import ConfigError
 
 
@@ -49,7 +49,7 @@ def fold_adapter(base: str, adapter_dir, out, *, revision: str | None = None) ->
         # transformers 5.x deprecation notice raised from inside PEFT, not actionable by the user
         warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*", category=FutureWarning)
         merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    with atomic_dir(out) as tmp:              # a half-written export is never left in place
+    with atomic_dir(out, "export") as tmp:    # a half-written export is never left in place
         merged.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(tmp)
     return Path(out)

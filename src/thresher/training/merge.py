@@ -60,7 +60,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from thresher.engine.io import atomic_dir
+from thresher.engine.outputs import atomic_dir, claim_output_dir
 from thresher.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -242,6 +242,7 @@ def _check_out(out, runs: list[_Run]) -> Path:
         if run == target or run.is_relative_to(target) or target.is_relative_to(run / "final"):
             raise ConfigError(f"The output directory {out} would overwrite run {r.path}. Choose a directory "
                               "outside the runs being merged.")
+    claim_output_dir(out, "merge")            # before the work: a user's folder is refused, never replaced
     return out
 
 
@@ -329,7 +330,7 @@ def _write(out: Path, merged: dict, config: dict, record: dict, runs: list[_Run]
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
-    with atomic_dir(out) as tmp:              # a half-written merge is never left in place
+    with atomic_dir(out, "merge") as tmp:     # a half-written merge is never left in place
         save_file(merged, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         tokenizer = AutoTokenizer.from_pretrained(str(runs[0].final))
