@@ -67,6 +67,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="padded tokens per forward batch (default 768 on CPU, 32768 on GPU)")
     p.add_argument("--shard-size", type=int, default=None, help="rows per checkpointed shard (default 64)")
     p.add_argument("--cache-dir", default=None, help="score cache root (default $THRESHER_CACHE or ~/.cache/thresher)")
+    p.add_argument("--strict", action="store_true", help="a selection that keeps no row is an error (exit 2), "
+                   "not a warning")
 
 
 def _judge_args(p: argparse.ArgumentParser) -> None:
@@ -95,6 +97,8 @@ def _apply_common(raw: dict, args) -> None:
                       ("limit", "limit"), ("split", "split")):
         if getattr(args, flag, None) is not None:
             data[key] = getattr(args, flag)
+    if getattr(args, "strict", False):
+        raw["strict"] = True
     for flag in ("model", "device", "dtype", "max_batch_tokens", "shard_size"):
         if getattr(args, flag, None) is not None:
             raw[flag] = getattr(args, flag)

@@ -128,10 +128,108 @@ def atomic_dir(path, kind: str, *, inputs=(), flag: str = "--out"):
     try:
         yield tmp
         write_marker(tmp, kind)
-        old = path.with_name(f".{path.name}-old-{os.getpid()}")
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent)) / "old"
         os.replace(path, old)                 # both renames are atomic; only the old output is removed
         os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old.parent, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ----------------------------------------------------------------------------------- run folders
+# A run folder (``thresher run`` / ``thresher score``) is claimed as above, then:
+#   * an exclusive lock on ``.thresher-lock`` (flock: released by the OS when the process ends, kill -9
+#     included) keeps a second run out while one is writing; the file names the holder (pid, host, start);
+#   * at the start, the previous run's results are removed (manifest.json, summary.json, scores.parquet,
+#     selected.*, selected_ids.txt, at the top and in each stage folder; a training stage keeps its
+#     checkpoints and run records, which its own resume checks), so the folder never shows an old
+#     manifest beside new scores: without manifest.json a run folder is incomplete, and rerunning the same
+#     command resumes it (scores come back from the score cache, training from its checkpoints);
+#   * at the end, top-level entries that an earlier run wrote and this run does not (a renamed stage, an
+#     earlier run's client) are removed, and the marker records what this run wrote.
+LOCK = ".thresher-lock"
+_RESULTS = ("manifest.json", "summary.json", "scores.parquet", "anchor_scores.parquet")
+_SELECTED = ("selected_ids.txt", "selected.json", "selected.jsonl", "selected.parquet")
+_TRAIN_RECORD = "train_ids.json"            # a training stage's folder (thresher.training.sft)
+
+
+def _lock_holder(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@contextmanager
+def output_lock(folder):
+    """Hold an exclusive lock on ``folder/.thresher-lock`` for the duration; ConfigError when another
+    process holds it. The lock is the operating system's (``flock``): it is released when its process
+    ends in any way, kill -9 included, so a stale lock cannot exist and two runs can never both take one
+    over. The file stays (emptied on release) and names the current holder for the error message."""
+    import fcntl
+    import socket
+
+    path = Path(folder) / LOCK
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        h = _lock_holder(path)
+        raise ConfigError(f"Another thresher run (pid {h.get('pid', '?')} on {h.get('host', '?')}, started "
+                          f"{h.get('started', '?')}) is writing into {folder}. Wait for it to finish or choose "
+                          "another --out.") from None
+    try:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        yield
+    finally:
+        os.ftruncate(fd, 0)
+        os.close(fd)                         # closing the descriptor releases the lock
+
+
+def _result_dirs(folder: Path) -> list[Path]:
+    """The run folder, its stage folders and per-client folders (one and two levels below ``clients``)."""
+    dirs = [folder]
+    for d in [folder, *sorted(folder.glob("clients/*"))]:
+        if d is not folder:
+            dirs.append(d)
+        dirs += [s for s in sorted(d.iterdir()) if s.is_dir() and s.name != "clients" and not s.name.startswith(".")]
+    return dirs
+
+
+def clear_results(folder) -> list[Path]:
+    """Remove an earlier run's result files from a run folder (see above); returns what was removed."""
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for d in _result_dirs(folder):
+        names = _SELECTED if (d / _TRAIN_RECORD).exists() else _SELECTED + _RESULTS
+        for name in names:
+            f = d / name
+            if f.is_file():
+                f.unlink()
+                removed.append(f)
+    return removed
+
+
+def finish_run_folder(folder, kind: str, produced) -> list[str]:
+    """Remove the top-level entries an earlier run wrote that this one did not (``produced``: names of the
+    entries this run wrote), record ``produced`` in the marker; returns the names removed."""
+    folder = Path(folder)
+    produced = sorted(set(produced))
+    before = (read_marker(folder) or {}).get("entries") or []
+    stale = [n for n in before if n not in produced and n.count("/") <= 1
+             and not any(part in ("", ".", "..") for part in n.split("/"))]
+    for name in stale:
+        p = folder / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    marker = read_marker(folder) or {"kind": kind}
+    write_json(folder / MARKER, {**marker, "kind": kind, "entries": produced})
+    return stale

@@ -32,6 +32,7 @@ import pandas as pd
 from thresher.data.table import Dataset
 from thresher.engine.io import write_json, write_parquet
 from thresher.engine.manifest import base_manifest
+from thresher.engine.outputs import finish_run_folder
 from thresher.errors import ConfigError
 from thresher.selection.clients import global_threshold, select_above, selection_metrics
 from thresher.methods.recipe import DataConfig, Recipe, ResolvedStage
@@ -81,7 +82,7 @@ def score_anchor(p: Pending, recipe: Recipe) -> np.ndarray:
 
 def finish_global_threshold(pending: list[Pending], recipe: Recipe, stage: ResolvedStage) -> dict:
     """Pool the clients' anchor scores, derive tau, select in every client, write the selections."""
-    from thresher.methods.run import write_selection
+    from thresher.methods.run import empty_selection, write_selection
 
     params = dict(stage.select.params)
     for p in pending:
@@ -97,6 +98,9 @@ def finish_global_threshold(pending: list[Pending], recipe: Recipe, stage: Resol
         keep = select_above(s, tau)
         idx = np.flatnonzero(keep).astype(np.int64)
         p.selected = idx
+        if not len(idx):
+            empty_selection(f"client {p.name or 'data'}: the global threshold tau = {tau:.6g} kept 0 of {len(p.ds)} "
+                            "rows", recipe.strict, out)
         p.st_sum.update(write_selection(p.ds, idx, p.st_dir))
         p.st_sum["selector"] = asdict(stage.select)
         p.st_sum["tau"] = tau
@@ -201,6 +205,7 @@ def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage
         manifest["clients"][name] = c_man
         summary["clients"][name] = c_sum
     gt = finish_global_threshold(pending, recipe, stages[-1])
+    summary["warnings"] = gt.pop("warnings", [])
     if recipe.collaborate is not None:
         summary["collaborate"] = collaborate(pending, recipe, stages, out, argv=argv)
     for p in pending:
@@ -209,7 +214,9 @@ def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage
     summary["rows"] = sum(len(p.ds) for p in pending)
     summary["outputs"] = {"dir": str(out), "manifest": str(out / "manifest.json"),
                           "clients": {p.name: str(p.st_dir) for p in pending}}
+    produced = ["clients", "manifest.json", "summary.json", *(f"clients/{p.name}" for p in pending)]
+    finish_run_folder(out, "run", produced + (["collaborate"] if summary.get("collaborate") else []))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    write_json(out / "manifest.json", manifest)
     write_json(out / "summary.json", summary)
+    write_json(out / "manifest.json", manifest)          # last: a run folder with a manifest is complete
     return summary

@@ -84,6 +84,7 @@ class Recipe:
     max_batch_tokens: int | None = None   # None: 768 on CPU, 32768 on GPU
     shard_size: int = 64
     seed: int = 0
+    strict: bool = False                  # a selection that keeps no row is an error, not a warning
     judge: dict = field(default_factory=dict)   # chat backend of judge scorers: see thresher.models.judges
     target: list = field(default_factory=list)  # target-task example files (LESS, DataInf): "@target"
     anchor: str | None = None                   # trusted anchor set (CLUES threshold): "@anchor"

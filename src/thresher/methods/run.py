@@ -24,6 +24,7 @@ from thresher.data.readers import bundled_sharegpt_path, load, write_records
 from thresher.data.table import Dataset
 from thresher.engine.io import write_json, write_parquet, atomic_path
 from thresher.engine.manifest import base_manifest
+from thresher.engine.outputs import claim_output_dir, clear_results, finish_run_folder, output_lock
 from thresher.engine.scoring import score_dataset
 from thresher.errors import ConfigError
 from thresher.methods.recipe import DataConfig, Recipe, ResolvedStage, ScoreConfig, resolve_refs
@@ -65,15 +66,30 @@ def stage_context(stage: ResolvedStage, recipe: Recipe) -> ModelContext:
                         max_batch_tokens=recipe.max_batch_tokens, judge=recipe.judge)
 
 
+def run_inputs(recipe: Recipe, data_cfg: DataConfig) -> list[str]:
+    """The files a run reads (never acceptable as its output folder)."""
+    return [data_cfg.path, *recipe.clients, *recipe.target, *recipe.validation,
+            *([recipe.anchor] if recipe.anchor else [])]
+
+
 def run_recipe(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
                argv=None, raw_recipe: dict | None = None, cache_root=None) -> dict:
-    """Run every stage; with ``recipe.clients`` once per client (thresher.methods.clients)."""
-    if recipe.clients:
-        from thresher.methods.clients import run_clients
-        return run_clients(recipe, data_cfg, stages, Path(out), argv=argv, raw_recipe=raw_recipe,
-                           cache_root=cache_root)
-    t0 = time.perf_counter()
+    """Run every stage into the run folder ``out`` (thresher.engine.outputs: claimed, locked, the earlier
+    run's results cleared first); with ``recipe.clients`` once per client (thresher.methods.clients)."""
     out = Path(out)
+    claim_output_dir(out, "run", inputs=run_inputs(recipe, data_cfg))
+    with output_lock(out):
+        clear_results(out)
+        if recipe.clients:
+            from thresher.methods.clients import run_clients
+            return run_clients(recipe, data_cfg, stages, out, argv=argv, raw_recipe=raw_recipe,
+                               cache_root=cache_root)
+        return _run_one(recipe, data_cfg, stages, out, argv=argv, raw_recipe=raw_recipe, cache_root=cache_root)
+
+
+def _run_one(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
+             argv=None, raw_recipe: dict | None = None, cache_root=None) -> dict:
+    t0 = time.perf_counter()
     ds = load_data(data_cfg)
     manifest = {**base_manifest(argv), "recipe": raw_recipe or asdict(recipe), "seed": recipe.seed,
                 "data": {**asdict(data_cfg), "report": ds.report.as_dict(), "rows": len(ds)}, "stages": []}
@@ -82,6 +98,7 @@ def run_recipe(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage]
     if pending is not None:                   # a global threshold: this dataset is the only client
         from thresher.methods.clients import finish_global_threshold
         summary["global_threshold"] = finish_global_threshold([pending], recipe, stages[-1])
+        summary.setdefault("warnings", []).extend(summary["global_threshold"].pop("warnings", []))
         if recipe.collaborate is not None:
             from thresher.methods.clients import collaborate
             summary["collaborate"] = collaborate([pending], recipe, stages, out, argv=argv)
@@ -90,16 +107,21 @@ def run_recipe(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage]
 
 
 def finish_run(out: Path, stages: list[ResolvedStage], manifest: dict, summary: dict, t0: float) -> None:
+    """Promote the last stage's outputs, remove what an earlier run left, write the summary and, last,
+    the manifest (a run folder with a manifest is complete)."""
     if stages[-1].is_train and stages[-1].train.iterit is not None:
-        _promote_last(out, stages[-1].name, only="selected")
+        promoted = _promote_last(out, stages[-1].name, only="selected")
     else:
         last = [st for st in stages if not st.is_train]
-        if last:
-            _promote_last(out, last[-1].name)
+        promoted = _promote_last(out, last[-1].name) if last else []
+    produced = [st.name for st in stages] + promoted + ["manifest.json", "summary.json"]
+    if summary.get("collaborate"):
+        produced.append("collaborate")
+    finish_run_folder(out, "run", produced)
     summary["outputs"] = {"dir": str(out), "manifest": str(out / "manifest.json")}
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    write_json(out / "manifest.json", manifest)
     write_json(out / "summary.json", summary)
+    write_json(out / "manifest.json", manifest)
 
 
 def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Path, manifest: dict,
@@ -149,12 +171,24 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
             from thresher.methods.clients import Pending
             return Pending(ds, stage, scores, main, st_dir, st_sum, ctx, cache_root)
         idx = apply_selector(stage.select, scores, default_column=main, higher_is_better=hib)
+        if not len(idx):
+            empty_selection(f"stage {stage.name!r}: the selection ({stage.select.selector}) kept 0 of {len(ds)} "
+                            "rows", recipe.strict, summary)
         selections[stage.name] = idx
         st_sum.update(write_selection(ds, idx, st_dir))
         st_sum["selector"] = asdict(stage.select)
     if stages[-1].is_train and stages[-1].train.iterit is not None:
         _write_iterit_selection(ds, out / stages[-1].name, summary["stages"][-1])
     return None
+
+
+def empty_selection(message: str, strict: bool, summary: dict) -> None:
+    """A selection that keeps nothing: an error with ``strict``, else a warning kept in the summary."""
+    if strict:
+        raise ConfigError(f"{message}; with --strict that is an error. Check the selection's ratio/k and the "
+                          "scores, or drop --strict to accept an empty selection.")
+    log.warning("%s", message)
+    summary.setdefault("warnings", []).append(message)
 
 
 def _write_iterit_selection(ds: Dataset, run: Path, st_sum: dict) -> None:
@@ -175,14 +209,18 @@ def write_selection(ds: Dataset, idx: np.ndarray, st_dir: Path) -> dict:
     return {"selected": int(len(idx)), "dropped": int(len(ds) - len(idx)), "selected_file": str(target)}
 
 
-def _promote_last(out: Path, stage: str, only: str = "") -> None:
-    """Copy the last scoring stage's outputs (or its files named ``only*``) to the top of the run directory."""
+def _promote_last(out: Path, stage: str, only: str = "") -> list[str]:
+    """Copy the last scoring stage's outputs (or its files named ``only*``) to the top of the run directory;
+    returns the names copied."""
     if not (out / stage).is_dir():
-        return
-    for f in (out / stage).iterdir():
+        return []
+    names = []
+    for f in sorted((out / stage).iterdir()):
         if f.is_file() and not f.name.startswith(".") and f.name.startswith(only):
             with atomic_path(out / f.name) as tmp:
                 shutil.copyfile(f, tmp)
+            names.append(f.name)
+    return names
 
 
 def describe_scores(scores: pd.DataFrame, info: list[dict]) -> dict:
@@ -215,6 +253,7 @@ def format_summary(summary: dict) -> str:
         lines += _format_threshold(summary["global_threshold"])
     if summary.get("collaborate"):
         lines += _format_collaborate(summary["collaborate"])
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     lines.append(f"outputs: {summary['outputs']['dir']}  ({summary.get('seconds', 0)} s)")
     return "\n".join(lines)
 
@@ -277,6 +316,7 @@ def _format_clients(summary: dict) -> str:
     lines += _format_threshold(summary["global_threshold"])
     if summary.get("collaborate"):
         lines += _format_collaborate(summary["collaborate"])
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     lines.append(f"outputs: {summary['outputs']['dir']}  ({summary.get('seconds', 0)} s)")
     return "\n".join(lines)
 
