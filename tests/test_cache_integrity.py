@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from thresher.data import load
-from thresher.engine.io import atomic_path, stale_tmp_files
+from thresher.engine.io import atomic_path
 from thresher.engine.scoring import score_dataset
 from thresher.scoring.base import ModelContext, Scorer
 
@@ -133,28 +133,60 @@ def test_shards_written_without_a_key_are_checked_by_ids_and_columns(tmp_path, d
     pd.testing.assert_frame_equal(again, clean)
 
 
-def test_a_dead_writers_tmp_files_are_removed_and_a_live_ones_kept(tmp_path, ds64):
+WRITER = """
+import sys, time
+from pathlib import Path
+from thresher.engine.io import atomic_path
+with atomic_path(Path(sys.argv[1]) / "abc.parquet") as tmp:
+    tmp.write_bytes(b"partial")
+    print(tmp, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_killed_writers_tmp_file_is_removed_and_a_live_ones_kept(tmp_path, ds64):
     cache = tmp_path / "cache"
     run(ds64, cache)
     folder = next((cache / "scores").glob("chars_it-*"))
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        left = Path(writer.stdout.readline().strip())
+        assert left.exists() and left.name.startswith(".abc.parquet.")
+        again, sc = run(ds64, cache)                      # the writer is alive: its file is kept
+        assert left.exists() and sc.calls == [] and again.attrs["cache"]["cached"] == 64
+        writer.kill()                                     # kill -9 mid-write, as in the issue
+        writer.wait(timeout=30)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert left.exists()
+    with atomic_path(folder / "live.parquet") as live:    # a writer of this process, still writing
+        live.write_bytes(b"partial")
+        other = folder / ".notes.tmp"                     # not an atomic_path name: not ours to remove
+        other.write_bytes(b"x")
+        again, sc = run(ds64, cache)
+        assert not left.exists() and live.exists() and other.exists()
+        assert sc.calls == [] and again.attrs["cache"]["cached"] == 64
+    assert (folder / "live.parquet").read_bytes() == b"partial"
+
+
+def test_without_file_locks_stale_tmp_files_are_judged_by_pid_and_age(tmp_path, monkeypatch):
+    import thresher.engine.io as io
+
+    monkeypatch.setattr(io, "fcntl", None)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    old = time.time() - 3600
-    left = folder / f".abc.parquet.{dead}.0123abcd.tmp"              # a killed run's leftover, an hour old
-    fresh = folder / f".def.parquet.{dead}.4567abcd.tmp"             # just written: within the grace time
-    live = folder / f".ghi.parquet.{os.getpid()}.89abcdef.tmp"       # a live writer (this process)
-    ancient = folder / f".jkl.parquet.{os.getpid()}.0000abcd.tmp"    # two days old: a reused pid
-    other = folder / ".notes.tmp"                                    # not an atomic_path name
-    for p in (left, fresh, live, ancient, other):
-        p.write_bytes(b"partial")
-    os.utime(left, (old, old))
-    os.utime(other, (old, old))
-    os.utime(ancient, (time.time() - 2 * 86400,) * 2)
-    assert sorted(stale_tmp_files(folder)) == sorted([left, ancient])
-    again, sc = run(ds64, cache)
-    assert sc.calls == [] and again.attrs["cache"]["cached"] == 64
-    assert not left.exists() and not ancient.exists()
-    assert fresh.exists() and live.exists() and other.exists()
+    now = time.time()
+    files = {"left": (dead, now - 3600), "fresh": (dead, now - 5), "live": (os.getpid(), now - 3600),
+             "ancient": (os.getpid(), now - 2 * 86400)}
+    paths = {}
+    for name, (pid, mtime) in files.items():
+        paths[name] = tmp_path / f".{name}.parquet.{pid}.0123abcd.tmp"
+        paths[name].write_bytes(b"partial")
+        os.utime(paths[name], (mtime, mtime))
+    assert io.remove_stale_tmp_files(tmp_path) == 2
+    assert sorted(p for p in paths if paths[p].exists()) == ["fresh", "live"]
 
 
 def test_atomic_path_fsyncs_file_then_folder(tmp_path, monkeypatch):
