@@ -1,16 +1,19 @@
 """Command line: thresher score | select | run | train | merge | eval | validate | ls.
 
-Only this module configures logging. Every user-facing error is a ThresherError: printed without a
-traceback, exit status 2.
+Only this module configures logging. Every user-facing error is a ThresherError (or an OSError the user
+can act on: a full disk, a permission): one `thresher: error:` line, exit status 2. Anything else is an
+internal error: one line, exit status 1. With -v the traceback is printed too.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import re
 import sys
+import traceback
 from pathlib import Path
 
 import yaml
@@ -55,6 +58,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    help="keep the complete records of a JSON file that is cut off mid-record")
     p.add_argument("--limit", type=int, default=None, help="use only the first N valid records")
     p.add_argument("--split", default=None, help="split of a Hugging Face dataset (default: train)")
+    p.add_argument("--max-record-chars", type=int, default=None, metavar="N",
+                   help="a record with a text field longer than N characters is invalid (see --on-invalid); "
+                        "default 1000000, 0 = no limit")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -94,7 +100,7 @@ def _apply_common(raw: dict, args) -> None:
         # A user's own file: strict by default, whatever the recipe's demo slice allowed.
         data.update({"path": args.data, "lenient": False, "on_invalid": "fail", "limit": None})
     for flag, key in (("format", "format"), ("on_invalid", "on_invalid"), ("lenient", "lenient"),
-                      ("limit", "limit"), ("split", "split")):
+                      ("limit", "limit"), ("split", "split"), ("max_record_chars", "max_record_chars")):
         if getattr(args, flag, None) is not None:
             data[key] = getattr(args, flag)
     if getattr(args, "strict", False):
@@ -381,8 +387,43 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ThresherError as e:
-        print(f"thresher: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(args, str(e), 2)
     except KeyboardInterrupt:
         print("thresher: interrupted; finished shards are kept and a re-run resumes from them", file=sys.stderr)
         return 130
+    except OSError as e:
+        message = _os_error_message(e)
+        if message is None:
+            return _fail(args, _internal(e), 1)
+        return _fail(args, message, 2)
+    except Exception as e:     # a bug, not the user's doing: one line, the traceback with -v
+        return _fail(args, _internal(e), 1)
+
+
+def _fail(args, message: str, status: int) -> int:
+    """One `thresher: error:` line on stderr (the traceback before it with -v); returns the exit status."""
+    if getattr(args, "verbose", False):
+        traceback.print_exc()
+    print(f"thresher: error: {message}", file=sys.stderr)
+    return status
+
+
+def _internal(e: BaseException) -> str:
+    return f"internal error: {type(e).__name__}: {e} (run with -v for the traceback)"
+
+
+_USER_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EROFS: "read-only file system"}
+
+
+def _os_error_message(e: OSError) -> str | None:
+    """The message of an OSError the user can act on (a full disk, a permission), else None."""
+    from thresher.engine.io import is_disk_full
+
+    where = f" while writing {e.filename}" if e.filename else ""
+    if is_disk_full(e) or e.errno == getattr(errno, "EDQUOT", None):
+        what = "no space left on device" if is_disk_full(e) else "disk quota exceeded"
+        return f"{what}{where}; free space or point --out/--cache-dir elsewhere."
+    if e.errno in _USER_ERRNOS and e.filename:
+        return f"{_USER_ERRNOS[e.errno]}: {e.filename}; check its permissions or choose another path."
+    return None

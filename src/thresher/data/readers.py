@@ -9,6 +9,7 @@ dataset and need to know exactly where it breaks.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -45,6 +46,13 @@ _CHUNK_CHARS = 1 << 22        # 4 Mi characters per read when a JSON array is de
 _WS = re.compile(r"[ \t\r\n]*")
 _NUMBER_TAIL = re.compile(r"[.eE][eE+-]?")
 _REFILL_SLACK = 64            # a decode error this close to the buffer's end may be a chunk cut
+MAX_RECORD_CHARS = 1_000_000  # default limit on one text field (a 50 MB response took 65 s, 8 GB)
+_MAX_DEPTH = 500              # nesting a record may have: json.dumps (ids, writing) fails near 1000
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_LIMIT_HINT = ("Raise the limit with max_record_chars (CLI --max-record-chars N, recipe data.max_record_chars; "
+               "0 = no limit), or drop such records with on_invalid='skip' (CLI --on-invalid skip).")
+_DEEP_HINT = ("Flatten or remove that record: records nested more than a few hundred levels deep are not "
+              "instruction data.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,18 +104,21 @@ class _CutOff(Exception):
 # --------------------------------------------------------------------------------------------
 
 def load(path, fmt: str = "auto", *, on_invalid: str = "fail", lenient: bool = False,
-         limit: int | None = None, split: str = "train") -> Dataset:
+         limit: int | None = None, split: str = "train",
+         max_record_chars: int | None = MAX_RECORD_CHARS) -> Dataset:
     """Read ``path`` (file, save_to_disk directory or hub name) into a validated ``Dataset``.
 
     ``on_invalid="skip"`` drops unusable records and counts them by reason; ``lenient`` keeps
-    the complete records of a cut-off file; ``limit`` stops after that many valid records.
+    the complete records of a cut-off file; ``limit`` stops after that many valid records;
+    ``max_record_chars``: a record with a longer text field is invalid (0 or None: no limit).
     """
-    _check_options(fmt, on_invalid, limit)
+    _check_options(fmt, on_invalid, limit, max_record_chars)
     try:
         source, container, records = _open_source(path, limit, split, lenient)
         report = LoadReport(path=source, fmt="" if fmt == "auto" else fmt,
                             container=container, limit=limit)
-        builder = _Builder(source, None if fmt == "auto" else fmt, on_invalid, report)
+        builder = _Builder(source, None if fmt == "auto" else fmt, on_invalid, report,
+                           max_record_chars or None)
         _consume(records, builder, limit, lenient)
     except OSError as err:      # unreadable file, permissions, a disk error: no traceback
         raise DataError(path, f"cannot be read ({err.strerror or err}).") from None
@@ -194,13 +205,17 @@ def split_turns(messages, turns: str = "last") -> list[tuple[list[dict], str]]:
 # Options and sources
 # --------------------------------------------------------------------------------------------
 
-def _check_options(fmt, on_invalid, limit) -> None:
+def _check_options(fmt, on_invalid, limit, max_record_chars=None) -> None:
     if fmt != "auto" and fmt not in FORMATS:
         raise ConfigError(f"format {fmt!r} is not allowed; use one of auto, {', '.join(FORMATS)}.")
     if on_invalid not in ON_INVALID:
         raise ConfigError(f"on_invalid={on_invalid!r} is not allowed; use 'fail' or 'skip'.")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit={limit!r} is not allowed; use a positive integer or None.")
+    if max_record_chars is not None and (isinstance(max_record_chars, bool)
+                                         or not isinstance(max_record_chars, int) or max_record_chars < 0):
+        raise ConfigError(f"max_record_chars={max_record_chars!r} is not allowed (CLI --max-record-chars); use "
+                          "an integer >= 1, or 0 or None for no limit.")
 
 
 def _open_source(path, limit, split, lenient=False):
@@ -214,10 +229,31 @@ def _open_source(path, limit, split, lenient=False):
                                                         lenient=lenient),
                        "jsonl": lambda: _iter_jsonl(p), "parquet": lambda: _iter_parquet(p)}
         return str(p), container, open_reader[container]()
+    _check_missing_link(p)
+    if _looks_local(str(path)):
+        raise DataError(path, "file not found.",
+                        hint="Check the path. It looks like a local path, so it was not looked up on the "
+                             "Hugging Face hub (a hub dataset is named owner/name).")
     if _looks_like_hub_name(str(path)):
         return str(path), "hf", _iter_hf(_load_from_hub(str(path), split))
     raise DataError(path, "file not found.",
                     hint="Check the path; a Hugging Face hub dataset is named owner/name.")
+
+
+def _check_missing_link(p: Path) -> None:
+    """A clear error for a path that is a symbolic link loop or a dangling link."""
+    try:
+        os.stat(p)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DataError(p, "is a symbolic link loop: following its links leads back to them.",
+                            hint="Point the path (or the link) at the real data file.") from None
+        if p.is_symlink():
+            raise DataError(p, f"is a symbolic link to {os.readlink(p)!r}, which does not exist.",
+                            hint="Fix the link or give the data file's own path.") from None
+        if err.errno in (errno.EACCES, errno.EPERM):
+            raise DataError(p, f"cannot be accessed ({err.strerror}).",
+                            hint="Check the permissions of the file and of the folders above it.") from None
 
 
 def _file_container(p: Path) -> str:
@@ -248,6 +284,20 @@ def _looks_like_hub_name(name: str) -> bool:
     if name.startswith((".", "/", "~")) or not _HUB_NAME.fullmatch(name):
         return False
     return Path(name).suffix.lower() not in _FILE_SUFFIXES
+
+
+def _looks_local(name: str) -> bool:
+    """Whether a path that does not exist is meant as a local one (so the hub is never asked).
+
+    Local: starts with . / ~, has a data-file suffix, has a separator but is not owner/name, or is
+    owner/name whose first part is a folder here (``data/train`` beside a ``data`` folder).
+    """
+    if name.startswith((".", "/", "~")) or Path(name).suffix.lower() in _FILE_SUFFIXES:
+        return True
+    has_sep = os.sep in name or "/" in name
+    if has_sep and not _HUB_NAME.fullmatch(name):
+        return True
+    return has_sep and Path(name).parent.is_dir()
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,7 +364,7 @@ def _iter_json_array(path: Path, *, lazy: bool,
     try:
         # One C-speed parse is the fast path; the scanner below only runs to explain a failure.
         data = json.loads(text[1:] if text.startswith("\ufeff") else text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):      # the scanner names the too-deep record
         yield from _rescan(path, text, lenient)
         return
     if not isinstance(data, list):
@@ -466,6 +516,11 @@ class _ArrayScanner:
         while True:
             try:
                 record, end = self.decoder.raw_decode(self.buf, start)
+            except RecursionError:
+                line, col = self._line_col(start)
+                raise DataError(self.path, "the record is nested too deeply for the JSON parser.",
+                                where=f"line {line}, column {col} (record {self.n})",
+                                hint=_DEEP_HINT) from None
             except json.JSONDecodeError as err:
                 near_end = err.pos >= len(self.buf) - _REFILL_SLACK
                 if (near_end or _ends_early(self.buf, err)) and self._fill():
@@ -549,6 +604,9 @@ class _JsonLine:
         text = text.rstrip("\r\n")
         try:
             return json.loads(text)
+        except RecursionError:
+            raise DataError(self.path, "the record is nested too deeply for the JSON parser.",
+                            where=f"line {self.number}", hint=_DEEP_HINT) from None
         except json.JSONDecodeError as err:
             if self.last and _ends_early(text, err):
                 raise self._cut_off() from None
@@ -799,6 +857,83 @@ _NORMALISERS = {"alpaca": _normalise_alpaca, "sharegpt": _normalise_sharegpt,
                 "messages": _normalise_messages}
 
 
+def _check_values(record, max_chars: int | None) -> None:
+    """Every string of ``record`` (keys too) is valid Unicode and at most ``max_chars`` long, and the
+    record is at most ``_MAX_DEPTH`` levels deep. Iterative: a deep record cannot overflow the stack.
+
+    A quick pass level by level; only a record that fails it is walked again to name the field.
+    """
+    if not _values_ok(record, max_chars):
+        _locate_bad_value(record, max_chars)
+
+
+def _bad_text(text: str, max_chars: int | None) -> bool:
+    return (max_chars is not None and len(text) > max_chars) or (not text.isascii()
+                                                                  and _SURROGATE.search(text) is not None)
+
+
+def _values_ok(record, max_chars: int | None) -> bool:
+    level, depth = [record], 0
+    while level:
+        nxt: list = []
+        for value in level:
+            if isinstance(value, str):
+                if _bad_text(value, max_chars):
+                    return False
+            elif isinstance(value, (dict, list, tuple)):
+                if depth >= _MAX_DEPTH:
+                    return False
+                if isinstance(value, dict):
+                    if any(isinstance(k, str) and _bad_text(k, None) for k in value):
+                        return False
+                    nxt.extend(value.values())
+                else:
+                    nxt.extend(value)
+        level, depth = nxt, depth + 1
+    return True
+
+
+def _locate_bad_value(record, max_chars: int | None) -> None:
+    """Raises the ``_Invalid`` naming the first bad value (in document order) of ``record``."""
+    stack = [(record, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, where or "(record)", max_chars)
+            continue
+        if isinstance(value, dict):
+            items = [(k, v, f"{where}.{_printable(k)}" if where else _printable(k)) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            items = [(None, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        else:
+            continue
+        if depth >= _MAX_DEPTH:
+            top = re.split(r"[.\[]", where, maxsplit=1)[0]
+            raise _Invalid("nested too deeply", f"the record is nested more than {_MAX_DEPTH} levels deep.",
+                           field=top or None)
+        for key, _, path in items:
+            if isinstance(key, str):
+                _check_text(key, f"{path} (key)", None)
+        stack.extend((v, path, depth + 1) for _, v, path in reversed(items))
+
+
+def _printable(key) -> str:
+    """A key as text that can be printed and written (a lone surrogate becomes its \\u escape)."""
+    return str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_text(text: str, where: str, max_chars: int | None) -> None:
+    if max_chars is not None and len(text) > max_chars:
+        raise _Invalid("text over max_record_chars", f"the text is {len(text):,} characters long, over the "
+                       f"limit of {max_chars:,} characters per field.", field=where, hint=_LIMIT_HINT)
+    bad = None if text.isascii() else _SURROGATE.search(text)
+    if bad:
+        raise _Invalid("lone surrogate", f"the text holds the lone surrogate \\u{ord(bad.group()):04x} at "
+                       f"character {bad.start()}: half of a UTF-16 pair, not a character, so the text cannot "
+                       "be encoded.", field=where, expected="valid Unicode text (\\ud800-\\udfff escapes "
+                       "only in high+low pairs)")
+
+
 # --------------------------------------------------------------------------------------------
 # Building the Dataset
 # --------------------------------------------------------------------------------------------
@@ -822,8 +957,10 @@ def content_hash(record) -> str:
 class _Builder:
     """Collects valid rows, counts rejected ones and keeps ids unique."""
 
-    def __init__(self, source: str, fmt: str | None, on_invalid: str, report: LoadReport):
+    def __init__(self, source: str, fmt: str | None, on_invalid: str, report: LoadReport,
+                 max_chars: int | None = MAX_RECORD_CHARS):
         self.source, self.fmt, self.on_invalid, self.report = source, fmt, on_invalid, report
+        self.max_chars = max_chars
         self.ids, self.messages, self.raw, self.meta = [], [], [], []
         self.seen: set[str] = set()
         self.occurrences: dict[str, int] = {}
@@ -836,6 +973,7 @@ class _Builder:
             self.fmt = detect_format(record, path=self.source, where=where)
             self.report.fmt = self.fmt
         try:
+            _check_values(record, self.max_chars)
             messages, extra = _NORMALISERS[self.fmt](record)
         except _Invalid as bad:
             self._reject(bad, where)

@@ -7,6 +7,12 @@ content of the shard's rows (id, messages, instruction/input). A killed run ther
 skipping every shard already on disk, an identical command reuses everything, and any change to the
 data, the parameters, the model or the scorer version misses the cache. Progress (samples/s,
 tokens/s, ETA) is logged as shards finish.
+
+A cached shard is trusted only after checks: it is written with fsync before its rename and records
+its shard key in the Parquet metadata; on reading, the file must parse, carry that key (files from
+before the key was recorded: score columns the scorer declares), and hold exactly the shard's ids in
+order. Anything else (truncated, empty, swapped, from another slot) is a cache miss: logged, moved
+to ``<scorer folder>/quarantine/`` and recomputed. Temporary files of killed writers are removed.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -21,12 +28,13 @@ import numpy as np
 import pandas as pd
 
 from thresher.data.table import Dataset
-from thresher.engine.io import write_parquet
+from thresher.engine.io import atomic_path, remove_stale_tmp_files
 from thresher.errors import ConfigError
 from thresher.models.bundled import cache_dir
 from thresher.scoring.base import ModelContext, Scorer
 
 log = logging.getLogger(__name__)
+_KEY_META = b"thresher.shard_key"
 
 
 def _sha(*parts: str) -> str:
@@ -96,20 +104,27 @@ def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size:
 
     ``inputs``: earlier score columns aligned with ``ds`` (needed by scorers with required columns).
     """
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ConfigError(f"The 'shard_size' parameter (rows per cached shard; CLI --shard-size) must be an int "
+                          f">= 1. Got {shard_size!r}.")
     scorer.cache_root = Path(cache_root or cache_dir())    # where scorers keep intermediate stores
     scorer.setup(ctx)
     root = scorer.cache_root / "scores" / f"{scorer.name}-{scorer_key(scorer, ctx)}"
+    if root.is_dir():
+        remove_stale_tmp_files(root)
     need = tuple(scorer.required_columns())
     hashes = [a + b for a, b in zip(row_hashes(ds), input_hashes(inputs, need, len(ds)))]
     if scorer.scope == "dataset":
         shard_size = max(len(ds), 1)          # one unit: the scorer needs the whole pool at once
     prog = Progress(label or scorer.name, len(ds))
-    frames, stats = [], {"cached": 0, "computed": 0}
+    frames, stats = [], {"cached": 0, "computed": 0, "rejected_shards": 0}
     for a in range(0, len(ds), shard_size):
         b = min(a + shard_size, len(ds))
         path = root / f"{_sha(*hashes[a:b])[:32]}.parquet"
-        if path.exists():
-            frames.append(pd.read_parquet(path))
+        cached, rejected = read_shard(path, ds.ids[a:b], scorer)
+        stats["rejected_shards"] += rejected
+        if cached is not None:
+            frames.append(cached)
             stats["cached"] += b - a
             prog.update(b - a, 0, computed=False)
             continue
@@ -120,7 +135,7 @@ def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size:
         else:
             cols = scorer.score_batch(rows)
         frame = _frame(ds.ids[a:b], cols, scorer.name)
-        write_parquet(path, frame)
+        write_shard(path, frame)
         frames.append(frame)
         stats["computed"] += b - a
         prog.update(b - a, scorer.tokens_processed - before, computed=True)
@@ -136,3 +151,64 @@ def _frame(ids: list[str], cols: dict, name: str) -> pd.DataFrame:
             raise RuntimeError(f"scorer {name!r} returned {len(v)} values for column {k!r}, expected {len(ids)}")
         data[k] = list(v) if (len(v) and isinstance(v[0], np.ndarray)) else v
     return pd.DataFrame(data)
+
+
+def write_shard(path: Path, frame: pd.DataFrame) -> None:
+    """Write one shard atomically and durably, its key (the file's stem) in the Parquet metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _KEY_META: path.stem.encode()})
+    with atomic_path(path, fsync=True) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_shard(path: Path, ids: list[str], scorer: Scorer) -> tuple[pd.DataFrame | None, bool]:
+    """(cached scores of the rows ``ids`` at ``path`` or None for a miss, whether a file there was rejected).
+
+    A file that cannot be trusted is logged and moved into ``quarantine/`` beside it, so that it is
+    recomputed and can still be inspected.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        return None, False
+    except Exception as err:            # truncated, empty, not Parquet: pyarrow raises several types
+        first = (str(err).splitlines() or [""])[0]
+        return _quarantine(path, f"it is unreadable ({type(err).__name__}: {first})"), True
+    frame = table.to_pandas()
+    problem = _shard_problem(frame, (table.schema.metadata or {}).get(_KEY_META), path.stem, ids, scorer)
+    return (frame, False) if problem is None else (_quarantine(path, problem), True)
+
+
+def _shard_problem(frame: pd.DataFrame, key: bytes | None, want_key: str, ids: list[str],
+                   scorer: Scorer) -> str | None:
+    """Why a readable shard does not hold the scores of ``ids`` (None when it does)."""
+    if key is not None and key.decode(errors="replace") != want_key:
+        return f"it holds shard {key.decode(errors='replace')!r}, not this one"
+    if "id" not in frame.columns or len(frame.columns) < 2:
+        return f"it lacks the id or score columns (has {list(frame.columns)})"
+    if len(frame) != len(ids):
+        return f"it has {len(frame)} rows where this shard has {len(ids)}"
+    if frame["id"].tolist() != list(ids):
+        return "its ids are not this shard's rows"
+    declared = set(scorer.produced_columns())
+    if key is None and declared and not set(frame.columns[1:]) <= declared:
+        return f"its columns {list(frame.columns[1:])} are not among {scorer.name!r}'s {sorted(declared)}"
+    return None
+
+
+def _quarantine(path: Path, problem: str) -> None:
+    """Move an untrusted shard aside (evidence is kept, not deleted) and report a cache miss."""
+    dest = path.parent / "quarantine" / f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    try:
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(path, dest)
+        where = f"moved to {dest}"
+    except OSError as err:
+        where = f"left in place to be overwritten (could not move it aside: {err.strerror or err})"
+    log.warning("cached shard %s is not usable: %s; %s, recomputing it", path, problem, where)
+    return None

@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from thresher.config import build, choice, did_you_mean
+from thresher.data.readers import MAX_RECORD_CHARS
 from thresher.errors import ConfigError
 from thresher.methods.select import SelectConfig, check_params
 
@@ -40,6 +41,12 @@ class DataConfig:
     lenient: bool = False                  # keep the complete records of a cut-off JSON file
     limit: int | None = None               # first N valid records
     split: str = "train"
+    max_record_chars: int | None = MAX_RECORD_CHARS   # longest text field a record may have; 0 or null: no limit
+
+    def check(self, owner: str) -> None:
+        if self.max_record_chars is not None and self.max_record_chars < 0:
+            raise ConfigError(f"The 'max_record_chars' parameter of {owner} (CLI --max-record-chars) must be an "
+                              f"int >= 0 (0 or null: no limit). Got {self.max_record_chars!r}.")
 
 
 @dataclass
@@ -95,6 +102,11 @@ class Recipe:
                                                 # precision/recall/F1 of the selection are reported
     collaborate: dict | None = None             # CollaborateConfig: train on each client's kept rows, merge
     stages: list = field(default_factory=list)
+
+    def check(self, owner: str) -> None:
+        if self.shard_size < 1:
+            raise ConfigError(f"The 'shard_size' parameter of {owner} (rows per cached shard; CLI --shard-size) "
+                              f"must be an int >= 1. Got {self.shard_size!r}.")
 
 
 @dataclass
@@ -346,16 +358,30 @@ def resolve_refs(x, recipe: Recipe, train_dirs: dict[str, str]):
 def set_dotted(raw: dict, key: str, value) -> None:
     """Apply an override like ``stages.0.select.params.ratio=0.05`` to the raw mapping."""
     parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {key!r}: an empty part in the key; use dotted names like stages.0.select.params.ratio.")
     cur = raw
-    for part in parts[:-1]:
-        if isinstance(cur, list):
-            try:
-                cur = cur[int(part)]
-            except (ValueError, IndexError):
-                raise ConfigError(f"Override {key!r}: {part!r} is not an index of a list of {len(cur)}.") from None
+    for i, part in enumerate(parts):
+        slot = _slot(cur, part, key, ".".join(parts[:i]))
+        if i == len(parts) - 1:
+            cur[slot] = value
         else:
-            cur = cur.setdefault(part, {})
+            cur = cur[slot] if isinstance(cur, list) else cur.setdefault(slot, {})
+
+
+def _slot(cur, part: str, key: str, where: str):
+    """``part`` as a key of the mapping or an index of the list ``cur`` (the value at ``where``)."""
+    if isinstance(cur, dict):
+        return part
     if isinstance(cur, list):
-        cur[int(parts[-1])] = value
-    else:
-        cur[parts[-1]] = value
+        if part.isdigit() and int(part) < len(cur):
+            return int(part)
+        allowed = f"an index 0..{len(cur) - 1}" if cur else "nothing (the list is empty)"
+        raise ConfigError(f"--set {key!r}: {where} is a list of {len(cur)}, so {part!r} must be {allowed}.")
+    raise ConfigError(f"--set {key!r}: {where} is {_kind(cur)} ({cur!r}), not a mapping or a list, so it has no "
+                      f"{part!r}. Set {where} itself, e.g. --set {where}=VALUE.")
+
+
+def _kind(value) -> str:
+    return {str: "a string", bool: "a boolean", int: "a number", float: "a number",
+            type(None): "null"}.get(type(value), f"a {type(value).__name__}")

@@ -38,7 +38,8 @@ _EXT = {"json": ".json", "jsonl": ".jsonl", "parquet": ".parquet", "hf": ".jsonl
 
 def load_data(cfg: DataConfig) -> Dataset:
     path = bundled_sharegpt_path() if cfg.path in ("bundled:sharegpt", "sharegpt") else cfg.path
-    return load(path, cfg.format, on_invalid=cfg.on_invalid, lenient=cfg.lenient, limit=cfg.limit, split=cfg.split)
+    return load(path, cfg.format, on_invalid=cfg.on_invalid, lenient=cfg.lenient, limit=cfg.limit, split=cfg.split,
+                max_record_chars=cfg.max_record_chars)
 
 
 def score_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, cache_root=None,

@@ -17,10 +17,12 @@ anyway). Several processes may share one file: WAL lets readers and a writer wor
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from thresher.errors import ConfigError
@@ -63,11 +65,36 @@ class RequestCache:
                          "prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, "
                          "created REAL NOT NULL)")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except (sqlite3.Error, OSError) as e:
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+        except OSError as e:
             raise ConfigError(f"The request cache {self.path} cannot be opened ({e}). Check that its "
-                              f"directory is writable, or delete the file or choose another "
-                              f"'cache_path'.") from None
+                              f"directory is writable, or choose another 'cache_path'.") from None
         self._conn, self._pid = conn, os.getpid()
+
+    def _error(self, e: sqlite3.Error) -> Exception:
+        """The error to raise for a failed SQLite call: a full disk, a busy, damaged or unusable file."""
+        text = str(e)
+        if "disk is full" in text:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        if "locked" in text or "busy" in text:
+            return ConfigError(f"The request cache {self.path} stayed locked by another process for 30 s "
+                               f"({text}). Wait for that run to finish, or choose another 'cache_path'.")
+        if "malformed" in text or "not a database" in text or not isinstance(e, sqlite3.OperationalError):
+            return ConfigError(f"The request cache {self.path} is damaged ({text}). It holds only cached "
+                               f"answers: delete it (with its -wal and -shm files) and the requests are sent "
+                               f"again, or choose another 'cache_path'.")
+        return ConfigError(f"The request cache {self.path} cannot be used ({text}). Check that it and its "
+                           f"directory are writable, or delete the file or choose another 'cache_path'.")
+
+    @contextmanager
+    def _guard(self):
+        """Hold the lock and turn SQLite errors into errors a user can act on."""
+        with self._lock:
+            try:
+                yield self._db()
+            except sqlite3.Error as e:
+                raise self._error(e) from None
 
     def _db(self) -> sqlite3.Connection:
         # A connection must not cross fork(): a worker process opens its own.
@@ -88,16 +115,15 @@ class RequestCache:
         self.close()
 
     def __len__(self) -> int:
-        with self._lock:
-            return self._db().execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        with self._guard() as db:
+            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
     # ------------------------------------------------------------------ access
     def get_many(self, keys) -> dict[str, ChatResult]:
         """The cached results among ``keys`` (absent keys are simply missing from the dict)."""
         keys = list(dict.fromkeys(keys))
         found: dict[str, ChatResult] = {}
-        with self._lock:
-            db = self._db()
+        with self._guard() as db:
             for i in range(0, len(keys), _CHUNK):
                 chunk = keys[i:i + _CHUNK]
                 rows = db.execute("SELECT key, text, prompt_tokens, completion_tokens FROM results "
@@ -111,7 +137,7 @@ class RequestCache:
         if result.text is None:
             raise ValueError(f"RequestCache.put got a failed result (error: {result.error}); only "
                              f"successful results are cached so that failures are retried.")
-        with self._lock:
-            self._db().execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
+        with self._guard() as db:
+            db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)",
                                (key, result.text, int(result.prompt_tokens),
                                 int(result.completion_tokens), time.time()))
