@@ -35,7 +35,11 @@ MARKER = ".thresher-output.json"
 
 
 def _resolve(path) -> Path:
-    return Path(os.path.expanduser(str(path))).resolve()
+    p = Path(os.path.expanduser(str(path)))
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):          # a symlink loop: its own error comes from the reader
+        return Path(os.path.abspath(p))
 
 
 def refuse_special(path, what: str, inputs=()) -> Path:
