@@ -210,6 +210,8 @@ def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage
     summary["outputs"] = {"dir": str(out), "manifest": str(out / "manifest.json"),
                           "clients": {p.name: str(p.st_dir) for p in pending}}
     summary["seconds"] = round(time.perf_counter() - t0, 1)
+    from thresher.methods.run import failure_summary
+    summary["failed"] = failure_summary(list(summary["clients"].values()), recipe.max_failed_ratio)
     write_json(out / "manifest.json", manifest)
     write_json(out / "summary.json", summary)
     return summary
