@@ -100,7 +100,7 @@ class FakeOpenAI:
                 if k.split(":")[0] not in KINDS:
                     raise ValueError(f"unknown fault kind {k!r}; known: {', '.join(KINDS)}")
         for k in rates or {}:
-            if k not in KINDS:
+            if k.split(":")[0] not in KINDS:
                 raise ValueError(f"unknown fault kind {k!r}; known: {', '.join(KINDS)}")
         self.latency, self.rate_attempts, self.seed = float(latency), int(rate_attempts), int(seed)
         self.faults = {prompt_hash(p): list(v) for p, v in (faults or {}).items()}
@@ -319,13 +319,12 @@ class _Handler(BaseHTTPRequestHandler):
         pad = max(0, fake.huge_bytes - len(head) - len(tail))
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        if nolength:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        else:
+        self.send_header("Connection", "close")           # the client may stop reading mid-body
+        self.close_connection = True
+        if not nolength:
             self.send_header("Content-Length", str(len(head) + pad + len(tail)))
         self.end_headers()
-        sent, piece = 0, b" " * 65536
+        sent, piece = 0, memoryview(b" " * 65536)          # slices of a memoryview copy nothing
         try:
             self.wfile.write(head)
             while sent < pad:
@@ -406,11 +405,12 @@ def main(argv=None) -> None:
     ap.add_argument("--hang-seconds", type=float, default=5.0)
     ap.add_argument("--api-key")
     ap.add_argument("--echo-key-at", type=int, default=None)
+    ap.add_argument("--huge-bytes", type=int, default=1 << 20)
     a = ap.parse_args(argv)
     rates = {k: float(v) for k, v in (r.split("=", 1) for r in a.rate)}
     srv = FakeOpenAI(latency=a.latency, rates=rates, rate_attempts=a.rate_attempts, seed=a.seed,
                      retry_after=a.retry_after, hang_seconds=a.hang_seconds, api_key=a.api_key,
-                     echo_key_at=a.echo_key_at,
+                     echo_key_at=a.echo_key_at, huge_bytes=a.huge_bytes,
                      log_path=a.log_file, port=a.port).start()
     tmp = Path(a.port_file).with_suffix(".tmp")
     tmp.write_text(str(srv.port))

@@ -430,34 +430,49 @@ def test_concurrency_overlaps_requests():
 
 def test_reply_over_the_cap_is_refused_without_growing_memory(tmp_path):
     """Reproduction: a 300 MB reply to a 128-token request was read whole (4.5 GB RSS) and cached. Here a
-    1 MiB reply against a 64 KiB cap, with and without Content-Length: refused, retried, never cached,
-    and the client never holds much more than the cap."""
+    2 MiB reply against a 64 KiB cap, with and without Content-Length: refused, retried, never cached, and
+    the client's traced memory stays near the cap (the servers run in their own processes, so that
+    tracemalloc sees only the client; a first request warms up imports and the cache)."""
     import tracemalloc
 
-    cap, huge = 64 * 1024, 1 << 20
-    faults = {"big": ["huge", "huge"], "big, no length": ["huge:nolength", "huge:nolength"]}
-    with FakeOpenAI(faults={**faults, "control": ["huge"]}, huge_bytes=huge) as srv:
-        b = client(srv, max_response_bytes=cap, max_retries=1, cache_path=tmp_path / "c.sqlite")
+    cap, huge = 64 * 1024, 2 << 20
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    size = ("--huge-bytes", str(huge))
+    servers = [start_subprocess(tmp_path / "a", "--rate", "huge=1", "--rate-attempts", "3", *size),
+               start_subprocess(tmp_path / "b", "--rate", "huge:nolength=1", "--rate-attempts", "2", *size)]
+    try:
+        (_, with_length, log_a), (_, no_length, log_b) = servers
+        capped = [OpenAIChat("fake-judge", base_url=u, max_response_bytes=cap, max_retries=1, backoff_base=0.01,
+                             cache_path=tmp_path / "c.sqlite") for u in (with_length, no_length)]
+        warm = [b.chat([req("warm-up")])[0] for b in capped]
         tracemalloc.start()
         try:
-            res = b.chat([req("big"), req("big, no length"), req("small")])
+            res = [b.chat([req("big")])[0] for b in capped]
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.reset_peak()
-            # Planted contrast: the default 4 MiB cap takes the same 1 MiB reply, and the measure sees it.
-            (control,) = client(srv).chat([req("control")])
+            # Planted contrast: the default 4 MiB cap takes the third, still huge, reply; the measure sees it.
+            (control,) = OpenAIChat("fake-judge", base_url=with_length, max_retries=0).chat([req("big")])
             _, control_peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        attempts = [r["prompt"] for r in srv.records]
+        (fine,) = capped[1].chat([req("big")])                   # third attempt: a normal reply
+        deadline = time.monotonic() + 5                          # the server logs a request once replied
+        while [len(read_log(log)) for log in (log_a, log_b)] != [5, 5] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        attempts = [len(read_log(log)) for log in (log_a, log_b)]
+    finally:
+        for proc, _, _ in servers:
+            proc.terminate()
+            proc.wait()
     assert control.text is not None and len(control.text) > huge - 1000 and control_peak > huge
-    assert peak < 6 * cap, peak                                  # vs > 1 MiB when read whole
-    for r in res[:2]:
+    assert peak < 8 * cap, peak                                  # vs > 2 MiB when read whole
+    for r in res + warm:
         assert r.text is None and r.transient
         assert f"larger than {cap} bytes" in r.error and "gave up after 2 attempts" in r.error
-    assert "Content-Length 10" in res[0].error                   # refused from the header, body unread
-    assert res[2].text == srv.expected("small")
-    assert attempts.count(prompt_hash("big")) == attempts.count(prompt_hash("big, no length")) == 2
-    assert len(RequestCache(tmp_path / "c.sqlite")) == 1         # only the small answer
+    assert f"Content-Length {huge}" in res[0].error                # refused from the header, body unread
+    assert fine.text == FakeOpenAI().expected("big") and attempts == [5, 5]
+    assert len(RequestCache(tmp_path / "c.sqlite")) == 1          # only the normal answer
 
 
 def test_trickled_body_stops_at_the_deadline():

@@ -78,7 +78,8 @@ def _judge_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--judge-base-url", default=None,
                    help="API base URL (default https://api.openai.com/v1; e.g. http://localhost:8000/v1 for vLLM)")
     g.add_argument("--judge-api-key-env", default=None,
-                   help="name of the environment variable holding the API key (default OPENAI_API_KEY)")
+                   help="NAME of the environment variable holding the API key (default OPENAI_API_KEY); "
+                        "never the key itself")
     g.add_argument("--judge-concurrency", type=int, default=None, help="API requests in flight (default 8)")
     g.add_argument("--judge-allow-http", action="store_true", default=None,
                    help="allow a plain http:// base URL to a host other than this machine (the API key then "

@@ -469,7 +469,7 @@ class OpenAIChat:
                         log.error("%s", e)
                 return ChatResult(None, error=str(e), transient=e.fatal)
             except _Retryable as e:
-                last = e
+                last = e.with_traceback(None)     # keep the message, not the frames (a refused body)
                 if attempt == self.max_retries:
                     break
                 wait = backoff_delay(attempt, self.backoff_base, self.backoff_max, self._rng)
@@ -511,6 +511,10 @@ class OpenAIChat:
         dog = _Watchdog(conn, self.deadline)
         try:
             try:
+                if conn.sock is None:             # connect first: a watchdog firing mid-connect has no socket
+                    conn.connect()                # to shut down, so the expiry is checked right after
+                    if dog.expired:
+                        raise _Retryable(late)
                 conn.request("POST", conns.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 raw = self._read_body(resp, where)
