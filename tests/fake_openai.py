@@ -15,9 +15,14 @@ HTTP date about 2 s ahead, ``429:none`` for no header), ``500``, ``503`` (``503:
 Retry-After: 1), ``hang`` (no reply for
 ``hang_seconds``, then the connection is closed), ``malformed`` (200, not JSON), ``truncated`` (200,
 Content-Length larger than the body sent, connection closed), ``nocontent`` (200, JSON without
-choices), ``400``, ``404``.
+choices), ``400``, ``404``, ``huge`` (200, a well-formed reply of ``huge_bytes`` bytes, streamed in
+64 KiB pieces so the server holds little of it; ``huge:nolength`` sends no Content-Length and closes
+the connection at the end), ``trickle`` (200, Content-Length set, the body sent one byte every
+``trickle_seconds``).
 With ``api_key`` set, a request without ``Authorization: Bearer <api_key>`` gets 401 and a body
 that quotes the key it received (as a careless server would), so clients must scrub error texts.
+With ``echo_key_at=N`` every error body (401, 429, 5xx, 400, 404) quotes the received key starting
+at character N of its message (e.g. 270: across a 300-character cut).
 
 Every request is recorded in ``records`` on arrival and completed when its reply is sent: prompt
 hash, attempt, kind, status (None while pending or for a hang), ``billed``, the Retry-After header
@@ -51,7 +56,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-KINDS = ("429", "500", "503", "hang", "malformed", "truncated", "nocontent", "400", "404")
+KINDS = ("429", "500", "503", "hang", "malformed", "truncated", "nocontent", "400", "404", "huge", "trickle")
 NONNUMERIC_REPLY = "I cannot give this response a rating."
 
 
@@ -88,13 +93,14 @@ def _unit(seed: int, h: str, attempt: int) -> float:
 class FakeOpenAI:
     def __init__(self, *, latency: float = 0.0, faults: dict | None = None, rates: dict | None = None,
                  rate_attempts: int = 2, seed: int = 0, retry_after: float = 1.0, hang_seconds: float = 5.0,
-                 nonnumeric=(), api_key: str | None = None, log_path=None, port: int = 0, reply_fn=None):
+                 nonnumeric=(), api_key: str | None = None, log_path=None, port: int = 0, reply_fn=None,
+                 echo_key_at: int | None = None, huge_bytes: int = 1 << 20, trickle_seconds: float = 0.1):
         for kinds in (faults or {}).values():
             for k in kinds:
                 if k.split(":")[0] not in KINDS:
                     raise ValueError(f"unknown fault kind {k!r}; known: {', '.join(KINDS)}")
         for k in rates or {}:
-            if k not in KINDS:
+            if k.split(":")[0] not in KINDS:
                 raise ValueError(f"unknown fault kind {k!r}; known: {', '.join(KINDS)}")
         self.latency, self.rate_attempts, self.seed = float(latency), int(rate_attempts), int(seed)
         self.faults = {prompt_hash(p): list(v) for p, v in (faults or {}).items()}
@@ -103,6 +109,7 @@ class FakeOpenAI:
         self.nonnumeric = frozenset(nonnumeric)
         self.reply_fn = reply_fn          # in-process only: prompt -> reply text (e.g. JSON tags, pair scores)
         self.api_key = api_key
+        self.echo_key_at, self.huge_bytes, self.trickle_seconds = echo_key_at, int(huge_bytes), float(trickle_seconds)
         self.log_path = None if log_path is None else Path(log_path)
         self.records: list[dict] = []
         self.billed: Counter = Counter()
@@ -183,6 +190,13 @@ class FakeOpenAI:
                 with open(self.log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(rec) + "\n")
 
+    def error_message(self, text: str, got: str) -> str:
+        """An error message; with ``echo_key_at``, padded so that the key received starts at that offset."""
+        if self.echo_key_at is None:
+            return text
+        lead = f"{text} You sent the key "
+        return (lead + "." * max(0, self.echo_key_at - len(lead)))[:self.echo_key_at] + got + " (echoed)."
+
     def sent_prompts(self) -> set[str]:
         """Hashes of the prompts that reached the model (authorised requests)."""
         with self.lock:
@@ -227,10 +241,11 @@ class _Handler(BaseHTTPRequestHandler):
         h = prompt_hash(prompt)
         rec = {"prompt": h, "attempt": None, "kind": "ok", "status": 200, "billed": False,
                "t_arrival": t_arrival, "t_reply": None}
+        got = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
         if fake.api_key is not None and self.headers.get("Authorization") != f"Bearer {fake.api_key}":
-            got = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
-            body = json.dumps({"error": {"message": f"Incorrect API key provided: {got}.",
-                                         "code": "invalid_api_key"}}).encode()
+            msg = f"Incorrect API key provided: {got}." if fake.echo_key_at is None else \
+                fake.error_message("Incorrect API key provided.", got)
+            body = json.dumps({"error": {"message": msg, "code": "invalid_api_key"}}).encode()
             rec.update(kind="unauthorised", status=401, t_reply=time.monotonic())
             fake.arrive(rec)
             fake.finish(rec)
@@ -259,8 +274,13 @@ class _Handler(BaseHTTPRequestHandler):
                            "usage": {"prompt_tokens": pt, "completion_tokens": ct,
                                      "total_tokens": pt + ct}}).encode()
         status, body, headers, cut = 200, good, {}, None
+        if base == "huge":
+            return self._send_huge(fake, rec, good, nolength=kind == "huge:nolength")
+        if base == "trickle":
+            return self._send_trickle(fake, rec, good)
         if base == "429":
-            status, body = 429, b'{"error": {"message": "Rate limit reached (fake)."}}'
+            status, body = 429, json.dumps({"error": {"message": fake.error_message(
+                "Rate limit reached (fake).", got)}}).encode()
             arg = kind.split(":")[1:]
             if arg[:1] == ["date"]:
                 when = time.time() + float(arg[1] if len(arg) > 1 else fake.retry_after)
@@ -268,7 +288,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif arg[:1] != ["none"]:
                 headers["Retry-After"] = f"{float(arg[0]) if arg else fake.retry_after:g}"
         elif base in ("500", "503", "400", "404"):
-            status, body = int(base), json.dumps({"error": {"message": f"fake error {base}"}}).encode()
+            status, body = int(base), json.dumps({"error": {"message": fake.error_message(
+                f"fake error {base}", got)}}).encode()
             if base == "503" and kind.count(":"):
                 headers["Retry-After"] = kind.split(":")[1]
         elif base == "malformed":
@@ -288,6 +309,53 @@ class _Handler(BaseHTTPRequestHandler):
             billed = False                         # the client is gone: it never got the answer
         with fake.lock:
             rec.update(status=status, billed=billed, t_reply=t_reply)
+        fake.finish(rec)
+
+
+    def _send_huge(self, fake: FakeOpenAI, rec: dict, good: bytes, nolength: bool) -> None:
+        """A valid completion of fake.huge_bytes bytes, its content padded with spaces, written in pieces."""
+        head, tail = good.split(b'"content": "', 1)
+        head += b'"content": "'
+        pad = max(0, fake.huge_bytes - len(head) - len(tail))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")           # the client may stop reading mid-body
+        self.close_connection = True
+        if not nolength:
+            self.send_header("Content-Length", str(len(head) + pad + len(tail)))
+        self.end_headers()
+        sent, piece = 0, memoryview(b" " * 65536)          # slices of a memoryview copy nothing
+        try:
+            self.wfile.write(head)
+            while sent < pad:
+                self.wfile.write(piece[:pad - sent])
+                sent += min(len(piece), pad - sent)
+            self.wfile.write(tail)
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True          # the client stopped reading: expected
+        rec.update(status=200, t_reply=time.monotonic(), sent_bytes=len(head) + sent)
+        fake.finish(rec)
+
+    def _send_trickle(self, fake: FakeOpenAI, rec: dict, good: bytes) -> None:
+        """Headers at once, then the body one byte every fake.trickle_seconds."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(good)))
+        self.end_headers()
+        self.wfile.flush()
+        sent = 0
+        try:
+            for i in range(len(good)):
+                if fake.stopping.wait(fake.trickle_seconds):
+                    break
+                self.wfile.write(good[i:i + 1])
+                self.wfile.flush()
+                sent += 1
+        except OSError:
+            pass                                  # the client gave up
+        self.close_connection = True
+        rec.update(status=200, t_reply=time.monotonic(), sent_bytes=sent)
         fake.finish(rec)
 
 
@@ -336,10 +404,13 @@ def main(argv=None) -> None:
     ap.add_argument("--retry-after", type=float, default=1.0)
     ap.add_argument("--hang-seconds", type=float, default=5.0)
     ap.add_argument("--api-key")
+    ap.add_argument("--echo-key-at", type=int, default=None)
+    ap.add_argument("--huge-bytes", type=int, default=1 << 20)
     a = ap.parse_args(argv)
     rates = {k: float(v) for k, v in (r.split("=", 1) for r in a.rate)}
     srv = FakeOpenAI(latency=a.latency, rates=rates, rate_attempts=a.rate_attempts, seed=a.seed,
                      retry_after=a.retry_after, hang_seconds=a.hang_seconds, api_key=a.api_key,
+                     echo_key_at=a.echo_key_at, huge_bytes=a.huge_bytes,
                      log_path=a.log_file, port=a.port).start()
     tmp = Path(a.port_file).with_suffix(".tmp")
     tmp.write_text(str(srv.port))

@@ -275,11 +275,11 @@ def test_api_key_is_never_logged_raised_cached_or_reported(tmp_path, monkeypatch
         assert SECRET in http_err.value.read().decode()
 
         b = client(srv, api_key_env="THRESHER_TEST_KEY", concurrency=2)
-        res = b.chat([req(f"secret test {i}") for i in range(10)])
+        with pytest.raises(ConfigError) as rejected:              # a wrong key stops the call at once
+            b.chat([req(f"secret test {i}") for i in range(10)])
         assert len(srv.records) <= 1 + 2                        # rejected key: the rest is not sent
-    assert all(r.text is None for r in res)
-    assert "THRESHER_TEST_KEY" in res[0].error and "rejected" in res[0].error and "401" in res[0].error
-    assert all(r.error.startswith("not sent:") for r in res[2:])
+    assert "THRESHER_TEST_KEY" in str(rejected.value) and "rejected" in str(rejected.value)
+    assert "HTTP 401" in str(rejected.value)
 
     with FakeOpenAI(api_key=SECRET) as srv:                     # now the key is right
         path = tmp_path / "k.sqlite"
@@ -293,7 +293,7 @@ def test_api_key_is_never_logged_raised_cached_or_reported(tmp_path, monkeypatch
     with pytest.raises(ConfigError) as bad_key:
         OpenAIChat("m", base_url="https://api.invalid/v1", api_key_env="THRESHER_TEST_KEY").chat([req("a")])
 
-    texts = [r.error or "" for r in res + ok] + [str(bad_key.value), _all_log_text(caplog),
+    texts = [r.error or "" for r in ok] + [str(rejected.value), str(bad_key.value), _all_log_text(caplog),
                                                  json.dumps(b.stats()), json.dumps(b2.stats()),
                                                  b.identity(), repr(b)]
     assert "THRESHER_TEST_KEY" in str(bad_key.value)
@@ -424,3 +424,157 @@ def test_concurrency_overlaps_requests():
             assert [r.text for r in res] == [srv.expected(f"conc {conc} {i}") for i in range(16)]
     assert times[1] >= 16 * 0.2
     assert times[1] / times[8] > 3, times
+
+
+# --------------------------------------------------------------------------- (7) bounded replies
+
+def test_reply_over_the_cap_is_refused_without_growing_memory(tmp_path):
+    """Reproduction: a 300 MB reply to a 128-token request was read whole (4.5 GB RSS) and cached. Here a
+    2 MiB reply against a 64 KiB cap, with and without Content-Length: refused, retried, never cached, and
+    the client's traced memory stays near the cap (the servers run in their own processes, so that
+    tracemalloc sees only the client; a first request warms up imports and the cache)."""
+    import tracemalloc
+
+    cap, huge = 64 * 1024, 2 << 20
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    size = ("--huge-bytes", str(huge))
+    servers = [start_subprocess(tmp_path / "a", "--rate", "huge=1", "--rate-attempts", "3", *size),
+               start_subprocess(tmp_path / "b", "--rate", "huge:nolength=1", "--rate-attempts", "2", *size)]
+    try:
+        (_, with_length, log_a), (_, no_length, log_b) = servers
+        capped = [OpenAIChat("fake-judge", base_url=u, max_response_bytes=cap, max_retries=1, backoff_base=0.01,
+                             cache_path=tmp_path / "c.sqlite") for u in (with_length, no_length)]
+        warm = [b.chat([req("warm-up")])[0] for b in capped]
+        tracemalloc.start()
+        try:
+            res = [b.chat([req("big")])[0] for b in capped]
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            # Planted contrast: the default 4 MiB cap takes the third, still huge, reply; the measure sees it.
+            (control,) = OpenAIChat("fake-judge", base_url=with_length, max_retries=0).chat([req("big")])
+            _, control_peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        (fine,) = capped[1].chat([req("big")])                   # third attempt: a normal reply
+        deadline = time.monotonic() + 5                          # the server logs a request once replied
+        while [len(read_log(log)) for log in (log_a, log_b)] != [5, 5] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        attempts = [len(read_log(log)) for log in (log_a, log_b)]
+    finally:
+        for proc, _, _ in servers:
+            proc.terminate()
+            proc.wait()
+    assert control.text is not None and len(control.text) > huge - 1000 and control_peak > huge
+    assert peak < 8 * cap, peak                                  # vs > 2 MiB when read whole
+    for r in res + warm:
+        assert r.text is None and r.transient
+        assert f"larger than {cap} bytes" in r.error and "gave up after 2 attempts" in r.error
+    assert f"Content-Length {huge}" in res[0].error                # refused from the header, body unread
+    assert fine.text == FakeOpenAI().expected("big") and attempts == [5, 5]
+    assert len(RequestCache(tmp_path / "c.sqlite")) == 1          # only the normal answer
+
+
+def test_trickled_body_stops_at_the_deadline():
+    """Reproduction: a body trickled at 1 byte/s kept a 2 s-timeout request alive for 126 s (every single
+    read beat the timeout). Here one byte every 0.05 s (a ~300-byte body: 15 s) against timeout 0.5 s and
+    a 1 s deadline per attempt."""
+    with FakeOpenAI(faults={"slow": ["trickle", "trickle"]}, trickle_seconds=0.05) as srv:
+        b = client(srv, timeout=0.5, deadline=1.0, max_retries=1)
+        t = time.monotonic()
+        (r,) = b.chat([req("slow")])
+        took = time.monotonic() - t
+        (ok,) = b.chat([req("slow")])                            # third attempt: a normal reply
+    assert r.text is None and r.transient
+    assert "no complete reply" in r.error and "within 1 s" in r.error
+    assert 2.0 <= took < 3.5, took                               # two attempts of 1 s, plus backoff
+    assert ok.text == srv.expected("slow")
+    assert OpenAIChat("m", timeout=2.0).deadline == 10.0          # default: 5 x timeout
+
+
+# --------------------------------------------------------------------------- (8) no key in clear text
+
+def test_http_to_a_non_loopback_host_is_refused_before_any_connection(monkeypatch):
+    """Reproduction: http:// to a remote host sent the key unencrypted without a word. A proxy on loopback
+    (the fake server) would see any request to 10.0.0.1, so 'no traffic' is observed, not assumed."""
+    from thresher.methods.recipe import check_recipe
+
+    monkeypatch.setenv("THRESHER_TEST_KEY", SECRET)
+    for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with FakeOpenAI() as srv:
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{srv.port}")
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{srv.port}")
+        for url in ("http://10.0.0.1/v1", "http://judge.example.org:8000/v1", "HTTP://10.0.0.1/v1"):
+            with pytest.raises(ConfigError, match="unencrypted") as e:
+                OpenAIChat("m", base_url=url, api_key_env="THRESHER_TEST_KEY")
+            assert "allow_http" in str(e.value) and "--judge-allow-http" in str(e.value)
+        with pytest.raises(ConfigError, match="allow_http"):          # a recipe fails validation already
+            check_recipe({"judge": {"kind": "api", "model": "m", "base_url": "http://10.0.0.1/v1"},
+                          "stages": [{"name": "s", "score": [{"scorer": "length"}]}]}, "r.yaml")
+        assert srv.records == []
+        # Loopback and https stay allowed; opting in sends (here: to the proxy, i.e. the fake server).
+        OpenAIChat("m", base_url="http://localhost:1/v1")
+        OpenAIChat("m", base_url="https://10.0.0.1/v1")
+        b = OpenAIChat("fake-judge", base_url="http://10.0.0.1/v1", api_key_env="THRESHER_TEST_KEY",
+                       allow_http=True, max_retries=0)
+        (r,) = b.chat([req("through the proxy")])
+        assert r.text == srv.expected("through the proxy") and len(srv.records) == 1
+
+
+# --------------------------------------------------------------------------- (6) key scrubbing
+
+KEY = "sk-THRESHERFAKEKEY-0123456789abcdefghijklmnopqrstu"       # 50 characters
+
+
+def _pieces(key: str, n: int = 8) -> list[str]:
+    return [key[i:i + n] for i in range(len(key) - n + 1)]
+
+
+@pytest.mark.parametrize("offset", [0, 200, 251, 270, 290, 299, 300, 340])
+def test_key_echoed_near_the_cut_is_scrubbed(offset, monkeypatch):
+    """Reproduction: the error text was cut to 300 characters before the key was removed, so a key echoed
+    across the cut survived in part (50 of 59 characters). Every 8-character piece must be gone."""
+    monkeypatch.setenv("THRESHER_TEST_KEY", KEY)
+    with FakeOpenAI(api_key=KEY, echo_key_at=offset, faults={"p": ["500", "500"]}) as srv:
+        (r,) = client(srv, api_key_env="THRESHER_TEST_KEY", max_retries=1).chat([req("p")])
+    assert r.text is None and "HTTP 500" in r.error
+    assert offset > 290 or "[redacted]" in r.error                  # the echo was there, and removed
+    assert not [p for p in _pieces(KEY) if p in r.error]
+
+
+def test_scrub_key_removes_every_run_of_eight_characters():
+    from thresher.models.keys import scrub_key
+
+    assert scrub_key(f"a {KEY} b", KEY) == "a [redacted] b"
+    assert scrub_key(f"cut: {KEY[:30]}", KEY) == "cut: [redacted]"
+    assert scrub_key(f"tail:{KEY[-9:]}; mid {KEY[20:28]}x", KEY) == "tail:[redacted]; mid [redacted]x"
+    assert scrub_key(f"short {KEY[:7]} stays", KEY) == f"short {KEY[:7]} stays"
+    assert scrub_key("nothing here", KEY) == "nothing here" and scrub_key("x", None) == "x"
+
+
+def test_api_key_env_must_be_a_variable_name_and_a_pasted_key_is_not_echoed():
+    from thresher.models.judges import JudgeConfig
+    from thresher.config import build
+
+    for bad in (KEY, "1BAD", "MY KEY", "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"):
+        for make in (lambda v: OpenAIChat("m", api_key_env=v),
+                     lambda v: build(JudgeConfig, {"kind": "api", "model": "m", "api_key_env": v}, "judge")):
+            with pytest.raises(ConfigError, match="name of an environment variable") as e:
+                make(bad)
+            assert not [p for p in _pieces(bad, 4) if p in str(e.value)] or len(bad) < 8
+    assert "looks like an API key" in str(pytest.raises(ConfigError, OpenAIChat, "m", api_key_env=KEY).value)
+    assert OpenAIChat("m", api_key_env="MY_JUDGE_KEY_2").api_key_env == "MY_JUDGE_KEY_2"
+
+
+def test_manifest_argv_is_scrubbed(monkeypatch):
+    from thresher.engine.manifest import base_manifest
+
+    monkeypatch.setenv("MY_JUDGE_VAR", "plainpassword123")             # not key-shaped: found by value
+    argv = ["thresher", "score", "data/alpaca_2024.json", "--judge-api-key-env", "MY_JUDGE_VAR",
+            "--judge-model", "Mixtral-8x7B-Instruct-v0.1", "--param", f"note={KEY}", KEY,
+            "--set", "judge.note=xx-plainpassword123-yy", "--judge-base-url", "https://api.openai.com/v1"]
+    got = base_manifest(argv)["argv"]
+    assert got == ["thresher", "score", "data/alpaca_2024.json", "--judge-api-key-env", "MY_JUDGE_VAR",
+                   "--judge-model", "Mixtral-8x7B-Instruct-v0.1", "--param", "note=[redacted]", "[redacted]",
+                   "--set", "judge.note=xx-[redacted]-yy", "--judge-base-url", "https://api.openai.com/v1"]

@@ -45,10 +45,11 @@ def _user_texts(path: Path, prompt_path: Path) -> list[str]:
             for m, meta in zip(ds.messages, ds.meta)]
 
 
-def _run(recipe, data: Path, out: Path, cache: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "THRESHER_CACHE": str(cache), "PYTHONPATH": str(ROOT / "src")}
+def _run(recipe, data: Path, out: Path, cache: Path, *extra: str, env: dict | None = None,
+         verbose: bool = False) -> subprocess.Popen:
+    env = {**os.environ, "THRESHER_CACHE": str(cache), "PYTHONPATH": str(ROOT / "src"), **(env or {})}
     env.pop("OPENAI_API_KEY", None)
-    return subprocess.Popen([sys.executable, "-m", "thresher", "run", str(recipe), "--data", str(data),
+    return subprocess.Popen([sys.executable, "-m", "thresher", *(["-v"] if verbose else []), "run", str(recipe), "--data", str(data),
                              "--out", str(out), *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -145,9 +146,9 @@ TOPICS = [("translat", ["Translation"]), ("french", ["translation"]), ("sum", ["
 
 def _tag_reply(prompt: str) -> str:
     if "[Instruction 1]:" in prompt:                        # a pair prompt: score each response
-        resp = [prompt.split(f"[Response {k}]: ", 1)[1].split("\n")[0] for k in (1, 2)]
+        resp = [prompt.split(f"[Response {k}]:\n<<<SAMPLE\n", 1)[1].split("\n")[0] for k in (1, 2)]
         return "Both are fine.\n" + "\n".join(f"[Response {k}]: [{_pair_score(r)}]" for k, r in zip((1, 2), resp))
-    ins = prompt.split("[begin]\n", 1)[1].split("\n[end]", 1)[0].lower()
+    ins = prompt.split("[begin]\n<<<SAMPLE\n", 1)[1].split("\nSAMPLE>>>\n[end]", 1)[0].lower()
     tags = [t for key, ts in TOPICS if key in ins for t in ts] or ["question answering"]
     tags.append(["step by step", "concise answer", "formal tone", "examples"][int(ins.split("(#")[1][:-1]) % 4])
     if "#3)" in ins:
@@ -234,3 +235,163 @@ def test_judge_turns_all_rates_every_turn(ctx, cache_root):
     np.testing.assert_allclose(both["rating"][0], turns_a.mean(), atol=1e-9)
     np.testing.assert_allclose(both["rating_turns"][1], [first["rating"][1]], atol=1e-5)
     assert list(both["status"]) == ["ok", "ok"]
+
+
+# ------------------------------------------------------------------ issue 13: nothing lost, nothing leaked
+def _api_recipe(tmp_path: Path, url: str, prompt_file: Path, **extra) -> Path:
+    judge = {"kind": "api", "model": "fake-judge", "base_url": url, "concurrency": 2, "timeout": 2.0,
+             "max_retries": 1, **extra.pop("judge", {})}
+    recipe = tmp_path / "api.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "api-rating", "shard_size": 4, "judge": judge, **extra,
+        "stages": [{"name": "rate", "score": [{"scorer": "judge", "params": {"prompt": str(prompt_file),
+                                                                            "mode": "generate"}}]}]}))
+    return recipe
+
+
+def _judge_setup(tmp_path: Path, n: int = 12):
+    data, prompt_file = tmp_path / "data.json", tmp_path / "ten.yaml"
+    data.write_text(json.dumps(_records(n)))
+    prompt_file.write_text(yaml.safe_dump(PROMPT))
+    return data, prompt_file, _user_texts(data, prompt_file)
+
+
+def test_failed_requests_are_not_cached_and_a_rerun_asks_only_them(tmp_path):
+    """Reproduction: requests that failed after their retries became NaN rows of a cached shard, so a rerun
+    against a healthy server sent 0 requests and kept the NaNs; and the run exited 0."""
+    data, prompt_file, users = _judge_setup(tmp_path)
+    failing = [1, 2, 9]                                    # shards [0-3] and [8-11]; shard [4-7] is clean
+    with FakeOpenAI(faults={users[i]: ["500", "503"] for i in failing}) as srv:
+        recipe = _api_recipe(tmp_path, srv.url, prompt_file)
+        out, cache = tmp_path / "run", tmp_path / "cache"
+        stdout, stderr = (p := _run(recipe, data, out, cache)).communicate(timeout=120)
+        assert p.returncode == 2, stderr                   # every failed row counts: default max ratio 0
+        first = len(srv.records)
+        summary = json.loads((out / "summary.json").read_text())
+        scores = pd.read_parquet(out / "scores.parquet")
+        shards = list((cache / "scores").rglob("*.parquet"))
+        stdout2, stderr2 = (p := _run(recipe, data, out, cache)).communicate(timeout=120)
+        assert p.returncode == 0, stderr2
+        again = srv.records[first:]
+    assert first == 12 + len(failing)                      # one retry each for the failing prompts
+    assert summary["failed"] == {"rows": 3, "of": 12, "ratio": 0.25, "max_ratio": 0.0, "exceeded": True,
+                                 "resume": summary["failed"]["resume"]}
+    assert "rerun the same command" in summary["failed"]["resume"]
+    assert np.isnan(scores["rating"].to_numpy()[failing]).all() and scores["rating"].isna().sum() == 3
+    assert all(scores["status"][i].startswith("failed: gave up after 2 attempts") for i in failing)
+    assert "failed: 3 of 12 scored rows (25.0%) got no judge answer" in stdout
+    assert "thresher: error: failed: 3 of 12" in stderr and "rerun the same command" in stderr
+    assert len(shards) == 1                                # only the clean shard is cached as final
+    # The rerun asks exactly the failed prompts, once each, and ends with no NaN.
+    assert sorted(r["prompt"] for r in again) == sorted(prompt_hash(users[i]) for i in failing)
+    rerun = pd.read_parquet(out / "scores.parquet")
+    np.testing.assert_array_equal(rerun["rating"].to_numpy(), [float(rating_of(u)) for u in users])
+    assert (rerun["status"] == "ok").all() and len(list((cache / "scores").rglob("*.parquet"))) == 3
+    assert json.loads((out / "summary.json").read_text())["failed"]["rows"] == 0
+    assert "failed:" not in stdout2
+
+
+def test_all_failed_exits_2_unless_max_failed_ratio_allows_it(tmp_path):
+    data, prompt_file, users = _judge_setup(tmp_path)
+    with FakeOpenAI(rates={"500": 1.0}, rate_attempts=10**6) as srv:     # a server that only fails
+        out, cache = tmp_path / "run", tmp_path / "cache"
+        recipe = _api_recipe(tmp_path, srv.url, prompt_file)
+        p = _run(recipe, data, out, cache, "--max-failed-ratio", "0.9")
+        stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 2, stderr
+        assert "failed: 12 of 12 scored rows (100.0%)" in stdout and "more than max_failed_ratio 0.9" in stderr
+        assert json.loads((out / "summary.json").read_text())["failed"]["exceeded"] is True
+        assert len(srv.records) == 24 and not list((cache / "scores").rglob("*.parquet"))
+        # The recipe key allows every row to fail: exit 0, but the summary still says so and how to resume.
+        recipe = _api_recipe(tmp_path, srv.url, prompt_file, max_failed_ratio=1.0)
+        p = _run(recipe, data, out, cache)
+        stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 0, stderr
+        assert "failed: 12 of 12 scored rows" in stdout and "within max_failed_ratio 1" in stdout
+        assert "rerun the same command" in stdout and "thresher: error" not in stderr
+    p = _run(recipe, data, out, cache, "--max-failed-ratio", "1.5")
+    assert p.communicate(timeout=60)[1].strip().endswith("Got 1.5.") and p.returncode == 2
+
+
+def test_rejected_key_stops_the_run_at_once(tmp_path):
+    """Reproduction: a wrong key (401) was tried by every shard, each failing all its rows."""
+    data, prompt_file, users = _judge_setup(tmp_path, n=40)
+    with FakeOpenAI(api_key="sk-the-right-key-0000000000") as srv:
+        recipe = _api_recipe(tmp_path, srv.url, prompt_file, judge={"api_key_env": "THRESHER_JUDGE_KEY"})
+        p = _run(recipe, data, tmp_path / "run", tmp_path / "cache",
+                 env={"THRESHER_JUDGE_KEY": "sk-a-wrong-key-1111111111"})
+        stdout, stderr = p.communicate(timeout=60)
+        sent = len(srv.records)
+    assert p.returncode == 2
+    assert sent <= 2                                      # at most the requests in flight (concurrency 2)
+    (line,) = stderr.strip().splitlines()[-1:]
+    assert line.startswith("thresher: error: The API key from the environment variable THRESHER_JUDGE_KEY was "
+                           "rejected") and "HTTP 401" in line
+    assert "Traceback" not in stderr and "1111111111" not in stderr + stdout
+
+
+def test_http_judge_url_to_a_remote_host_is_refused_through_the_cli(tmp_path):
+    """No network: the fake server doubles as the http proxy, so any request to 10.0.0.1 would reach it."""
+    data, prompt_file, users = _judge_setup(tmp_path, n=4)
+    with FakeOpenAI() as srv:
+        proxy = {"http_proxy": f"http://127.0.0.1:{srv.port}", "HTTP_PROXY": f"http://127.0.0.1:{srv.port}",
+                 "NO_PROXY": "", "no_proxy": "", "THRESHER_JUDGE_KEY": "sk-some-key-22222222222222"}
+        base = ["--judge", "api", "--judge-model", "fake-judge", "--judge-base-url", "http://10.0.0.1:8000/v1",
+                "--judge-api-key-env", "THRESHER_JUDGE_KEY", "--shard-size", "4"]
+        recipe = _api_recipe(tmp_path, srv.url, prompt_file)
+        t = time.monotonic()
+        p = _run(recipe, data, tmp_path / "run", tmp_path / "cache", *base, env=proxy)
+        stderr = p.communicate(timeout=60)[1]
+        assert p.returncode == 2 and "unencrypted" in stderr and "--judge-allow-http" in stderr
+        assert srv.records == [] and time.monotonic() - t < 30
+        p = _run(recipe, data, tmp_path / "run", tmp_path / "cache", *base, "--judge-allow-http", env=proxy)
+        stderr = p.communicate(timeout=60)[1]
+        assert p.returncode == 0, stderr
+        assert len(srv.records) == 4                      # opted in: sent (here through the loopback proxy)
+
+
+FAKE_KEY = "sk-THRESHERFAKEKEY-0123456789abcdefghijklmnopqrstu"       # 50 characters
+
+
+def _text_of(path: Path) -> str:
+    """Raw bytes of a file, plus the decoded cells of a parquet file or the rows of an SQLite file (their
+    compressed or paged storage would hide a string from a byte search)."""
+    import sqlite3
+    raw = path.read_bytes().decode("latin-1")
+    if path.suffix == ".parquet":
+        raw += pd.read_parquet(path).to_json()
+    elif path.name.endswith(".sqlite"):
+        con = sqlite3.connect(path)
+        raw += "\n".join(con.iterdump())
+        con.close()
+    return raw
+
+
+def test_fault_injection_run_never_leaks_the_key(tmp_path):
+    """A server that echoes the key it received in every error body, across the 300-character cut, with
+    500s that exhaust the retries, 429s, malformed bodies; then a rejected key. Every 8-character piece of
+    the key is searched in the run folder, the cache folder and the captured stdout/stderr."""
+    data, prompt_file, users = _judge_setup(tmp_path)
+    faults = {users[0]: ["500", "500"], users[3]: ["500", "500"], users[4]: ["429:0.1"], users[7]: ["503"],
+              users[8]: ["malformed"], users[10]: ["400"]}
+    out, cache, texts = tmp_path / "run", tmp_path / "cache", []
+    env = {"FAKE_JUDGE_VAR": FAKE_KEY}
+    with FakeOpenAI(api_key=FAKE_KEY, echo_key_at=270, faults=faults) as srv:
+        recipe = _api_recipe(tmp_path, srv.url, prompt_file, judge={"api_key_env": "FAKE_JUDGE_VAR"})
+        p = _run(recipe, data, out, cache, env=env, verbose=True)
+        texts += p.communicate(timeout=120)
+        assert p.returncode == 2 and "failed: 2 of 12 scored rows" in texts[0]   # the 400 is final, not counted
+        assert "retry 1/1" in texts[1]                     # debug logging was on: retry errors were printed
+        env_wrong = {"FAKE_JUDGE_VAR": FAKE_KEY[::-1]}   # now a key the server rejects and echoes
+        p = _run(recipe, data, tmp_path / "run2", cache, env=env_wrong, verbose=True)
+        texts += p.communicate(timeout=120)
+        assert p.returncode == 2 and "rejected" in texts[-1]
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert scores["status"][0].startswith("failed: gave up") and "[redacted]" in scores["status"][0]
+    assert "HTTP 400" in scores["status"][10]
+    files = [f for root in (out, tmp_path / "run2", cache) if root.exists() for f in root.rglob("*") if f.is_file()]
+    assert any(f.name == "summary.json" for f in files) and any(f.suffix == ".sqlite" for f in files)
+    texts += [_text_of(f) for f in files]
+    for key in (FAKE_KEY, FAKE_KEY[::-1]):
+        leaks = {piece for piece in (key[i:i + 8] for i in range(len(key) - 7)) for t in texts if piece in t}
+        assert not leaks, leaks

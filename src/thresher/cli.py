@@ -86,12 +86,23 @@ def _judge_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--judge-base-url", default=None,
                    help="API base URL (default https://api.openai.com/v1; e.g. http://localhost:8000/v1 for vLLM)")
     g.add_argument("--judge-api-key-env", default=None,
-                   help="name of the environment variable holding the API key (default OPENAI_API_KEY)")
+                   help="NAME of the environment variable holding the API key (default OPENAI_API_KEY); "
+                        "never the key itself")
     g.add_argument("--judge-concurrency", type=int, default=None, help="API requests in flight (default 8)")
+    g.add_argument("--judge-allow-http", action="store_true", default=None,
+                   help="allow a plain http:// base URL to a host other than this machine (the API key then "
+                        "travels unencrypted; loopback is always allowed)")
+
+
+def _failure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-failed-ratio", type=float, default=None, metavar="R",
+                   help="share of scored rows allowed to fail (judge requests without an answer after retries) "
+                        "before the command exits with status 2 (default 0); rerunning resumes")
 
 
 _JUDGE_FLAGS = (("judge", "kind"), ("judge_model", "model"), ("judge_base_url", "base_url"),
-                ("judge_api_key_env", "api_key_env"), ("judge_concurrency", "concurrency"))
+                ("judge_api_key_env", "api_key_env"), ("judge_concurrency", "concurrency"),
+                ("judge_allow_http", "allow_http"))
 
 
 def _apply_common(raw: dict, args) -> None:
@@ -105,7 +116,7 @@ def _apply_common(raw: dict, args) -> None:
             data[key] = getattr(args, flag)
     if getattr(args, "strict", False):
         raw["strict"] = True
-    for flag in ("model", "device", "dtype", "max_batch_tokens", "shard_size"):
+    for flag in ("model", "device", "dtype", "max_batch_tokens", "shard_size", "max_failed_ratio"):
         if getattr(args, flag, None) is not None:
             raw[flag] = getattr(args, flag)
     for flag, key in _JUDGE_FLAGS:
@@ -118,9 +129,15 @@ def _argv(args) -> list[str]:
     return list(getattr(args, "argv", None) or sys.argv)
 
 
-def _print_summary(summary: dict) -> None:
-    from thresher.methods.run import format_summary
+def _print_summary(summary: dict) -> int:
+    """Print the summary; the exit status: 2 when more rows failed than max_failed_ratio allows."""
+    from thresher.methods.run import failure_line, format_summary
     print(format_summary(summary))
+    failed = summary.get("failed") or {}
+    if failed.get("exceeded"):
+        print(f"thresher: error: {failure_line(failed)}", file=sys.stderr)
+        return 2
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -143,8 +160,7 @@ def cmd_run(args) -> int:
     recipe, data_cfg, stages = check_recipe(raw, str(path))
     out = Path(args.out or Path("runs") / (recipe.name or path.stem))
     summary = run_recipe(recipe, data_cfg, stages, out, argv=_argv(args), raw_recipe=raw, cache_root=args.cache_dir)
-    _print_summary(summary)
-    return 0
+    return _print_summary(summary)
 
 
 def _existing(path: str, flag: str) -> str:
@@ -168,8 +184,7 @@ def cmd_score(args) -> int:
     recipe, data_cfg, stages = check_recipe(raw, "<command line>")
     summary = run_recipe(recipe, data_cfg, stages, Path(args.out), argv=_argv(args), raw_recipe=raw,
                          cache_root=args.cache_dir)
-    _print_summary(summary)
-    return 0
+    return _print_summary(summary)
 
 
 def cmd_select(args) -> int:
@@ -269,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     _model_args(p)
     _judge_args(p)
+    _failure_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("score", help="score a dataset with one scorer; writes OUT/scores.parquet and a manifest")
@@ -285,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     _model_args(p)
     _judge_args(p)
+    _failure_args(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("select", help="select rows from a scored run and write them in the input's format",

@@ -5,14 +5,16 @@ Rows are cut into fixed-size shards. Each shard's scores are written atomically 
 version and parameters with the model identity, and the shard key hashes the scorer key with the
 content of the shard's rows (id, messages, instruction/input). A killed run therefore resumes by
 skipping every shard already on disk, an identical command reuses everything, and any change to the
-data, the parameters, the model or the scorer version misses the cache. Progress (samples/s,
-tokens/s, ETA) is logged as shards finish.
-
+data, the parameters, the model or the scorer version misses the cache. A shard in which the scorer
+reports transient failures (``scorer.transient_failures`` grew: e.g. judge requests that got no answer
+after their retries) is returned but not written: it is not final, so a rerun scores it again (the
+answers it did get come from the request cache) and only the failed rows cost new requests.
 A cached shard is trusted only after checks: it is written with fsync before its rename and records
 its shard key in the Parquet metadata; on reading, the file must parse, carry that key (files from
 before the key was recorded: score columns the scorer declares), and hold exactly the shard's ids in
 order. Anything else (truncated, empty, swapped, from another slot) is a cache miss: logged, moved
 to ``<scorer folder>/quarantine/`` and recomputed. Temporary files of killed writers are removed.
+Progress (samples/s, tokens/s, ETA) is logged as shards finish.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size:
     if scorer.scope == "dataset":
         shard_size = max(len(ds), 1)          # one unit: the scorer needs the whole pool at once
     prog = Progress(label or scorer.name, len(ds))
-    frames, stats = [], {"cached": 0, "computed": 0, "rejected_shards": 0}
+    frames, stats = [], {"cached": 0, "computed": 0, "rejected_shards": 0, "failed": 0}
     for a in range(0, len(ds), shard_size):
         b = min(a + shard_size, len(ds))
         path = root / f"{_sha(*hashes[a:b])[:32]}.parquet"
@@ -128,14 +130,18 @@ def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size:
             stats["cached"] += b - a
             prog.update(b - a, 0, computed=False)
             continue
-        before = scorer.tokens_processed
+        before, failed_before = scorer.tokens_processed, scorer.transient_failures
         rows = ds.subset(range(a, b))
         if need:
             cols = scorer.score_batch(rows, inputs.iloc[a:b].reset_index(drop=True))
         else:
             cols = scorer.score_batch(rows)
         frame = _frame(ds.ids[a:b], cols, scorer.name)
-        write_shard(path, frame)
+        failed = scorer.transient_failures - failed_before
+        if failed:                            # not final: not cached, a rerun asks again
+            stats["failed"] += failed
+        else:
+            write_shard(path, frame)
         frames.append(frame)
         stats["computed"] += b - a
         prog.update(b - a, scorer.tokens_processed - before, computed=True)

@@ -217,6 +217,8 @@ def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage
     produced = ["clients", "manifest.json", "summary.json", *(f"clients/{p.name}" for p in pending)]
     finish_run_folder(out, "run", produced + (["collaborate"] if summary.get("collaborate") else []))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
+    from thresher.methods.run import failure_summary
+    summary["failed"] = failure_summary(list(summary["clients"].values()), recipe.max_failed_ratio)
     write_json(out / "summary.json", summary)
     write_json(out / "manifest.json", manifest)          # last: a run folder with a manifest is complete
     return summary

@@ -93,6 +93,8 @@ class Recipe:
     seed: int = 0
     strict: bool = False                  # a selection that keeps no row is an error, not a warning
     judge: dict = field(default_factory=dict)   # chat backend of judge scorers: see thresher.models.judges
+    max_failed_ratio: float = 0.0               # share of scored rows allowed to fail (judge requests without an
+                                                # answer after retries) before the run exits with status 2
     target: list = field(default_factory=list)  # target-task example files (LESS, DataInf): "@target"
     anchor: str | None = None                   # trusted anchor set (CLUES threshold): "@anchor"
     validation: list = field(default_factory=list)  # validation files (CLUES domains): "@validation";
@@ -162,6 +164,9 @@ def check_recipe(raw: dict, where: str):
     data = build(DataConfig, recipe.data, f"recipe {where}: data")
     from thresher.models.judges import JudgeConfig
     build(JudgeConfig, recipe.judge, f"recipe {where}: judge")
+    if not 0.0 <= recipe.max_failed_ratio <= 1.0:
+        raise ConfigError(f"The 'max_failed_ratio' parameter of recipe {where} must be a float in [0, 1] (the share "
+                          f"of scored rows allowed to fail). Got {recipe.max_failed_ratio!r}.")
     if not recipe.stages:
         raise ConfigError(f"recipe {where}: 'stages' must list at least one stage.")
     for key in ("target", "clients", "validation"):

@@ -96,6 +96,7 @@ def _run_one(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], 
                 "data": {**asdict(data_cfg), "report": ds.report.as_dict(), "rows": len(ds)}, "stages": []}
     summary = {"recipe": recipe.name, "rows": len(ds), "load": ds.report.as_dict(), "stages": []}
     pending = run_stages(ds, recipe, stages, out, manifest, summary, cache_root=cache_root, argv=argv)
+    summary["failed"] = failure_summary([summary], recipe.max_failed_ratio)
     if pending is not None:                   # a global threshold: this dataset is the only client
         from thresher.methods.clients import finish_global_threshold
         summary["global_threshold"] = finish_global_threshold([pending], recipe, stages[-1])
@@ -156,6 +157,8 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
         st_dir = out / stage.name
         write_parquet(st_dir / "scores.parquet", scores)
         st_sum = {"name": stage.name, "model": stage.model, "note": stage.note, **describe_scores(scores, info)}
+        st_sum["failed"] = {"rows": sum((rec.get("cache") or {}).get("failed", 0) for rec in info),
+                            "of": len(ds) * len(info)}     # rows x scorers; failed rows are not cached
         judged = [rec for rec in info if "judge" in rec]
         if judged:
             st_sum["judge"] = judged[-1]["judge"]      # the backend's running totals for this stage
@@ -224,6 +227,28 @@ def _promote_last(out: Path, stage: str, only: str = "") -> list[str]:
     return names
 
 
+def failure_summary(summaries: list[dict], max_ratio: float) -> dict:
+    """Rows (per scorer) whose result is not final, over every stage of ``summaries``; ``exceeded`` when
+    their share of all scored rows is above ``max_ratio`` (the CLI then exits with status 2)."""
+    parts = [st["failed"] for s in summaries for st in s.get("stages", []) if "failed" in st]
+    rows, of = sum(p["rows"] for p in parts), sum(p["of"] for p in parts)
+    ratio = rows / of if of else 0.0
+    return {"rows": rows, "of": of, "ratio": round(ratio, 6), "max_ratio": max_ratio, "exceeded": ratio > max_ratio,
+            "resume": RESUME if rows else None}
+
+
+RESUME = ("rerun the same command to resume: answered judge requests are cached, so only the failed rows are "
+          "asked again")
+
+
+def failure_line(failed: dict) -> str:
+    """One sentence on failed rows for the printed summary and the CLI's error line."""
+    over = (f", more than max_failed_ratio {failed['max_ratio']:g} allows (exit status 2)"
+            if failed["exceeded"] else f", within max_failed_ratio {failed['max_ratio']:g}")
+    return (f"failed: {failed['rows']} of {failed['of']} scored rows ({failed['ratio']:.1%}) got no judge answer "
+            f"after retries{over}; {RESUME}.")
+
+
 def describe_scores(scores: pd.DataFrame, info: list[dict]) -> dict:
     """Quantiles of each scorer's main column, NaN count and reasons."""
     out = {"columns": {}}
@@ -255,6 +280,8 @@ def format_summary(summary: dict) -> str:
     if summary.get("collaborate"):
         lines += _format_collaborate(summary["collaborate"])
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]
+    if (summary.get("failed") or {}).get("rows"):
+        lines.append(failure_line(summary["failed"]))
     lines.append(f"outputs: {summary['outputs']['dir']}  ({summary.get('seconds', 0)} s)")
     return "\n".join(lines)
 
@@ -318,6 +345,8 @@ def _format_clients(summary: dict) -> str:
     if summary.get("collaborate"):
         lines += _format_collaborate(summary["collaborate"])
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]
+    if (summary.get("failed") or {}).get("rows"):
+        lines.append(failure_line(summary["failed"]))
     lines.append(f"outputs: {summary['outputs']['dir']}  ({summary.get('seconds', 0)} s)")
     return "\n".join(lines)
 

@@ -15,21 +15,32 @@
   HTTP date; also ``retry-after-ms``) on 429/503 is honoured: the retry never comes earlier, and
   after a 429 carrying one no thread of this backend sends anything until it has passed (rate limits are per
   key, not per request).
-* Other 4xx replies fail that request at once (no retry). 401/403 (key rejected) and 404 (model
-  or endpoint not found) apply to every request, so the rest of the call is not sent.
-* A request that still fails is a ``ChatResult(text=None, error=...)``; ``chat`` raises only for
-  configuration errors (``ConfigError``: missing or unusable API key, unusable cache file) and for
-  items that are not ``ChatRequest``s (``TypeError``).
+* A reply is read in chunks and refused once it passes ``max_response_bytes`` (default 4 MiB; a
+  ``Content-Length`` above the cap is refused before the body is read): "reply larger than N bytes".
+  Each attempt (connect, send, wait, read) must end within ``deadline`` seconds (default 5 x
+  ``timeout``; a watchdog shuts the socket down), so a server trickling a body byte by byte cannot
+  hold a request open: "no complete reply within N s". Both are retried like a timeout.
+* Other 4xx replies fail that request at once (no retry; ``transient=False``). 404 (model or endpoint
+  not found) applies to every request, so the rest of the call is not sent. 401/403 (key rejected)
+  stop the call at once with a ``ConfigError`` naming the key's environment variable: the requests
+  in flight finish (answers are cached), nothing more is sent.
+* A request that still fails is a ``ChatResult(text=None, error=..., transient=True)`` (a later run
+  should ask again: nothing failed is cached); ``chat`` raises only for configuration errors
+  (``ConfigError``: missing, rejected or unusable API key, unusable cache file) and for items that are
+  not ``ChatRequest``s (``TypeError``).
 * A successful reply is returned as text, whatever it says: parsing a rating is the caller's job.
   A caller that re-asks after an unparseable reply must change the request (e.g. its ``seed``),
   otherwise the cache (or a temperature-0 model) hands back the same text.
 
-The API key is read from the environment variable ``api_key_env`` when a request has to be sent
-(a fully cached call needs no key; a loopback ``base_url`` needs none). It is never stored on the
-backend and is removed from every error text; logs, exceptions, cache rows, stats and
-``identity()`` never contain it.
+The API key is read from the environment variable ``api_key_env`` (a valid variable name, never a
+key) when a request has to be sent (a fully cached call needs no key; a loopback ``base_url`` needs
+none). It is never stored on the backend; it, and every run of 8+ of its characters, is removed from
+every error text and reply before anything is cut, logged, raised or cached
+(``thresher.models.keys.scrub_key``): logs, exceptions, cache rows, stats and ``identity()`` never
+contain it. An ``http://`` base URL to a host other than loopback would send the key in clear text and
+is refused (``ConfigError``, before any connection) unless ``allow_http=True``.
 
-``timeout`` bounds each socket operation (connect, send, each read), not the whole request.
+``timeout`` bounds each socket operation (connect, send, each read); ``deadline`` the whole attempt.
 Connections are kept alive and reused within one ``chat`` call; ``HTTPS_PROXY`` / ``HTTP_PROXY`` /
 ``NO_PROXY`` from the environment are honoured (never for loopback addresses).
 """
@@ -45,6 +56,7 @@ import logging
 import numbers
 import os
 import random
+import socket
 import threading
 import time
 import urllib.parse
@@ -54,12 +66,16 @@ from dataclasses import replace
 
 from thresher.errors import ConfigError
 from thresher.models.chat import ChatRequest, ChatResult, ChatStats
+from thresher.models.keys import check_key_env, scrub_key
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 409, 425, 429})          # plus every 5xx
 FATAL_STATUS = frozenset({401, 403, 404})                # concern every request: stop sending
 MAX_RETRY_AFTER = 600.0                                  # a longer Retry-After is taken as 600 s
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024                     # judge replies are a few KB; 4 MiB is plenty
+DEADLINE_FACTOR = 5.0                                    # default deadline per attempt: 5 x timeout
+_READ_CHUNK = 64 * 1024
 _PROGRESS_SECONDS = 15.0
 
 
@@ -141,9 +157,39 @@ class _Retryable(Exception):
 
 
 class _Refused(Exception):
-    def __init__(self, message: str, fatal: bool):
+    def __init__(self, message: str, fatal: bool, key_rejected: bool = False):
         super().__init__(message)
-        self.fatal = fatal
+        self.fatal, self.key_rejected = fatal, key_rejected
+
+
+class _Watchdog:
+    """Shuts a connection's socket down when one attempt runs past its deadline (a body trickled one
+    byte at a time keeps every single read under the socket timeout; only a clock on the whole
+    attempt stops it). One timer thread per attempt, cancelled when the attempt ends."""
+
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float):
+        self.conn, self.expired, self._done = conn, False, False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            sock = self.conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)       # the blocked read returns at once
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
 
 
 class _Connections:
@@ -196,10 +242,12 @@ class _Connections:
 
 
 class _Abort:
-    """First fatal refusal (401/403/404) of a call: the requests not yet sent are not sent."""
+    """First fatal refusal (401/403/404) of a call: the requests not yet sent are not sent.
+    ``key_error``: the message of a rejected key (401/403), raised as a ConfigError once the call stops."""
 
     def __init__(self):
         self.message: str | None = None
+        self.key_error: str | None = None
 
 
 # --------------------------------------------------------------------------- the backend
@@ -225,13 +273,17 @@ class OpenAIChat:
     ``timeout`` (seconds per socket operation), ``cache_path`` (SQLite request cache, or None),
     ``price_input_per_1m`` / ``price_output_per_1m`` (cost per million prompt / completion tokens),
     ``backoff_base`` / ``backoff_max`` (seconds; the backoff cap of attempt a is
-    min(backoff_max, backoff_base * 2**a)).
+    min(backoff_max, backoff_base * 2**a)), ``max_response_bytes`` (largest reply body read),
+    ``deadline`` (seconds for a whole attempt; None = 5 x timeout), ``allow_http`` (permit an
+    ``http://`` URL to a non-loopback host, which sends the key unencrypted).
     """
 
     def __init__(self, model: str, *, base_url: str = "https://api.openai.com/v1",
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8, max_retries: int = 6,
                  timeout: float = 60.0, cache_path=None, price_input_per_1m: float = 0.0,
-                 price_output_per_1m: float = 0.0, backoff_base: float = 1.0, backoff_max: float = 60.0):
+                 price_output_per_1m: float = 0.0, backoff_base: float = 1.0, backoff_max: float = 60.0,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES, deadline: float | None = None,
+                 allow_http: bool = False):
         if not isinstance(model, str) or not model.strip():
             raise _bad("model", "a non-empty string", model)
         if not isinstance(base_url, str):
@@ -243,14 +295,18 @@ class OpenAIChat:
             raise ConfigError("The 'base_url' parameter of OpenAIChat must not contain credentials, a query "
                               "or a fragment; give the key through the environment variable named by "
                               "'api_key_env'.")
-        if not isinstance(api_key_env, str) or not api_key_env.strip():
-            raise _bad("api_key_env", "the name of an environment variable", api_key_env)
+        check_base_url(base_url, allow_http, "OpenAIChat")
+        api_key_env = check_key_env(api_key_env, "OpenAIChat")
         if not _is_int(concurrency) or concurrency < 1:
             raise _bad("concurrency", "an int >= 1", concurrency)
         if not _is_int(max_retries) or max_retries < 0:
             raise _bad("max_retries", "an int >= 0", max_retries)
         if not _is_real(timeout) or timeout <= 0:
             raise _bad("timeout", "a number of seconds > 0", timeout)
+        if deadline is not None and (not _is_real(deadline) or deadline <= 0):
+            raise _bad("deadline", "a number of seconds > 0 (or None for 5 x timeout)", deadline)
+        if not _is_int(max_response_bytes) or max_response_bytes < 1024:
+            raise _bad("max_response_bytes", "an int >= 1024", max_response_bytes)
         for name, value in (("price_input_per_1m", price_input_per_1m),
                             ("price_output_per_1m", price_output_per_1m),
                             ("backoff_base", backoff_base), ("backoff_max", backoff_max)):
@@ -259,8 +315,10 @@ class OpenAIChat:
         self.model = model
         self.base_url = urllib.parse.urlunsplit(url).rstrip("/")
         self._url = urllib.parse.urlsplit(self.base_url)
-        self.api_key_env = api_key_env.strip()
+        self.api_key_env = api_key_env
         self.concurrency, self.max_retries, self.timeout = int(concurrency), int(max_retries), float(timeout)
+        self.deadline = float(deadline) if deadline is not None else DEADLINE_FACTOR * self.timeout
+        self.max_response_bytes, self.allow_http = int(max_response_bytes), bool(allow_http)
         self.cache_path = None if cache_path is None else os.fspath(cache_path)
         self.price_input_per_1m, self.price_output_per_1m = float(price_input_per_1m), float(price_output_per_1m)
         self.backoff_base, self.backoff_max = float(backoff_base), float(backoff_max)
@@ -354,7 +412,7 @@ class OpenAIChat:
                    "User-Agent": "thresher-judge"}
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
-        conns, abort = _Connections(self._url, self.timeout), _Abort()
+        conns, abort = _Connections(self._url, min(self.timeout, self.deadline)), _Abort()
         out: dict[str, ChatResult] = {}
         cache = self._open_cache() if self.cache_path else None
         t0 = last_log = time.monotonic()
@@ -374,6 +432,8 @@ class OpenAIChat:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             conns.close_all()
+        if abort.key_error is not None:
+            raise ConfigError(abort.key_error)
         failed = [r for r in out.values() if r.text is None]
         (log.warning if failed else log.info)(
             "%s: %d sent requests done in %.1f s, %d failed%s", self.identity(), len(out),
@@ -393,7 +453,7 @@ class OpenAIChat:
         body, last = self._payload(r), None
         for attempt in range(self.max_retries + 1):
             if abort.message is not None:
-                return ChatResult(None, error=f"not sent: {abort.message}")
+                return ChatResult(None, error=f"not sent: {abort.message}", transient=True)
             self._wait_for_pause()
             with self._lock:
                 self._stats.calls += 1
@@ -403,10 +463,13 @@ class OpenAIChat:
             except _Refused as e:
                 if e.fatal and abort.message is None:
                     abort.message = str(e)
-                    log.error("%s", e)
-                return ChatResult(None, error=str(e))
+                    if e.key_rejected:
+                        abort.key_error = str(e)          # raised by _send_all as a ConfigError
+                    else:
+                        log.error("%s", e)
+                return ChatResult(None, error=str(e), transient=e.fatal)
             except _Retryable as e:
-                last = e
+                last = e.with_traceback(None)     # keep the message, not the frames (a refused body)
                 if attempt == self.max_retries:
                     break
                 wait = backoff_delay(attempt, self.backoff_base, self.backoff_max, self._rng)
@@ -426,7 +489,7 @@ class OpenAIChat:
             return ChatResult(text, prompt_tokens=pt, completion_tokens=ct)
         msg = f"gave up after {self.max_retries + 1} attempts; last error: {last}"
         log.debug("%s: %s", self.identity(), msg)
-        return ChatResult(None, error=msg)
+        return ChatResult(None, error=msg, transient=True)
 
     def _pause(self, seconds: float) -> None:
         with self._lock:
@@ -443,40 +506,82 @@ class OpenAIChat:
     def _post(self, conns: _Connections, body: bytes, headers: dict, key: str | None) -> tuple[str, int, int]:
         """One HTTP attempt -> (text, prompt_tokens, completion_tokens); raises _Retryable / _Refused."""
         where = f"{self.base_url}/chat/completions"
+        late = f"no complete reply from {where} within {self.deadline:g} s (the deadline of one attempt)"
         conn = conns.get()
+        dog = _Watchdog(conn, self.deadline)
         try:
-            conn.request("POST", conns.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()                     # http.client.IncompleteRead if the body is cut short
+            try:
+                if conn.sock is None:             # connect first: a watchdog firing mid-connect has no socket
+                    conn.connect()                # to shut down, so the expiry is checked right after
+                    if dog.expired:
+                        raise _Retryable(late)
+                conn.request("POST", conns.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                raw = self._read_body(resp, where)
+            finally:
+                dog.stop()
+        except _Retryable as e:
+            conn.close()
+            raise (_Retryable(late) if dog.expired else e) from None
         except TimeoutError:
             conn.close()
-            raise _Retryable(f"no reply from {where} within the {self.timeout:g} s timeout") from None
+            raise _Retryable(late if dog.expired else f"no reply from {where} within the "
+                             f"{min(self.timeout, self.deadline):g} s timeout") from None
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            raise _Retryable(_scrub(f"request to {where} failed: {type(e).__name__}: {e}", key)) from None
+            raise _Retryable(late if dog.expired else
+                             scrub_key(f"request to {where} failed: {type(e).__name__}: {e}", key)) from None
+        if dog.expired:                           # cut short by the watchdog at the very end
+            conn.close()
+            raise _Retryable(late)
         conns.put(conn)
-        status = resp.status
+        return self._answer(resp.status, resp.headers, raw, where, key)
+
+    def _read_body(self, resp: http.client.HTTPResponse, where: str) -> bytes:
+        """The body, read in chunks; _Retryable past ``max_response_bytes`` or when cut short."""
+        cap = self.max_response_bytes
+        too_big = f"reply from {where} larger than {cap} bytes (max_response_bytes)"
+        if resp.length is not None and resp.length > cap:          # Content-Length: refuse unread
+            raise _Retryable(f"{too_big}: Content-Length {resp.length}")
+        buf = bytearray()
+        while chunk := resp.read1(_READ_CHUNK):                     # b"" at the end of the body
+            buf += chunk
+            if len(buf) > cap:
+                raise _Retryable(too_big)
+        if resp.length:                                             # Content-Length not reached
+            raise _Retryable(f"reply from {where} cut short: {len(buf)} bytes, {resp.length} missing")
+        resp.close()                                                # complete: the connection is reusable
+        return bytes(buf)
+
+    def _answer(self, status: int, headers, raw: bytes, where: str, key: str | None) -> tuple[str, int, int]:
+        """(text, prompt_tokens, completion_tokens) of a 2xx reply; else _Retryable or _Refused."""
         if 200 <= status < 300:
             try:
-                return parse_completion(json.loads(raw))
+                text, pt, ct = parse_completion(json.loads(raw))
             except ValueError as e:               # json.JSONDecodeError is a ValueError
                 raise _Retryable(f"malformed reply from {where} (HTTP {status}, {len(raw)} bytes): "
-                                 f"{_scrub(str(e), key)}") from None
-        detail = _scrub(_error_detail(raw), key)
+                                 f"{scrub_key(str(e), key)}") from None
+            return scrub_key(text, key), pt, ct   # a reply that quotes the key is not cached with it
+        detail = _error_detail(raw, key)
         if status in RETRY_STATUS or status >= 500:
-            after = retry_after_seconds(resp.headers) if status in (429, 503) else None
+            after = retry_after_seconds(headers) if status in (429, 503) else None
             raise _Retryable(f"HTTP {status} from {where}: {detail}", after, rate_limited=status == 429)
         if status in (401, 403):
-            raise _Refused(f"the API key from environment variable {self.api_key_env} was rejected by "
-                           f"{where} (HTTP {status}): {detail}", fatal=True)
+            sent = "" if key is not None else " (not set: no key was sent)"
+            raise _Refused(f"The API key from the environment variable {self.api_key_env}{sent} was rejected by "
+                           f"{where} (HTTP {status}: {detail}). Put a valid key for this server into "
+                           f"{self.api_key_env} (or name another variable with api_key_env / "
+                           f"--judge-api-key-env) and rerun: answered requests are cached.",
+                           fatal=True, key_rejected=True)
         if status == 404:
             raise _Refused(f"HTTP 404 from {where}: model {self.model!r} or the endpoint was not found; "
                            f"check 'model' and 'base_url' ({detail})", fatal=True)
         raise _Refused(f"HTTP {status} from {where} (not retried): {detail}", fatal=False)
 
 
-def _error_detail(raw: bytes, limit: int = 300) -> str:
-    """The server's error message (OpenAI's {"error": {"message": ...}}) or the start of the body."""
+def _error_detail(raw: bytes, key: str | None, limit: int = 300) -> str:
+    """The server's error message (OpenAI's {"error": {"message": ...}}) or the start of the body, with
+    the key scrubbed *before* the text is cut to ``limit`` characters (a cut key would survive)."""
     text = raw.decode("utf-8", "replace")
     try:
         err = json.loads(text).get("error")
@@ -486,9 +591,20 @@ def _error_detail(raw: bytes, limit: int = 300) -> str:
     except (ValueError, AttributeError):
         pass
     text = " ".join(text.split())
-    return (text[:limit] + "...") if len(text) > limit else (text or "(empty body)")
+    # A run of key characters reaching into the first `limit` characters ends within limit + len(key).
+    window = limit + len(key or "") + 1
+    head = scrub_key(text[:window], key)
+    if len(text) > window or len(head) > limit:
+        return head[:limit] + "..."
+    return head or "(empty body)"
 
 
-def _scrub(text: str, key: str | None) -> str:
-    """Remove the API key from a text that may echo it (some servers quote the key they got)."""
-    return text.replace(key, "[redacted]") if key else text
+def check_base_url(base_url: str, allow_http: bool, owner: str) -> None:
+    """ConfigError for an http:// URL to a non-loopback host (the key would travel in clear text),
+    unless ``allow_http``; raised before any connection is made."""
+    url = urllib.parse.urlsplit(base_url.strip())
+    if url.scheme == "http" and not allow_http and not is_loopback(url.hostname):
+        raise ConfigError(f"The 'base_url' of {owner} is plain http:// to {url.hostname}, which is not this "
+                          f"machine: the API key would travel unencrypted. Use https://, or, if the network "
+                          f"path is trusted (e.g. a private cluster), allow it explicitly with 'allow_http: true' "
+                          f"in the judge config (CLI: --judge-allow-http).")

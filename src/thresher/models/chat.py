@@ -11,7 +11,9 @@ protocol:
     backend.stats() -> dict                  # requests, cached hits, retries, failures, tokens, cost
 
 A failed request (retries exhausted, refused) is a ``ChatResult`` with ``text=None`` and an
-``error``: the caller turns it into NaN plus a counted reason, never into a plausible score.
+``error``: the caller turns it into NaN plus a counted reason, never into a plausible score. A
+failure marked ``transient`` (the API backend's exhausted retries, timeouts, requests not sent) is
+not final: scorers report it so that the engine does not cache the shard and a rerun asks again.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class ChatResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False             # served from the on-disk request cache (not paid again)
+    transient: bool = False          # a failure that a later run may not meet (network, 5xx, timeouts,
+                                     # rate limits, not sent): the caller must not keep it as final
 
     def as_dict(self) -> dict:
         return asdict(self)

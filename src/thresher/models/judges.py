@@ -4,7 +4,9 @@ kind "local": the run's own Hugging Face model (or ``model``), batched generatio
 kind "api":   any OpenAI-compatible HTTP API (hosted, a vLLM or Ollama-style server), with retries,
               a per-request SQLite cache under the thresher cache dir, token and cost accounting;
 kind "vllm":  vLLM in-process (optional extra, imported only when chosen; needs a GPU).
-The API key is read from the environment variable ``api_key_env`` at call time and never stored.
+The API key is read from the environment variable ``api_key_env`` (a variable name, never the key) at
+call time and never stored. ``allow_http`` must be set to send it over plain http:// to a host other than
+loopback; ``max_response_bytes`` and ``deadline`` bound each reply (see thresher.models.api).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class JudgeConfig:
     price_input_per_1m: float = 0.0        # for the cost line of the summary
     price_output_per_1m: float = 0.0
     cache: str | None = None               # api request cache file (default <cache dir>/judge/requests.sqlite)
+    allow_http: bool = False               # api: permit http:// to a non-loopback host (key in clear text)
+    max_response_bytes: int = 4 * 1024 * 1024   # api: a longer reply is refused (and retried)
+    deadline: float | None = None          # api: seconds for one whole attempt (None: 5 x timeout)
 
     def check(self, owner):
         if self.kind == "api" and not self.model:
@@ -36,6 +41,11 @@ class JudgeConfig:
             raise ConfigError(f"The 'concurrency' parameter of {owner} must be an int >= 1. Got {self.concurrency}.")
         if self.max_retries < 0:
             raise ConfigError(f"The 'max_retries' parameter of {owner} must be an int >= 0. Got {self.max_retries}.")
+        from thresher.models.keys import check_key_env
+        check_key_env(self.api_key_env, owner)             # a pasted key is refused, never echoed
+        if self.kind == "api":
+            from thresher.models.api import check_base_url
+            check_base_url(self.base_url, self.allow_http, owner)
 
 
 def make_judge(spec: dict, ctx):
@@ -53,7 +63,8 @@ def make_judge(spec: dict, ctx):
         return OpenAIChat(cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env,
                           concurrency=cfg.concurrency, max_retries=cfg.max_retries, timeout=cfg.timeout,
                           cache_path=cache, price_input_per_1m=cfg.price_input_per_1m,
-                          price_output_per_1m=cfg.price_output_per_1m)
+                          price_output_per_1m=cfg.price_output_per_1m, allow_http=cfg.allow_http,
+                          max_response_bytes=cfg.max_response_bytes, deadline=cfg.deadline)
     from thresher.models.vllm_chat import VLLMChat
     return VLLMChat(cfg.model or ctx.model, dtype=ctx.dtype)
 

@@ -88,6 +88,8 @@ class Scorer:
         self.ctx: ModelContext | None = None
         self.cache_root = None                  # set by the engine: a folder for intermediate stores
         self.tokens_processed = 0               # read by the engine for tokens/s
+        self.transient_failures = 0             # rows whose result is not final (a judge request that got no
+                                                # answer after its retries): the engine does not cache their shard
 
     def param_dict(self) -> dict:
         return dataclasses.asdict(self.params)

@@ -6,7 +6,9 @@ vLLM). Two modes:
   generate  the judge writes an answer, which the prompt's parser reads. An answer that cannot be read
             is NaN with status "unparsed" (counted in the summary); ``on_unparsed: zero`` reproduces
             DS2's faithful behaviour (a failed rating becomes the lowest class). A request that fails
-            outright (retries exhausted) is NaN with status "failed: ...".
+            outright (retries exhausted) is NaN with status "failed: ..."; when the failure is transient
+            (API: network, 5xx, timeouts) the row counts in ``transient_failures``, so its shard is not
+            cached and a rerun asks again.
   logits    one forward pass reads the next-token distribution over the prompt's labels (e.g. "0".."5"):
             ``rating`` = expected score, ``rating_argmax``, ``label_mass`` = probability the model put on
             the labels at all. Deterministic; local judges only. For DS2 the answer is primed with
@@ -103,7 +105,7 @@ class JudgeRatingScorer(Scorer):
     """LLM-judge rating of each sample (AlpaGasus, DS2, DEITA prompts or your own)."""
 
     name = "judge"
-    version = "1"
+    version = "2"                       # 2: sample slots between <<<SAMPLE markers; DS2 reads the judge's own object
     Params = JudgeParams
     main_column = "rating"
     higher_is_better = True
@@ -133,7 +135,8 @@ class JudgeRatingScorer(Scorer):
             for f in unit_fields(m, meta, p.turns):
                 fields.append(f)
                 owner.append(r)
-        cols = self._score(fields)
+        cols, transient = self._score(fields)
+        self.transient_failures += len(set(np.asarray(owner, dtype=np.int64)[transient].tolist()))
         if p.turns == "all":
             cols = _to_rows(cols, np.asarray(owner, dtype=np.int64), len(rows))
         else:                                   # one unit per row that has a response
@@ -146,16 +149,18 @@ class JudgeRatingScorer(Scorer):
             cols = full
         return {p.prefix + k: v for k, v in cols.items()}
 
-    def _score(self, fields: list[dict]) -> dict[str, np.ndarray]:
-        """Columns over rated units (one per row, or one per turn with turns: all)."""
+    def _score(self, fields: list[dict]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Columns over rated units (one per row, or one per turn with turns: all), and a bool mask of the
+        units whose request failed transiently."""
         p = self.params
         prompt = load_prompt(p.prompt)
         msgs = [prompt.render(**f, dimension=p.dimension) for f in fields]
         n = len(fields)
         status = np.full(n, "", dtype=object)        # every unit gets ok | unparsed | failed: ... below
         judge = self.ctx.judge()
+        transient = np.zeros(n, dtype=bool)
         if p.mode == "logits" or (p.mode == "auto" and prompt.labels and hasattr(judge, "rate")):
-            return self._logits(judge, prompt, msgs, status)
+            return self._logits(judge, prompt, msgs, status), transient    # local: failures are final
         reqs = [ChatRequest.of(m, max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, seed=p.seed)
                 for m in msgs]
         results = judge.chat(reqs) if reqs else []
@@ -164,6 +169,7 @@ class JudgeRatingScorer(Scorer):
         for i, res in enumerate(results):
             if res.text is None:
                 status[i] = f"failed: {res.error}"
+                transient[i] = res.transient
                 continue
             texts[i] = res.text
             self.tokens_processed += res.prompt_tokens + res.completion_tokens
@@ -185,7 +191,7 @@ class JudgeRatingScorer(Scorer):
         out = {"rating": cols["rating"], "judge_text": texts, "status": status}
         if prompt.parser == "ds2_json":
             out.update({k: cols[k] for k in ("rarity", "complexity", "informativeness", "overall")})
-        return out
+        return out, transient
 
     def _logits(self, judge, prompt, msgs, status):
         if not hasattr(judge, "rate"):

@@ -46,7 +46,7 @@ class OpenCSTagScorer(Scorer):
     """OpenCS open intention tags of each instruction (judge call per sample)."""
 
     name = "opencs_tags"
-    version = "1"
+    version = "2"                       # 2: the instruction between <<<SAMPLE markers
     Params = TagParams
     main_column = "tags"
     higher_is_better = None
@@ -71,6 +71,7 @@ class OpenCSTagScorer(Scorer):
         for i, res in zip(todo, results):
             if res.text is None:
                 status[i] = f"failed: {res.error}"
+                self.transient_failures += int(res.transient)     # not final: the shard is not cached
                 continue
             parsed = parse_tags(res.text)
             tags[i] = json.dumps(parsed, ensure_ascii=False) if parsed else "null"
@@ -159,7 +160,7 @@ class OpenCSPairScorer(Scorer):
     """OpenCS contrastive scoring: two same-cluster samples per judge prompt, 0-100 each."""
 
     name = "opencs_pairs"
-    version = "1"
+    version = "2"                       # 2: instructions and responses between <<<SAMPLE markers
     Params = PairParams
     main_column = "opencs_score"
     higher_is_better = True
@@ -200,9 +201,11 @@ class OpenCSPairScorer(Scorer):
         unit_scores = np.full(units.shape, np.nan)
         n = len(rows)
         status = np.full(n, "not paired", dtype=object)
+        retry: set[int] = set()                                   # rows of transiently failed pairs
         for j, (u, res) in enumerate(zip(units.tolist(), results)):
             if res.text is None:
                 status[u] = f"failed: {res.error}"
+                retry.update(u if res.transient else ())
                 continue
             unit_scores[j] = parse_pair_scores(res.text)[: units.shape[1]]
             for i, v in zip(u, unit_scores[j]):
@@ -215,5 +218,6 @@ class OpenCSPairScorer(Scorer):
                     if np.isfinite(v):
                         per_row[i][str(cid)] = float(v)
         mean = np.array([np.mean(list(d.values())) if d else np.nan for d in per_row])
+        self.transient_failures += len(retry)                    # not final: the pool is not cached
         return {"opencs_score": mean, "opencs_cluster_scores": np.array([json.dumps(d) for d in per_row]),
                 "pair_status": status.astype(str)}
