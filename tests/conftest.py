@@ -77,3 +77,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def hub_calls(monkeypatch):
+    """``datasets.load_dataset`` replaced by an unreachable hub that records the names asked of it."""
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def unreachable(name, split=None):
+        calls.append(name)
+        raise ConnectionError("Couldn't reach 'huggingface.co'")
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    return calls

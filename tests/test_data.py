@@ -379,14 +379,8 @@ def test_top_level_object_and_json_lines_named_json(tmp_path):
     assert "obj.json, line 1" in msg and "read as JSON Lines" in msg
 
 
-def test_missing_file_and_unreachable_hub(tmp_path, monkeypatch):
-    datasets = pytest.importorskip("datasets")
-    calls = []
-
-    def offline(name, split=None):
-        calls.append(name)
-        raise ConnectionError("Couldn't reach 'huggingface.co'")
-    monkeypatch.setattr(datasets, "load_dataset", offline)
+def test_missing_file_and_unreachable_hub(tmp_path, monkeypatch, hub_calls):
+    calls = hub_calls
     assert "file not found" in error_of(tmp_path / "nope.json")
     assert "file not found" in error_of("data/train.json")
     assert calls == []

@@ -229,14 +229,8 @@ def test_symlink_loop_and_dangling_link(tmp_path, capsys):
     assert f"is a symbolic link to '{tmp_path / 'gone.jsonl'}', which does not exist" in one_error(capsys)
 
 
-def test_missing_local_path_is_never_sent_to_the_hub(tmp_path, capsys, monkeypatch):
-    datasets = pytest.importorskip("datasets")
-    calls = []
-
-    def hub(name, split=None):
-        calls.append(name)
-        raise ConnectionError("Couldn't reach 'huggingface.co'")
-    monkeypatch.setattr(datasets, "load_dataset", hub)
+def test_missing_local_path_is_never_sent_to_the_hub(tmp_path, capsys, monkeypatch, hub_calls):
+    calls = hub_calls
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     for path in ("data/train", "a/b/c", "./train", "~/train", "train.jsonl", "owner/train.parquet"):
