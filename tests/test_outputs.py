@@ -138,3 +138,117 @@ def test_select_refuses_a_folder_a_users_file_and_an_unknown_suffix(scored, caps
         assert rc == 2 and len(err) == 1, err
         assert ".json" in err[0] and ".jsonl" in err[0] and ".parquet" in err[0]
         assert not (tmp_path / "elsewhere" / name).exists()
+
+
+# ------------------------------------------------------------------------------------ merge
+from thresher.engine.outputs import MARKER, atomic_dir, claim_output_dir, read_marker  # noqa: E402
+from thresher.errors import ConfigError  # noqa: E402
+
+
+def _fake_lora_run(path):
+    """Enough of a finished LoRA training run for merge's checks, which all come before any work."""
+    (path / "final").mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"config": {"lora": True, "model": "bundled"},
+                                                  "model": "bundled"}), encoding="utf-8")
+    (path / "final" / "adapter_config.json").write_text("{}", encoding="utf-8")
+    (path / "train_ids.json").write_text(json.dumps({"ids": ["a"]}), encoding="utf-8")
+    return path
+
+
+def test_merge_never_replaces_a_users_folder_nor_the_current_directory(tmp_path, capsys, monkeypatch):
+    a, b = _fake_lora_run(tmp_path / "runA"), _fake_lora_run(tmp_path / "runB")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("years of work", encoding="utf-8")
+    rc, err = _main(capsys, "merge", a, b, "--out", victim)
+    assert rc == 2 and len(err) == 1 and "thesis.tex" in err[0] and "never replaces" in err[0]
+    assert sorted(p.name for p in victim.iterdir()) == ["thesis.tex"]
+    assert (victim / "thesis.tex").read_text(encoding="utf-8") == "years of work"
+
+    monkeypatch.chdir(victim)
+    rc, err = _main(capsys, "merge", a, b, "--out", ".")
+    assert rc == 2 and len(err) == 1 and "current directory" in err[0]
+    assert sorted(p.name for p in victim.iterdir()) == ["thesis.tex"]
+
+
+def test_atomic_dir_replaces_only_its_own_kind_and_keeps_it_on_failure(tmp_path):
+    out = tmp_path / "m"
+    with atomic_dir(out, "merge") as tmp:
+        (tmp / "a.txt").write_text("1", encoding="utf-8")
+    assert read_marker(out)["kind"] == "merge" and (out / "a.txt").read_text(encoding="utf-8") == "1"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out, "merge") as tmp:
+            (tmp / "a.txt").write_text("half", encoding="utf-8")
+            raise RuntimeError("killed mid-write")
+    assert (out / "a.txt").read_text(encoding="utf-8") == "1"            # the earlier output is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]           # no temporary folder left behind
+    with atomic_dir(out, "merge") as tmp:
+        (tmp / "b.txt").write_text("2", encoding="utf-8")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "b.txt"]
+    with pytest.raises(ConfigError, match="holds a thresher merge output, not a export output"):
+        with atomic_dir(out, "export"):
+            pass
+    assert (out / "b.txt").is_file()
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="input"):
+        claim_output_dir(tmp_path, "merge", inputs=[data])
+    with pytest.raises(ConfigError, match="input"):
+        claim_output_dir(data, "merge", inputs=[data])
+
+
+# ------------------------------------------------------------------------------------ train and eval
+@pytest.fixture()
+def data_dir(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    data = work / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ALPACA[:4]), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    return data
+
+
+def test_train_refuses_a_users_folder_the_data_and_its_folder(data_dir, capsys, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine", encoding="utf-8")
+    before = data_dir.read_bytes()
+    for out, words in ((victim, "keep.txt"), (data_dir, "input"), (data_dir.parent, "input"),
+                       (".", "current directory")):
+        rc, err = _main(capsys, "train", data_dir, "--out", out, "--max-steps", 1, "--cpu-small")
+        assert rc == 2 and len(err) == 1 and words in err[0], (out, err)
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+    assert data_dir.read_bytes() == before and sorted(p.name for p in data_dir.parent.iterdir()) == ["data.jsonl"]
+
+
+def test_eval_refuses_a_users_folder_and_the_questions_folder(data_dir, capsys, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine", encoding="utf-8")
+    rc, err = _main(capsys, "eval", "bundled", "--out", victim)
+    assert rc == 2 and len(err) == 1 and "keep.txt" in err[0], err
+    rc, err = _main(capsys, "eval", "bundled", "--bench", data_dir, "--out", data_dir.parent)
+    assert rc == 2 and len(err) == 1 and "input" in err[0], err
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in data_dir.parent.iterdir()) == ["data.jsonl"]
+
+
+def test_runs_written_before_markers_are_still_resumed(tmp_path):
+    from thresher.evaluation.run import _claim_eval_dir
+    from thresher.training.sft import _claim_run_dir
+
+    train_run, eval_run, other = tmp_path / "t", tmp_path / "e", tmp_path / "u"
+    for folder, files in ((train_run, ("config.json", "train_ids.json")), (eval_run, ("report.json",)),
+                          (other, ("config.json",))):
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text("{}", encoding="utf-8")
+    _claim_run_dir(train_run, [])
+    _claim_eval_dir(eval_run, [])
+    assert read_marker(train_run)["kind"] == "train" and read_marker(eval_run)["kind"] == "eval"
+    _claim_run_dir(train_run, [])                                         # and again: its own folder
+    with pytest.raises(ConfigError, match="holds a thresher train output, not a eval output"):
+        _claim_eval_dir(train_run, [])
+    with pytest.raises(ConfigError, match="did not write"):
+        _claim_run_dir(other, [])                      # a config.json alone is not a training run
+    assert read_marker(other) is None
