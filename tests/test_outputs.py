@@ -252,3 +252,60 @@ def test_runs_written_before_markers_are_still_resumed(tmp_path):
     with pytest.raises(ConfigError, match="did not write"):
         _claim_run_dir(other, [])                      # a config.json alone is not a training run
     assert read_marker(other) is None
+
+
+# ------------------------------------------------------------------------------------ data fingerprints
+def test_data_fingerprint_of_files_large_files_and_folders(tmp_path, monkeypatch):
+    import hashlib
+
+    import thresher.data.fingerprint as fpm
+
+    f = tmp_path / "d.jsonl"
+    f.write_bytes(b"0123456789" * 10)
+    fp = data_fingerprint(f)
+    assert fp["abs_path"] == str(f.resolve()) and fp["kind"] == "file" and fp["size"] == 100
+    assert fp["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest() and fp["hashed"] == "full"
+    assert data_fingerprint(tmp_path / "org/name") is None                # a hub name: nothing on disk
+
+    monkeypatch.setattr(fpm, "FULL_HASH_LIMIT", 50)
+    monkeypatch.setattr(fpm, "_PART", 20)
+    big = data_fingerprint(f)
+    data = f.read_bytes()
+    assert big["hashed"] == "head+tail+size"
+    assert big["sha256"] == hashlib.sha256(data[:20] + data[-20:] + b"100").hexdigest()
+    f.write_bytes(data[:50] + b"X" + data[51:])                           # the middle: not seen, documented
+    assert data_fingerprint(f)["sha256"] == big["sha256"]
+    f.write_bytes(data[:-1] + b"X")
+    assert data_fingerprint(f)["sha256"] != big["sha256"]
+
+    d = tmp_path / "hf"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.arrow").write_bytes(b"abc")
+    (d / "sub" / "b.json").write_bytes(b"{}")
+    one = data_fingerprint(d)
+    assert one["kind"] == "dir" and one["size"] == 5 and one["hashed"] == "listing"
+    assert data_fingerprint(d) == one
+    (d / "a.arrow").write_bytes(b"abcd")
+    assert data_fingerprint(d)["sha256"] != one["sha256"]
+
+
+def test_select_on_an_old_manifest_resolves_against_its_recorded_cwd(scored, capsys, tmp_path):
+    run, data = scored
+    man_path = run / "manifest.json"
+    manifest = json.loads(man_path.read_text(encoding="utf-8"))
+    del manifest["data"]["abs_path"], manifest["data"]["fingerprint"]
+    man_path.write_text(json.dumps(manifest), encoding="utf-8")
+    rc, err = _select(capsys, run, "a.jsonl")                 # as before: relative to the current directory
+    assert rc == 2 and len(err) == 1 and "data.jsonl" in err[0]
+    manifest["data"]["cwd"] = str(data.parent)
+    man_path.write_text(json.dumps(manifest), encoding="utf-8")
+    rc, err = _select(capsys, run, "a.jsonl")
+    assert rc == 0, err
+    assert len((tmp_path / "elsewhere" / "a.jsonl").read_text(encoding="utf-8").splitlines()) == 3
+
+
+def test_select_names_a_moved_data_file(scored, capsys):
+    run, data = scored
+    data.rename(data.with_name("moved.jsonl"))
+    rc, err = _select(capsys, run, "sel.jsonl")
+    assert rc == 2 and len(err) == 1 and "moved or deleted" in err[0] and str(data) in err[0]
