@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from thresher.config import build
+from thresher.engine.io import atomic_path
 from thresher.engine.outputs import claim_output_dir, read_marker, refuse_special, write_marker
 from thresher.errors import ConfigError, DataError
 from thresher.evaluation.answers import MTBENCH_TEMPERATURES, generate_answers
@@ -152,10 +153,8 @@ def _plain(x):
 
 def _write_json(path: Path, obj) -> None:
     """Write ``obj`` as strict JSON, atomically (a temporary file replaced in one step)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_plain(obj), indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_plain(obj), indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------ evaluate
