@@ -146,11 +146,13 @@ from thresher.errors import ConfigError  # noqa: E402
 
 
 def _fake_lora_run(path):
-    """Enough of a finished LoRA training run for merge's checks, which all come before any work."""
+    """Enough of a finished LoRA training run for merge's checks, which come before any weight is read."""
     (path / "final").mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"config": {"lora": True, "model": "bundled"},
                                                   "model": "bundled"}), encoding="utf-8")
-    (path / "final" / "adapter_config.json").write_text("{}", encoding="utf-8")
+    (path / "final" / "adapter_config.json").write_text(json.dumps(
+        {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "base_model_name_or_path": "bundled"}),
+        encoding="utf-8")
     (path / "train_ids.json").write_text(json.dumps({"ids": ["a"]}), encoding="utf-8")
     return path
 
