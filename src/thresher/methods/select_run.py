@@ -48,10 +48,13 @@ def data_path(run: Path, data: dict) -> str:
     recorded = str(data["path"])
     if recorded in _BUNDLED:
         return recorded
-    path = data.get("abs_path") or recorded
-    if not data.get("abs_path") and data.get("cwd") and not Path(recorded).is_absolute():
+    fp, abs_path = data.get("fingerprint"), data.get("abs_path")
+    if abs_path and (isinstance(fp, dict) or Path(abs_path).exists()):   # not for a hub name: nothing on disk
+        path = abs_path
+    elif data.get("cwd") and not Path(recorded).is_absolute() and (Path(data["cwd"]) / recorded).exists():
         path = str(Path(data["cwd"]) / recorded)
-    fp = data.get("fingerprint")
+    else:
+        path = recorded
     if isinstance(fp, dict):
         if not Path(path).exists():
             raise ConfigError(f"The data {recorded!r} that {run} was scored on is no longer at {path}: it was "
