@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from thresher.config import build
+from thresher.engine.io import atomic_path
+from thresher.engine.outputs import claim_output_dir, read_marker, refuse_special, write_marker
 from thresher.errors import ConfigError, DataError
 from thresher.evaluation.answers import MTBENCH_TEMPERATURES, generate_answers
 from thresher.evaluation.judging import grade_single, judge_accuracy, judge_pairwise
@@ -151,13 +153,21 @@ def _plain(x):
 
 def _write_json(path: Path, obj) -> None:
     """Write ``obj`` as strict JSON, atomically (a temporary file replaced in one step)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_plain(obj), indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_plain(obj), indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------ evaluate
+def _claim_eval_dir(out: Path, inputs) -> None:
+    """Make ``out`` an evaluation folder before any work (engine.outputs): a new or empty folder, or an
+    earlier evaluation (resumed); never a user's folder, a model or the questions file."""
+    refuse_special(out, "--out", inputs)
+    legacy = (out / "report.json").is_file() or (out / "answers" / "candidate.jsonl").is_file()
+    if read_marker(out) is None and legacy:
+        write_marker(out, "eval")          # an evaluation written before output folders were marked
+    claim_output_dir(out, "eval", inputs=inputs)
+
+
 def evaluate(model, *, against=None, bench: str = "mt-bench", judge: dict | None = None, out,
              questions=None, max_new_tokens: int = 1024, temperature=0.0, system: str | None = None,
              judge_max_tokens: int = 2048, single: bool = True, pairwise: bool | None = None,
@@ -186,6 +196,8 @@ def evaluate(model, *, against=None, bench: str = "mt-bench", judge: dict | None
     if pairwise and against is None:
         raise ConfigError("Pairwise evaluation needs a baseline model: set 'against' (--against).")
     is_mtbench = bench == "mt-bench"
+    _claim_eval_dir(out, [x for x in (model, against, judge.get("model") if isinstance(judge, dict) else None,
+                                      None if is_mtbench else bench) if isinstance(x, (str, os.PathLike))])
     if single and not is_mtbench:
         log.info("single grading uses MT-Bench's judge prompts; applied to %s as well", bench)
     qs = pick_questions(load_mtbench(reference_model) if is_mtbench else load_questions(bench), questions)

@@ -19,6 +19,7 @@ the server merges the clients' LoRA adapters (CLUES step 5; thresher.training.me
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,25 @@ from thresher.methods.select import SelectConfig, check_params
 
 log = logging.getLogger(__name__)
 PACKAGED = Path(__file__).resolve().parent.parent / "recipes"
+# Stage names (and client names) name folders inside --out: one plain path component, never a path.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def is_safe_name(name) -> bool:
+    """True when ``name`` may name a folder inside an output: it matches ``NAME_PATTERN`` (a letter or
+    digit, then up to 63 letters, digits, ``_``, ``.`` or ``-``) and holds no ``..``."""
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None and ".." not in name
+
+
+def safe_name(text, default: str = "client") -> str:
+    """A folder name made from ``text`` (e.g. a --clients file's stem) that ``is_safe_name`` accepts:
+    runs of other characters become ``_``, runs of dots one dot, leading ``._-`` are dropped, at most 64
+    characters; ``default`` when nothing is left. Different texts may give the same name: callers that
+    need distinct names make them unique themselves."""
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text))
+    s = re.sub(r"\.{2,}", ".", s).lstrip("._-")[:64]
+    return s if is_safe_name(s) else default
 
 
 @dataclass
@@ -191,6 +211,9 @@ def _stage(raw, i, recipe: Recipe, where: str, earlier: list[ResolvedStage]) -> 
         raise ConfigError(f"{owner} must be a mapping with name and score/select, or name and train.")
     st = build(StageConfig, raw, owner)
     name = st.name or f"stage{i}"
+    if not is_safe_name(name):
+        raise ConfigError(f"{owner}: stage name {name!r} is not allowed: stage names name folders inside --out, "
+                          f"so they must match {NAME_PATTERN} and hold no '..' (e.g. 'score', 'stage-2').")
     if name in {e.name for e in earlier}:
         raise ConfigError(f"{owner}: stage name {name!r} is used twice; stage names name output folders.")
     model = _model_ref(st.model or recipe.model, earlier, owner)

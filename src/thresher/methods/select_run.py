@@ -7,13 +7,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from thresher.data.fingerprint import data_fingerprint, same_data
 from thresher.data.readers import write_records
 from thresher.engine.io import atomic_path, write_json
 from thresher.engine.manifest import base_manifest
+from thresher.engine.outputs import check_output_file
 from thresher.errors import ConfigError
 from thresher.methods.recipe import DataConfig
 from thresher.methods.run import load_data
 from thresher.methods.select import SelectConfig, apply_selector, check_params
+
+# What `thresher select --out` writes, by the file name's suffix; anything else is refused, never guessed.
+OUT_SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+_BUNDLED = ("bundled:sharegpt", "sharegpt")
 
 # Candidate filters a scorer's main column gets unless the user says otherwise (printed, never silent).
 DEFAULT_WHERE = {"ifd": {"ifd": {"lt": 1.0}}}
@@ -29,11 +35,44 @@ def _read_run(run: Path):
     return manifest, pd.read_parquet(scores_path)
 
 
+def _check_out_suffix(out: Path) -> None:
+    if out.suffix.lower() not in OUT_SUFFIXES:
+        raise ConfigError(f"--out {str(out)!r}: the file name must end in .json, .jsonl or .parquet (the format "
+                          f"of the selected records); got {out.suffix or 'no suffix'!r}.")
+
+
+def data_path(run: Path, data: dict) -> str:
+    """Where the data ``run`` was scored on is now: the absolute path ``score`` recorded (``abs_path``), or
+    for older runs the recorded path against the directory score ran in (``cwd``, when recorded) or the
+    current one. ConfigError when the recorded file is gone or its content changed (``fingerprint``)."""
+    recorded = str(data["path"])
+    if recorded in _BUNDLED:
+        return recorded
+    fp, abs_path = data.get("fingerprint"), data.get("abs_path")
+    if abs_path and (isinstance(fp, dict) or Path(abs_path).exists()):   # not for a hub name: nothing on disk
+        path = abs_path
+    elif data.get("cwd") and not Path(recorded).is_absolute() and (Path(data["cwd"]) / recorded).exists():
+        path = str(Path(data["cwd"]) / recorded)
+    else:
+        path = recorded
+    if isinstance(fp, dict):
+        if not Path(path).exists():
+            raise ConfigError(f"The data {recorded!r} that {run} was scored on is no longer at {path}: it was "
+                              "moved or deleted. Put it back, or re-run `thresher score` on the data's new place.")
+        if not same_data(fp, data_fingerprint(path)):
+            raise ConfigError(f"The data at {path} no longer matches the scores in {run} (its content changed "
+                              "since scoring). Re-run `thresher score`.")
+    return path
+
+
 def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=None, ratio=None, of="all",
                     higher_is_better=None, where=None, params=None, argv=None) -> dict:
     from thresher.cli import parse_where
 
     manifest, scores = _read_run(run)
+    data = dict(manifest["data"], path=data_path(run, manifest["data"]))
+    check_output_file(out, inputs=(data["path"], run / "scores.parquet", run / "manifest.json"))
+    _check_out_suffix(out)
     last = manifest["stages"][-1]
     info = last["scorers"][-1] if last["scorers"] else {}   # the stage's result is its last scorer
     main = info.get("main_column")
@@ -66,9 +105,9 @@ def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=No
     cfg.check("thresher select")
     check_params(cfg, "thresher select")
     idx = apply_selector(cfg, scores, default_column=main, higher_is_better=info.get("higher_is_better"))
-    ds = load_data(DataConfig(**{k_: v for k_, v in manifest["data"].items() if k_ in DataConfig.__dataclass_fields__}))
+    ds = load_data(DataConfig(**{k_: v for k_, v in data.items() if k_ in DataConfig.__dataclass_fields__}))
     if list(ds.ids) != list(scores["id"]):
-        raise ConfigError(f"The data at {manifest['data']['path']} no longer matches the scores in {run} "
+        raise ConfigError(f"The data at {data['path']} no longer matches the scores in {run} "
                           "(ids differ): it changed since scoring. Re-run `thresher score`.")
     write_records(ds, idx, out)
     with atomic_path(out.with_name(out.name + ".ids.txt")) as tmp:

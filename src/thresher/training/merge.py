@@ -103,9 +103,9 @@ def merge_runs(run_dirs, out, *, method: str = "ties", density: float = 0.2, wei
     runs = [_read_run(d) for d in run_dirs]
     if len(runs) < 2:
         raise ConfigError(f"merge_runs needs at least 2 run directories. Got {len(runs)}.")
-    out = _check_out(out, runs)
     _check_compatible(runs, method)
     w = _resolve_weights(weights, runs, method)
+    out = _check_out(out, runs)               # after the checks of the runs: a refused merge creates no folder
     states = [load_file(str(r.final / ADAPTER_WEIGHTS)) for r in runs]
     _check_keys(runs, states)
     merged = merge_states(states, w, method=method, density=density, scalings=[r.scaling for r in runs])

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from thresher.engine.io import write_json
 from thresher.engine.manifest import base_manifest
+from thresher.engine.outputs import claim_output_dir, read_marker, refuse_special, write_marker
 from thresher.errors import ConfigError
 from thresher.training.checkpoints import list_checkpoints
 from thresher.training.config import TrainConfig, resolve_config
@@ -91,6 +92,7 @@ def train(data, *, out, preset: str | None = None, cpu_small: bool = False, mode
     overrides = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
     cfg = resolve_config(preset, overrides, cpu_small=cpu_small)
     out = Path(out)
+    _claim_run_dir(out, [x for x in (data, cfg.model) if isinstance(x, (str, os.PathLike))])
     table = _load_table(data, load_options)
     if ids is not None:
         table = _restrict(table, ids)
@@ -135,6 +137,15 @@ def train(data, *, out, preset: str | None = None, cpu_small: bool = False, mode
 
 
 # ----------------------------------------------------------------------------------- data and run dir
+def _claim_run_dir(out: Path, inputs) -> None:
+    """Make ``out`` a training run folder before any work (engine.outputs): a new or empty folder, or an
+    earlier training run (resumed); never a user's folder, the data, the model or a folder holding them."""
+    refuse_special(out, "--out", inputs)
+    if read_marker(out) is None and (out / "config.json").is_file() and (out / "train_ids.json").is_file():
+        write_marker(out, "train")         # a training run written before output folders were marked
+    claim_output_dir(out, "train", inputs=inputs)
+
+
 def _load_table(data, load_options):
     from thresher.data.table import Dataset
     if isinstance(data, Dataset):
