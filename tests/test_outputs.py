@@ -295,7 +295,8 @@ def test_select_on_an_old_manifest_resolves_against_its_recorded_cwd(scored, cap
     run, data = scored
     man_path = run / "manifest.json"
     manifest = json.loads(man_path.read_text(encoding="utf-8"))
-    del manifest["data"]["abs_path"], manifest["data"]["fingerprint"]
+    for key in ("abs_path", "fingerprint", "cwd"):       # a manifest from before these were recorded
+        manifest["data"].pop(key, None)
     man_path.write_text(json.dumps(manifest), encoding="utf-8")
     rc, err = _select(capsys, run, "a.jsonl")                 # as before: relative to the current directory
     assert rc == 2 and len(err) == 1 and "data.jsonl" in err[0]

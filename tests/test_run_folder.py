@@ -112,3 +112,16 @@ def test_user_folder_input_and_cwd_are_refused_as_run_outputs(tmp_path, capsys, 
     errs = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("thresher: error:")]
     assert len(errs) == 3 and "did not write (notes.txt)" in errs[0] and "current directory" in errs[2]
     assert (tmp_path / "a.json").exists()
+
+
+def test_select_that_keeps_nothing_warns_and_strict_fails(tmp_path, capsys):
+    alpaca, _ = _data(tmp_path)
+    out = tmp_path / "run"
+    assert _run(alpaca, out) == 0
+    capsys.readouterr()
+    sel = tmp_path / "sel.jsonl"
+    assert main(["select", str(out), "--top-ratio", "0.1", "--out", str(sel)]) == 0
+    assert "warning: the selection (top_k on resp_tokens) kept 0 of 8 rows" in capsys.readouterr().out
+    assert json.loads((tmp_path / "sel.jsonl.manifest.json").read_text())["warnings"]
+    assert main(["select", str(out), "--top-ratio", "0.1", "--out", str(tmp_path / "s2.jsonl"), "--strict"]) == 2
+    assert not (tmp_path / "s2.jsonl").exists()

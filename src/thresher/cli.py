@@ -193,7 +193,7 @@ def cmd_select(args) -> int:
     result = select_from_run(Path(args.run), Path(args.out), selector=args.selector, column=args.column,
                              k=args.top_k, ratio=args.top_ratio, of=args.ratio_of,
                              higher_is_better=args.higher_is_better, where=args.where,
-                             params=_kv(args.param, "--param"), argv=_argv(args))
+                             params=_kv(args.param, "--param"), argv=_argv(args), strict=args.strict)
     print(result["message"])
     return 0
 
@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", action="append", metavar="COND",
                    help="candidate filter like 'ifd<1' (repeatable), or 'none'")
     p.add_argument("--selector", default="top_k", help="selector name (see `thresher ls selectors`); default top_k")
+    p.add_argument("--strict", action="store_true", help="a selection that keeps no row is an error (exit 2)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="other selector parameters")
     p.set_defaults(func=cmd_select)
 

@@ -35,7 +35,7 @@ from thresher.engine.manifest import base_manifest
 from thresher.engine.outputs import finish_run_folder
 from thresher.errors import ConfigError
 from thresher.selection.clients import global_threshold, select_above, selection_metrics
-from thresher.methods.recipe import DataConfig, Recipe, ResolvedStage
+from thresher.methods.recipe import DataConfig, Recipe, ResolvedStage, safe_name
 
 RULE_PARAMS = {"rule", "q"}
 
@@ -175,7 +175,7 @@ def client_names(paths: list[str]) -> list[str]:
     """Folder names of the clients: file stems, made unique with a counter."""
     names, seen = [], {}
     for p in paths:
-        stem = Path(p).name.split(".")[0] or "client"
+        stem = safe_name(Path(p).name.split(".")[0])
         seen[stem] = seen.get(stem, 0) + 1
         names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
     return names
@@ -183,7 +183,7 @@ def client_names(paths: list[str]) -> list[str]:
 
 def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
                 argv=None, raw_recipe: dict | None = None, cache_root=None) -> dict:
-    from thresher.methods.run import load_data, run_stages
+    from thresher.methods.run import data_record, load_data, run_stages
 
     t0 = time.perf_counter()
     if stages[-1].is_train or stages[-1].select is None or stages[-1].select.selector != "global_threshold":
@@ -195,8 +195,7 @@ def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage
     for name, path in zip(client_names(recipe.clients), recipe.clients):
         ds = load_data(DataConfig(**{**asdict(data_cfg), "path": path, "limit": data_cfg.limit}))
         c_dir = out / "clients" / name
-        c_man = {"data": {**asdict(data_cfg), "path": path, "report": ds.report.as_dict(), "rows": len(ds)},
-                 "stages": []}
+        c_man = {"data": data_record(DataConfig(**{**asdict(data_cfg), "path": path}), ds), "stages": []}
         c_sum = {"recipe": recipe.name, "client": name, "rows": len(ds), "load": ds.report.as_dict(), "stages": []}
         p = run_stages(ds, recipe, stages, c_dir, c_man, c_sum, cache_root=cache_root, argv=argv)
         p.name = name

@@ -12,6 +12,7 @@ Layout of ``out``:
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict, replace
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from thresher.data.fingerprint import data_fingerprint
 from thresher.data.readers import bundled_sharegpt_path, load, write_records
 from thresher.data.table import Dataset
 from thresher.engine.io import write_json, write_parquet, atomic_path
@@ -34,6 +36,18 @@ from thresher.scoring.base import ModelContext
 
 log = logging.getLogger(__name__)
 _EXT = {"json": ".json", "jsonl": ".jsonl", "parquet": ".parquet", "hf": ".jsonl"}
+
+
+def data_record(cfg: DataConfig, ds: Dataset) -> dict:
+    """The manifest's record of the data a run read: its config, load report, the directory the run
+    started in, and (for data on disk) the absolute path and a content fingerprint, which `thresher
+    select` uses to find and check the data from any directory."""
+    path = bundled_sharegpt_path() if cfg.path in ("bundled:sharegpt", "sharegpt") else cfg.path
+    rec = {**asdict(cfg), "report": ds.report.as_dict(), "rows": len(ds), "cwd": os.getcwd()}
+    fp = data_fingerprint(path)
+    if fp is not None:
+        rec.update(abs_path=fp["abs_path"], fingerprint=fp)
+    return rec
 
 
 def load_data(cfg: DataConfig) -> Dataset:
@@ -93,7 +107,7 @@ def _run_one(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], 
     t0 = time.perf_counter()
     ds = load_data(data_cfg)
     manifest = {**base_manifest(argv), "recipe": raw_recipe or asdict(recipe), "seed": recipe.seed,
-                "data": {**asdict(data_cfg), "report": ds.report.as_dict(), "rows": len(ds)}, "stages": []}
+                "data": data_record(data_cfg, ds), "stages": []}
     summary = {"recipe": recipe.name, "rows": len(ds), "load": ds.report.as_dict(), "stages": []}
     pending = run_stages(ds, recipe, stages, out, manifest, summary, cache_root=cache_root, argv=argv)
     summary["failed"] = failure_summary([summary], recipe.max_failed_ratio)

@@ -66,7 +66,7 @@ def data_path(run: Path, data: dict) -> str:
 
 
 def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=None, ratio=None, of="all",
-                    higher_is_better=None, where=None, params=None, argv=None) -> dict:
+                    higher_is_better=None, where=None, params=None, argv=None, strict: bool = False) -> dict:
     from thresher.cli import parse_where
 
     manifest, scores = _read_run(run)
@@ -105,6 +105,11 @@ def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=No
     cfg.check("thresher select")
     check_params(cfg, "thresher select")
     idx = apply_selector(cfg, scores, default_column=main, higher_is_better=info.get("higher_is_better"))
+    warnings: list[str] = []
+    if not len(idx):
+        from thresher.methods.run import empty_selection
+        empty_selection(f"the selection ({selector} on {column}) kept 0 of {len(scores)} rows", strict,
+                        {"warnings": warnings})
     ds = load_data(DataConfig(**{k_: v for k_, v in data.items() if k_ in DataConfig.__dataclass_fields__}))
     if list(ds.ids) != list(scores["id"]):
         raise ConfigError(f"The data at {data['path']} no longer matches the scores in {run} "
@@ -114,6 +119,7 @@ def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=No
         tmp.write_text("".join(f"{ds.ids[i]}\n" for i in idx), encoding="utf-8")
     write_json(out.with_name(out.name + ".manifest.json"),
                {**base_manifest(argv), "run": str(run), "select": {"selector": selector, "column": column, "params": p},
-                "selected": int(len(idx)), "rows": len(ds)})
+                "selected": int(len(idx)), "rows": len(ds), "warnings": warnings})
     msg = f"selected {len(idx)} of {len(ds)} rows by {selector} on {column}{filt_note} -> {out}"
+    msg += "".join(f"\nwarning: {w}" for w in warnings)
     return {"selected": int(len(idx)), "message": msg}
