@@ -52,7 +52,10 @@ def shard_files(cache: Path) -> list[Path]:
 
 
 def dot_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob(".*")]
+    """Hidden leftovers (temporary files): everything hidden but the output marker and the released lock."""
+    lock = root / ".thresher-lock"
+    assert not lock.exists() or lock.read_text() == "", "the run folder's lock is still held"
+    return [p for p in root.rglob(".*") if p.name not in (".thresher-output.json", ".thresher-lock")]
 
 
 def cache_stats(run: Path) -> dict:

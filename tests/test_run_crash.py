@@ -119,5 +119,5 @@ def test_kill_9_at_random_points_then_rerun_equals_an_uninterrupted_run(tmp_path
         assert sorted(got) == sorted(want), (frac, sorted(set(got) ^ set(want)))
         for name in want:
             assert got[name] == want[name], (frac, name, _diff(got[name], want[name]))
-        assert not list(run.rglob("*.tmp")) and not (run / ".thresher-lock").exists()
+        assert not list(run.rglob("*.tmp")) and (run / ".thresher-lock").read_text() == ""   # released
     assert kills >= 2, f"the run finished before {3 - kills} of the kill points ({full:.1f} s)"
