@@ -155,6 +155,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def read_json_object(path) -> dict | None:
+    """The JSON object (dict) stored at ``path``; None when the file is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def write_json(path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")

@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from thresher.engine.io import write_json
+from thresher.engine.io import read_json_object, write_json
 from thresher.errors import ConfigError
 
 MARKER = ".thresher-output.json"
@@ -65,11 +65,8 @@ def refuse_special(path, what: str, inputs=()) -> Path:
 
 def read_marker(folder) -> dict | None:
     """The output marker of ``folder`` (None when it has none or it is unreadable)."""
-    try:
-        data = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("kind"), str) else None
+    data = read_json_object(Path(folder) / MARKER)
+    return data if data is not None and isinstance(data.get("kind"), str) else None
 
 
 def may_replace(folder, kind: str) -> bool:
@@ -158,14 +155,6 @@ _SELECTED = ("selected_ids.txt", "selected.json", "selected.jsonl", "selected.pa
 _TRAIN_RECORD = "train_ids.json"            # a training stage's folder (thresher.training.sft)
 
 
-def _lock_holder(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 @contextmanager
 def output_lock(folder):
     """Hold an exclusive lock on ``folder/.thresher-lock`` for the duration; ConfigError when another
@@ -181,7 +170,7 @@ def output_lock(folder):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        h = _lock_holder(path)
+        h = read_json_object(path) or {}
         raise ConfigError(f"Another thresher run (pid {h.get('pid', '?')} on {h.get('host', '?')}, started "
                           f"{h.get('started', '?')}) is writing into {folder}. Wait for it to finish or choose "
                           "another --out.") from None

@@ -22,13 +22,12 @@ kernel sets ctime); ``stats["hashed_files"]`` counts the files hashed.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from thresher.engine.io import write_json
+from thresher.engine.io import read_json_object, write_json
 from thresher.errors import ConfigError
 from thresher.models import bundled
 
@@ -119,7 +118,7 @@ def folder_sha256(folder) -> str:
 def files_sha256(files) -> dict[str, str]:
     """{absolute path: SHA-256} of ``files``, read from the side cache while a file is unchanged."""
     side_path = bundled.cache_dir() / SIDE_CACHE
-    side = _read_side(side_path)
+    side = read_json_object(side_path) or {}
     out, changed = {}, False
     for f in files:
         p = Path(f).resolve()
@@ -133,14 +132,6 @@ def files_sha256(files) -> dict[str, str]:
     if changed:
         write_json(side_path, {k: v for k, v in side.items() if Path(k).exists()})
     return out
-
-
-def _read_side(path: Path) -> dict:
-    try:
-        side = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return side if isinstance(side, dict) else {}
 
 
 def _hash_file(path: Path, size: int) -> str:
