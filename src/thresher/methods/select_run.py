@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from thresher.data.fingerprint import data_fingerprint, same_data
-from thresher.data.readers import write_records
+from thresher.data.readers import BUNDLED_SHAREGPT, OUTPUT_SUFFIXES, write_records
 from thresher.engine.io import atomic_path, write_json
 from thresher.engine.manifest import base_manifest
 from thresher.engine.outputs import check_output_file
@@ -16,10 +16,6 @@ from thresher.errors import ConfigError
 from thresher.methods.recipe import DataConfig
 from thresher.methods.run import load_data
 from thresher.methods.select import SelectConfig, apply_selector, check_params
-
-# What `thresher select --out` writes, by the file name's suffix; anything else is refused, never guessed.
-OUT_SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-_BUNDLED = ("bundled:sharegpt", "sharegpt")
 
 # Candidate filters a scorer's main column gets unless the user says otherwise (printed, never silent).
 DEFAULT_WHERE = {"ifd": {"ifd": {"lt": 1.0}}}
@@ -36,7 +32,7 @@ def _read_run(run: Path):
 
 
 def _check_out_suffix(out: Path) -> None:
-    if out.suffix.lower() not in OUT_SUFFIXES:
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:        # refused, never guessed from the input
         raise ConfigError(f"--out {str(out)!r}: the file name must end in .json, .jsonl or .parquet (the format "
                           f"of the selected records); got {out.suffix or 'no suffix'!r}.")
 
@@ -46,7 +42,7 @@ def data_path(run: Path, data: dict) -> str:
     for older runs the recorded path against the directory score ran in (``cwd``, when recorded) or the
     current one. ConfigError when the recorded file is gone or its content changed (``fingerprint``)."""
     recorded = str(data["path"])
-    if recorded in _BUNDLED:
+    if recorded in BUNDLED_SHAREGPT:
         return recorded
     fp, abs_path = data.get("fingerprint"), data.get("abs_path")
     if abs_path and (isinstance(fp, dict) or Path(abs_path).exists()):   # not for a hub name: nothing on disk
