@@ -32,7 +32,7 @@ from thresher.gradients import (GradientStore, RademacherProjector, adam_precond
                                 gradient_features, make_batch, select_parameters, trainer_param_order,
                                 write_store)
 from thresher.models.bundled import converted_model_dir
-from thresher.models.spans import OK, build_spans
+from thresher.data.spans import OK, build_spans
 
 
 def load_units(n: int, max_chars: int):

@@ -32,9 +32,9 @@ import torch
 from thresher.data import bundled_sharegpt_path, load, split_turns
 from thresher.data.templates import render
 from thresher.engine.scoring import score_dataset
-from thresher.models.spans import OK, build_spans
+from thresher.data.spans import OK, build_spans
 from thresher.scoring import make_scorer
-from thresher.scoring.base import ModelContext
+from thresher.models.context import ModelContext
 
 
 def matmul_peak(device, dtype, n=2048, reps=10) -> dict:

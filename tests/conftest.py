@@ -21,7 +21,7 @@ def cache_root():
 @pytest.fixture(scope="session")
 def ctx():
     """One ModelContext with the bundled SmolLM2 loaded, shared by every real-model test."""
-    from thresher.scoring.base import ModelContext
+    from thresher.models.context import ModelContext
 
     c = ModelContext("bundled", device="cpu", dtype="float32")
     c.lm().setup()

@@ -497,7 +497,7 @@ def test_trickled_body_stops_at_the_deadline():
 def test_http_to_a_non_loopback_host_is_refused_before_any_connection(monkeypatch):
     """Reproduction: http:// to a remote host sent the key unencrypted without a word. A proxy on loopback
     (the fake server) would see any request to 10.0.0.1, so 'no traffic' is observed, not assumed."""
-    from thresher.methods.recipe import check_recipe
+    from thresher.pipeline.recipe import check_recipe
 
     monkeypatch.setenv("THRESHER_TEST_KEY", SECRET)
     for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
@@ -568,7 +568,7 @@ def test_api_key_env_must_be_a_variable_name_and_a_pasted_key_is_not_echoed():
 
 
 def test_manifest_argv_is_scrubbed(monkeypatch):
-    from thresher.engine.manifest import base_manifest
+    from thresher.manifest import base_manifest
 
     monkeypatch.setenv("MY_JUDGE_VAR", "plainpassword123")             # not key-shaped: found by value
     argv = ["thresher", "score", "data/alpaca_2024.json", "--judge-api-key-env", "MY_JUDGE_VAR",

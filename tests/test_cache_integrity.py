@@ -23,9 +23,10 @@ import pandas as pd
 import pytest
 
 from thresher.data import load
-from thresher.engine.io import atomic_path
+from thresher.io import atomic_path
 from thresher.engine.scoring import score_dataset
-from thresher.scoring.base import ModelContext, Scorer
+from thresher.models.context import ModelContext
+from thresher.scoring.base import Scorer
 
 from samples import ALPACA
 
@@ -136,7 +137,7 @@ def test_shards_written_without_a_key_are_checked_by_ids_and_columns(tmp_path, d
 WRITER = """
 import sys, time
 from pathlib import Path
-from thresher.engine.io import atomic_path
+from thresher.io import atomic_path
 with atomic_path(Path(sys.argv[1]) / "abc.parquet") as tmp:
     tmp.write_bytes(b"partial")
     print(tmp, flush=True)
@@ -172,7 +173,7 @@ def test_a_killed_writers_tmp_file_is_removed_and_a_live_ones_kept(tmp_path, ds6
 
 
 def test_without_file_locks_stale_tmp_files_are_judged_by_pid_and_age(tmp_path, monkeypatch):
-    import thresher.engine.io as io
+    import thresher.io as io
 
     monkeypatch.setattr(io, "fcntl", None)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,

@@ -23,7 +23,7 @@ import yaml
 from thresher.cli import main
 from thresher.data import load
 from thresher.data.readers import bundled_sharegpt_path
-from thresher.methods.recipe import PACKAGED
+from thresher.pipeline.recipe import PACKAGED
 
 from samples import ALPACA   # 16 short real-style alpaca records shared by the tests
 

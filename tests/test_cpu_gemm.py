@@ -15,7 +15,7 @@ from thresher.data.templates import render
 from thresher.errors import ConfigError
 from thresher.models import cpu_gemm
 from thresher.models.hf import HFCausalLM
-from thresher.models.spans import OK, build_spans
+from thresher.data.spans import OK, build_spans
 
 needs_onednn = pytest.mark.skipif(not cpu_gemm.available(torch), reason="torch build without oneDNN linear kernels")
 

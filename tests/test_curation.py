@@ -1,4 +1,4 @@
-"""DS2 score curation (thresher.scoring.curation) and DS2 bucket selection (thresher.selection.ds2).
+"""DS2 score curation (thresher.algorithms.ds2_curation) and DS2 bucket selection (thresher.selection.ds2).
 
 METHODS.md 8.2 formula checks, hand-checked pieces of SimiFeat, parity of the HOC consensus with a
 naive loop, and recovery on synthetic clustered data whose true scores and rating noise are known.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from thresher.errors import ConfigError
-from thresher.scoring.curation import (
+from thresher.algorithms.ds2_curation import (
     _flag_per_class,
     _hoc_moments,
     _neighbour_votes,

@@ -26,7 +26,8 @@ import pytest
 from thresher.cli import main
 from thresher.data import load
 from thresher.engine.scoring import score_dataset
-from thresher.scoring.base import ModelContext, Scorer
+from thresher.models.context import ModelContext
+from thresher.scoring.base import Scorer
 
 from samples import ALPACA   # noqa: E402 (shared records; other tests import it from here too)
 N_ROWS, SHARD = len(ALPACA), 2

@@ -14,7 +14,7 @@ from thresher.data import load
 from thresher.engine.scoring import score_dataset
 from thresher.errors import ConfigError
 from thresher.scoring import make_scorer
-from thresher.scoring.base import ModelContext
+from thresher.models.context import ModelContext
 from test_engine import ALPACA
 
 
@@ -64,7 +64,7 @@ def test_missing_input_column_is_a_clear_error(ds16, ectx, tmp_path):
 
 
 def test_recipe_check_catches_a_scorer_before_its_inputs():
-    from thresher.methods.recipe import check_recipe
+    from thresher.pipeline.recipe import check_recipe
 
     stage = {"name": "s", "score": [{"scorer": "knn"}, {"scorer": "embedding"}],
              "select": {"selector": "top_k", "params": {"ratio": 0.1, "higher_is_better": True}}}

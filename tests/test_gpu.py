@@ -21,9 +21,9 @@ from thresher.data import load
 from thresher.data.templates import render
 from thresher.engine.scoring import score_dataset
 from thresher.models.hf import HFCausalLM
-from thresher.models.spans import OK, build_spans
+from thresher.data.spans import OK, build_spans
 from thresher.scoring import make_scorer
-from thresher.scoring.base import ModelContext
+from thresher.models.context import ModelContext
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

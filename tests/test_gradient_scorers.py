@@ -69,7 +69,7 @@ def naive(run_dir, files):
 
     from thresher.data.templates import render
     from thresher.models.bundled import converted_model_dir
-    from thresher.training.checkpoints import load_adam_moments
+    from thresher.models.checkpoints import load_adam_moments
 
     src = converted_model_dir()
     tok = AutoTokenizer.from_pretrained(src)
@@ -267,6 +267,6 @@ def test_model_identity_follows_checkpoint_content(ctx, run_dir, files, tmp_path
     k = next(iter(w))
     w[k] = w[k] + 1e-3
     save_file(w, str(adapter))                                # a retrained checkpoint: new identity
-    from thresher.training.checkpoints import mark_complete
+    from thresher.models.checkpoints import mark_complete
     mark_complete(adapter.parent)                             # ... marked complete, as the trainer does
     assert identity() != first and identity("last") == last

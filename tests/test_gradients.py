@@ -23,7 +23,7 @@ from thresher.gradients import (GradientStore, RademacherProjector, adam_precond
                                 gradient_features, less_scores, load_adapter, load_optimizer_state, lr_weights,
                                 make_batch, per_sample_grads, select_above, select_parameters, selection_metrics,
                                 trainer_param_order, write_gradient_store, write_store)
-from thresher.models.spans import build_spans
+from thresher.data.spans import build_spans
 
 PAIRS = [
     ("Give three tips for staying healthy.", "Eat a balanced diet, exercise regularly, and get enough sleep."),

@@ -11,9 +11,9 @@ from thresher.data.readers import split_turns
 from thresher.data.table import Dataset, LoadReport
 from thresher.data.templates import render
 from thresher.engine.scoring import score_dataset
-from thresher.models.spans import HEAD_CHARS_PER_TOKEN, HEAD_MARGIN, _head_cut, build_spans, encode_heads
+from thresher.data.spans import HEAD_CHARS_PER_TOKEN, HEAD_MARGIN, _head_cut, build_spans, encode_heads
 from thresher.scoring import make_scorer
-from thresher.scoring.base import ModelContext
+from thresher.models.context import ModelContext
 
 pytestmark = pytest.mark.slow
 

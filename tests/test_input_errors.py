@@ -155,7 +155,7 @@ def test_shard_size_in_a_recipe_and_in_the_library(tmp_path, capsys):
     assert "'shard_size'" in one_error(capsys)
     from thresher.engine.scoring import score_dataset
     from thresher.scoring import make_scorer
-    from thresher.scoring.base import ModelContext
+    from thresher.models.context import ModelContext
     with pytest.raises(ConfigError, match="'shard_size'.*Got -1"):
         score_dataset(load(write(tmp_path / "d.jsonl", GOOD)), make_scorer("random"), ModelContext("bundled"),
                       shard_size=-1, cache_root=tmp_path / "c")
@@ -247,7 +247,7 @@ def test_missing_local_path_is_never_sent_to_the_hub(tmp_path, capsys, monkeypat
 
 # --------------------------------------------------------------------------- bugs
 def test_internal_error_is_one_line_with_exit_1_and_the_traceback_only_with_v(tmp_path, capsys, monkeypatch):
-    import thresher.methods.run as run
+    import thresher.pipeline.run as run
 
     def broken(*a, **k):
         raise KeyError("boom")

@@ -57,7 +57,7 @@ def test_merged_export_scores_like_the_adapter_model(sharegpt_short, tmp_path, c
     """A LoRA run exported with export_merged loads as a plain model folder and gives the trained model's
     numbers: IFD from the merged folder equals IFD on the live PEFT model (which differs from the base)."""
     from thresher.models.hf import HFCausalLM
-    from thresher.scoring.base import ModelContext
+    from thresher.models.context import ModelContext
     from thresher.training import export_merged, train
 
     data = sharegpt_short.subset(range(8))

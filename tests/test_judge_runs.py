@@ -182,7 +182,7 @@ def test_opencs_recipe_through_api_judge(tmp_path):
     # Same normalised tags -> same label set ("Math calculation!" and "math calculations" stem alike).
     norm = {}
     for i, t in enumerate(tags):
-        from thresher.scoring.tags import normalise_tag
+        from thresher.algorithms.opencs_tags import normalise_tag
         key = tuple(sorted({normalise_tag(x) for x in t if x != "one-off tag"}))
         norm.setdefault(key, set()).add(sets[i])
     assert all(len(v) == 1 for v in norm.values())

@@ -1,4 +1,4 @@
-"""thresher.knn.knn against a deliberately naive numpy brute force (one query at a time, full
+"""thresher.algorithms.knn.knn against a deliberately naive numpy brute force (one query at a time, full
 stable sort), plus hand-checked tie cases. Milliseconds each."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from thresher.errors import ConfigError
-from thresher.knn import knn
+from thresher.algorithms.knn import knn
 
 
 def naive_knn(query, pool, k, exclude_self=False, duplicate=False):

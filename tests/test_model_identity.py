@@ -21,7 +21,7 @@ from thresher.errors import ConfigError
 from thresher.models import bundled, fingerprint
 from thresher.models.hf import HFCausalLM
 from thresher.scoring import make_scorer
-from thresher.scoring.base import ModelContext
+from thresher.models.context import ModelContext
 from tiny_model import save_tiny_llama
 
 COMMIT_A, COMMIT_B = "a" * 40, "b" * 40

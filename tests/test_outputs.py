@@ -9,7 +9,7 @@ import json
 import pytest
 
 from thresher import cli
-from thresher.methods.recipe import NAME_PATTERN, is_safe_name, safe_name
+from thresher.pipeline.recipe import NAME_PATTERN, is_safe_name, safe_name
 
 
 def _main(capsys, *argv):
@@ -141,7 +141,7 @@ def test_select_refuses_a_folder_a_users_file_and_an_unknown_suffix(scored, caps
 
 
 # ------------------------------------------------------------------------------------ merge
-from thresher.engine.outputs import MARKER, atomic_dir, claim_output_dir, read_marker  # noqa: E402
+from thresher.outputs import MARKER, atomic_dir, claim_output_dir, read_marker  # noqa: E402
 from thresher.errors import ConfigError  # noqa: E402
 
 

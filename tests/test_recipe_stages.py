@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from thresher.cli import main
 from thresher.errors import ConfigError
-from thresher.methods.recipe import check_recipe
+from thresher.pipeline.recipe import check_recipe
 
 from samples import ALPACA
 
@@ -71,7 +71,7 @@ def test_collaborate_validation_errors(stages, collab, message):
 
 
 def test_packaged_clues_recipe_collaborates_with_ties():
-    from thresher.methods.recipe import check_collaborate, load_recipe
+    from thresher.pipeline.recipe import check_collaborate, load_recipe
 
     recipe, _, stages = load_recipe("clues")
     tc, opts = check_collaborate(recipe.collaborate, stages, "clues")
@@ -87,8 +87,8 @@ def test_valid_training_stages_and_references():
 
 
 def test_train_rows_fraction_is_seeded_and_in_table_order():
-    from thresher.methods.recipe import TrainStageConfig
-    from thresher.methods.train_stage import train_rows
+    from thresher.pipeline.recipe import TrainStageConfig
+    from thresher.pipeline.train_stage import train_rows
 
     sel = {"s": np.array([9, 3, 7, 1, 5, 2, 8, 0, 4, 6])}
     assert train_rows(TrainStageConfig(rows="s"), 10, sel, "s").tolist() == [9, 3, 7, 1, 5, 2, 8, 0, 4, 6]
@@ -100,7 +100,7 @@ def test_train_rows_fraction_is_seeded_and_in_table_order():
 
 
 def test_target_reference_needs_target_files():
-    from thresher.methods.recipe import Recipe, resolve_refs
+    from thresher.pipeline.recipe import Recipe, resolve_refs
 
     r = Recipe(name="less", target=["/a.jsonl", "/b.jsonl"], anchor="/anc.jsonl")
     got = resolve_refs({"target": ["@target"], "v": "@anchor", "c": "@warm", "n": 3, "val": ["@validation"]},

@@ -81,7 +81,7 @@ def test_second_run_into_the_same_folder_is_refused_until_the_holder_dies(tmp_pa
     assert _run(alpaca, out) == 0
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from thresher.engine.outputs import output_lock
+        from thresher.outputs import output_lock
         with output_lock({str(out)!r}):
             print("locked", flush=True)
             time.sleep(120)

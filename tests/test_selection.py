@@ -232,7 +232,7 @@ def test_error_message_sklearn_style():
 
 
 def test_registry():
-    from thresher.methods.select import SELECTOR_NAMES
+    from thresher.pipeline.select import SELECTOR_NAMES
 
     assert {k: SELECTORS[k] for k in ("top_k", "threshold", "random", "superfiltering", "cherry_ifd",
                                       "cherry_pre_experience")} == {
@@ -257,7 +257,7 @@ def test_global_threshold_select_hand_checked():
 
 def test_deita_per_turn_score_and_selection_hand_checked():
     import pandas as pd
-    from thresher.methods.select import SelectConfig, apply_selector, deita_turn_score
+    from thresher.pipeline.select import SelectConfig, apply_selector, deita_turn_score
 
     scores = pd.DataFrame({
         "c_turns": [np.array([2.0, 3.0]), np.array([5.0]), np.array([1.0, 1.0, 1.0])],
@@ -274,7 +274,7 @@ def test_deita_per_turn_score_and_selection_hand_checked():
 
 def test_superfiltering_d_and_facility_location_through_apply_selector():
     import pandas as pd
-    from thresher.methods.select import SelectConfig, apply_selector
+    from thresher.pipeline.select import SelectConfig, apply_selector
     from thresher.selection import facility_location
 
     # Six rows on a line; IFD >= 1 on row 5 (dropped), rows 0-4 kept as the top 5/6 by IFD.

@@ -1,4 +1,4 @@
-"""Unit tests for thresher.scoring.tags (OpenCS's model-free tag pipeline): hand-checked cases,
+"""Unit tests for thresher.algorithms.opencs_tags (OpenCS's model-free tag pipeline): hand-checked cases,
 realistic model outputs, and parity of the dedup with a naive re-implementation of the
 reference's dict loop."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from thresher.errors import ConfigError
-from thresher.scoring.tags import (
+from thresher.algorithms.opencs_tags import (
     cluster_labels,
     cluster_members,
     consecutive_pairs,

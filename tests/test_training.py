@@ -18,10 +18,9 @@ from transformers import TrainerCallback
 from thresher.data import split_turns
 from thresher.data.templates import render
 from thresher.errors import ConfigError
-from thresher.models.spans import build_spans
-from thresher.training import (IGNORE, PRESETS, build_examples, last_checkpoint, learning_rates,
-                               load_adam_moments, resolve_config, train)
-from thresher.training.checkpoints import MARKER, checkpoint_problem
+from thresher.data.spans import build_spans
+from thresher.models.checkpoints import MARKER, checkpoint_problem, last_checkpoint, learning_rates, load_adam_moments
+from thresher.training import IGNORE, PRESETS, build_examples, resolve_config, train
 from thresher.training.hooks import StopAtStep
 
 MAX_LEN = 128
@@ -333,7 +332,7 @@ def _fake_checkpoint(d: Path, sampler: bool = True) -> Path:
 def test_an_incomplete_checkpoint_is_skipped_with_a_warning_and_never_rotated_in(tmp_path, caplog):
     """The folders a kill leaves: transformers' files without thresher's (the old window: rotation had
     already run), a marker whose listed file is cut short or gone; resume takes the last complete one."""
-    from thresher.training.checkpoints import mark_complete, require_complete, rotate
+    from thresher.models.checkpoints import mark_complete, require_complete, rotate
 
     (tmp_path / "train_ids.json").write_text('{"ids": []}')                   # a thresher run directory
     mark_complete(_fake_checkpoint(tmp_path / "checkpoint-2"), ("sampler_state.json",))
@@ -344,7 +343,7 @@ def test_an_incomplete_checkpoint_is_skipped_with_a_warning_and_never_rotated_in
     gone = _fake_checkpoint(tmp_path / "checkpoint-8")
     mark_complete(gone, ("sampler_state.json",))
     (gone / "optimizer.pt").unlink()
-    with caplog.at_level("WARNING", logger="thresher.training.checkpoints"):
+    with caplog.at_level("WARNING", logger="thresher.models.checkpoints"):
         assert last_checkpoint(tmp_path).name == "checkpoint-2"
     warned = "\n".join(r.getMessage() for r in caplog.records)
     assert "checkpoint-4: incomplete checkpoint (no thresher_complete.json" in warned
@@ -370,7 +369,7 @@ def test_an_incomplete_checkpoint_is_skipped_with_a_warning_and_never_rotated_in
 
 def test_a_stateful_sampler_never_resumes_without_its_state(tmp_path):
     from thresher.training import IterITSampler
-    from thresher.training.checkpoints import mark_complete
+    from thresher.models.checkpoints import mark_complete
     from thresher.training.hooks import restore_sampler
 
     ck = _fake_checkpoint(tmp_path / "checkpoint-2", sampler=False)          # a run with a stateless sampler
@@ -381,7 +380,7 @@ def test_a_stateful_sampler_never_resumes_without_its_state(tmp_path):
 
 
 def test_a_plain_trainer_run_is_still_read_without_markers(tmp_path):
-    from thresher.training.checkpoints import list_checkpoints, require_complete
+    from thresher.models.checkpoints import list_checkpoints, require_complete
 
     for step, state in ((2, "{}"), (3, '{"log_hist'), (10, "{}")):
         d = tmp_path / f"checkpoint-{step}"

@@ -16,7 +16,7 @@ from thresher.data.table import Dataset, LoadReport
 from thresher.data.templates import ALPACA_NO_INPUT, render
 from thresher.errors import ConfigError
 from thresher.models.bundled import converted_model_dir
-from thresher.models.spans import build_spans
+from thresher.data.spans import build_spans
 from thresher.training import IGNORE, build_examples, resolve_config, train
 
 # Hand-made 3-turn conversations. The second one is planted against a text search: its first reply "ok"

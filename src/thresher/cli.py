@@ -34,19 +34,6 @@ def _kv(items: list[str] | None, flag: str) -> dict:
     return out
 
 
-_WHERE = re.compile(r"^\s*([\w.]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+|inf|nan)\s*$")
-_OPS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
-
-
-def parse_where(items: list[str] | None) -> dict:
-    """["ifd<1", "n_resp_tokens>=20"] -> {"ifd": {"lt": 1.0}, "n_resp_tokens": {"ge": 20.0}}"""
-    where: dict = {}
-    for item in items or []:
-        m = _WHERE.match(item)
-        if not m:
-            raise ConfigError(f"--where expects COLUMN<VALUE (operators < <= > >=), e.g. 'ifd<1'. Got {item!r}.")
-        where.setdefault(m.group(1), {})[_OPS[m.group(2)]] = float(m.group(3))
-    return where
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -131,7 +118,7 @@ def _argv(args) -> list[str]:
 
 def _print_summary(summary: dict) -> int:
     """Print the summary; the exit status: 2 when more rows failed than max_failed_ratio allows."""
-    from thresher.methods.run import failure_line, format_summary
+    from thresher.pipeline.run import failure_line, format_summary
     print(format_summary(summary))
     failed = summary.get("failed") or {}
     if failed.get("exceeded"):
@@ -142,8 +129,8 @@ def _print_summary(summary: dict) -> int:
 
 # ------------------------------------------------------------------------------------------ commands
 def cmd_run(args) -> int:
-    from thresher.methods.recipe import check_recipe, resolve_recipe_path, set_dotted
-    from thresher.methods.run import run_recipe
+    from thresher.pipeline.recipe import check_recipe, resolve_recipe_path, set_dotted
+    from thresher.pipeline.run import run_recipe
 
     path = resolve_recipe_path(args.recipe)
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -171,8 +158,8 @@ def _existing(path: str, flag: str) -> str:
 
 
 def cmd_score(args) -> int:
-    from thresher.methods.recipe import check_recipe
-    from thresher.methods.run import run_recipe
+    from thresher.pipeline.recipe import check_recipe
+    from thresher.pipeline.run import run_recipe
 
     params = _kv(args.param, "--param")
     for flag in ("template", "variant", "max_length", "span_rule", "turns", "mode"):
@@ -188,7 +175,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_select(args) -> int:
-    from thresher.methods.select_run import select_from_run
+    from thresher.pipeline.select_run import select_from_run
 
     result = select_from_run(Path(args.run), Path(args.out), selector=args.selector, column=args.column,
                              k=args.top_k, ratio=args.top_ratio, of=args.ratio_of,
@@ -218,7 +205,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from thresher.methods.recipe import load_recipe
+    from thresher.pipeline.recipe import load_recipe
 
     recipe, data_cfg, stages = load_recipe(args.recipe, _kv(args.set, "--set"))
     from thresher.data.readers import BUNDLED_SHAREGPT
@@ -234,8 +221,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from thresher.methods.recipe import PACKAGED
-    from thresher.methods.select import SELECTOR_NAMES
+    from thresher.pipeline.recipe import PACKAGED
+    from thresher.pipeline.select import SELECTOR_NAMES
     from thresher.scoring import SCORERS, get_scorer
     from thresher.data.templates import TEMPLATES
 
@@ -438,7 +425,7 @@ _USER_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "operation not p
 
 def _os_error_message(e: OSError) -> str | None:
     """The message of an OSError the user can act on (a full disk, a permission), else None."""
-    from thresher.engine.io import is_disk_full
+    from thresher.io import is_disk_full
 
     where = f" while writing {e.filename}" if e.filename else ""
     if is_disk_full(e) or e.errno == getattr(errno, "EDQUOT", None):

@@ -1,11 +1,15 @@
 """What a run records about its input data, so that a later command finds it from any directory and
-notices when it changed: ``data_fingerprint(path)``."""
+notices when it changed (``data_fingerprint(path)``), and the content hash of each row
+(``row_hashes(ds)``) that score caches are keyed by."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+
+from thresher.io import sha256_hex
 
 FULL_HASH_LIMIT = 256 * 1024 * 1024     # bytes; a larger file is hashed by its head and tail
 _PART = 64 * 1024 * 1024
@@ -73,3 +77,9 @@ def _dir_fingerprint(p: Path) -> dict:
         h.update(f"{f.relative_to(p).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return {"abs_path": str(p), "kind": "dir", "size": total, "mtime_ns": newest, "sha256": h.hexdigest(),
             "hashed": "listing"}
+
+
+def row_hashes(ds) -> list[str]:
+    """Content hash of each row: what any scorer may read of it."""
+    return [sha256_hex(json.dumps([i, m, meta.get("instruction"), meta.get("input")], ensure_ascii=False))
+            for i, m, meta in zip(ds.ids, ds.messages, ds.meta)]

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from thresher.data.readers import split_turns
+from thresher.data.table import Dataset
 from thresher.errors import ConfigError
 
 ALPACA_INPUT = (
@@ -93,3 +97,13 @@ def _render_chat(context: list[dict], response: str, tokenizer) -> Rendered:
     direct_prefix = direct[: direct.index(_PLACEHOLDER)]
     user = [m["content"] for m in context if m["role"] == "user"]
     return Rendered(prompt, response, direct_prefix, user[-1] if user else "")
+
+
+def render_units(rows: Dataset, template: str, turns: str, tokenizer) -> tuple[list[Rendered], np.ndarray]:
+    """Units to score and, for each, the row it belongs to (turns="all" gives several per row)."""
+    units, owner = [], []
+    for r, (msgs, meta) in enumerate(zip(rows.messages, rows.meta)):
+        for context, response in split_turns(msgs, turns):
+            units.append(render(template, context, response, meta, tokenizer))
+            owner.append(r)
+    return units, np.asarray(owner, dtype=np.int64)

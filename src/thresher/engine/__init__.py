@@ -1,1 +1,1 @@
-"""Running scorers over datasets: sharded, cached, resumable; manifests of runs."""
+"""Running a scorer over a dataset: sharded, content-cached, resumable (``scoring.score_dataset``)."""

@@ -29,33 +29,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from thresher.data.fingerprint import row_hashes
 from thresher.data.table import Dataset
-from thresher.engine.io import atomic_path, remove_stale_tmp_files
+from thresher.io import atomic_path, remove_stale_tmp_files, sha256_hex
 from thresher.errors import ConfigError
 from thresher.models.bundled import cache_dir
-from thresher.scoring.base import ModelContext, Scorer
+from thresher.models.context import ModelContext
+from thresher.scoring.base import Scorer
 
 log = logging.getLogger(__name__)
 _KEY_META = b"thresher.shard_key"
 
 
-def _sha(*parts: str) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode("utf-8"))
-        h.update(b"\x00")
-    return h.hexdigest()
 
-
-def row_hashes(ds: Dataset) -> list[str]:
-    """Content hash of each row: what any scorer may read of it."""
-    return [_sha(json.dumps([i, m, meta.get("instruction"), meta.get("input")], ensure_ascii=False))
-            for i, m, meta in zip(ds.ids, ds.messages, ds.meta)]
 
 
 def scorer_key(scorer: Scorer, ctx: ModelContext) -> str:
     params = json.dumps(scorer.param_dict(), sort_keys=True)
-    return _sha(scorer.name, scorer.version, params, scorer.model_identity(ctx))[:24]
+    return sha256_hex(scorer.name, scorer.version, params, scorer.model_identity(ctx))[:24]
 
 
 class Progress:
@@ -89,7 +80,7 @@ def input_hashes(inputs: pd.DataFrame | None, columns: tuple[str, ...], n: int) 
                           "produces them earlier in the stage's 'score' list.")
     out = []
     for row in inputs[list(columns)].itertuples(index=False):
-        out.append(_sha(*(_value_text(v) for v in row)))
+        out.append(sha256_hex(*(_value_text(v) for v in row)))
     return out
 
 
@@ -122,7 +113,7 @@ def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size:
     frames, stats = [], {"cached": 0, "computed": 0, "rejected_shards": 0, "failed": 0}
     for a in range(0, len(ds), shard_size):
         b = min(a + shard_size, len(ds))
-        path = root / f"{_sha(*hashes[a:b])[:32]}.parquet"
+        path = root / f"{sha256_hex(*hashes[a:b])[:32]}.parquet"
         cached, rejected = read_shard(path, ds.ids[a:b], scorer)
         stats["rejected_shards"] += rejected
         if cached is not None:

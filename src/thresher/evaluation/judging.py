@@ -25,7 +25,7 @@ from thresher.evaluation.stats import pairwise_outcomes
 from thresher.evaluation.store import JsonlStore
 from thresher.models.chat import ChatRequest
 from thresher.scoring.prompts import load_prompt, parse_first_number
-from thresher.scoring.tags import parse_pair_scores
+from thresher.algorithms.opencs_tags import parse_pair_scores
 
 
 def _digest(*parts) -> str:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from thresher.config import build
-from thresher.engine.io import atomic_path
-from thresher.engine.outputs import claim_output_dir, read_marker, refuse_special, write_marker
+from thresher.io import atomic_path
+from thresher.outputs import claim_output_dir, read_marker, refuse_special, write_marker
 from thresher.errors import ConfigError, DataError
 from thresher.evaluation.answers import MTBENCH_TEMPERATURES, generate_answers
 from thresher.evaluation.judging import grade_single, judge_accuracy, judge_pairwise
@@ -187,7 +187,7 @@ def evaluate(model, *, against=None, bench: str = "mt-bench", judge: dict | None
     reference answers. Scores carry seeded percentile-bootstrap CIs (``n_resamples``, ``level``) and the
     counts of unparseable judge replies, failed judge calls and missing answers.
     """
-    from thresher.engine.manifest import base_manifest
+    from thresher.manifest import base_manifest
 
     out = Path(out)
     if temperature == "mt-bench":

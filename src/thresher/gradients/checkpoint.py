@@ -9,7 +9,7 @@ numbered by position across param_groups), ``trainer_state.json`` (log_history) 
 (``adapter_model.safetensors``). Trainer builds its groups as [weight-decay params, no-decay params],
 each in ``model.named_parameters()`` order over trainable params (transformers Trainer.create_optimizer);
 we rebuild that order to name the moments. A checkpoint of a thresher run is read only when complete
-(``thresher.training.checkpoints``: its completion marker and every file it lists); one of another trainer
+(``thresher.models.checkpoints``: its completion marker and every file it lists); one of another trainer
 has no marker and is read as it is.
 """
 
@@ -24,7 +24,7 @@ import torch
 
 from thresher.errors import ConfigError
 from thresher.gradients.persample import ParamSelection
-from thresher.training.checkpoints import require_complete
+from thresher.models.checkpoints import require_complete
 
 AdamState = dict[str, tuple[torch.Tensor, torch.Tensor]]   # param name -> (exp_avg, exp_avg_sq)
 _NO_DECAY = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]

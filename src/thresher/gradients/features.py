@@ -1,6 +1,6 @@
 """Per-sample gradient features of rendered units: gradient -> (Adam preconditioning) -> (projection).
 
-Units are rendered with thresher.data.templates.render and tokenised by thresher.models.spans.build_spans
+Units are rendered with thresher.data.templates.render and tokenised by thresher.data.spans.build_spans
 (the same response spans as IFD scoring); the loss is the mean NLL of the conditioned response span.
 Samples are sorted by length into batches (less padding), and results are returned in input order.
 Unscorable units (span status not 'ok') get a NaN row.
@@ -19,7 +19,7 @@ from thresher.gradients.checkpoint import adam_precondition
 from thresher.gradients.persample import ParamSelection, make_batch, per_sample_grads
 from thresher.gradients.projection import RademacherProjector
 from thresher.gradients.store import write_store
-from thresher.models.spans import OK, build_spans
+from thresher.data.spans import OK, build_spans
 
 
 def feature_dim(sel: ParamSelection, projector: RademacherProjector | None) -> int:

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from thresher.io import sha256_hex
 from thresher.errors import ConfigError
 from thresher.gradients.checkpoint import checkpoint_learning_rate, flat_moments, load_adapter, load_optimizer_state
 from thresher.gradients.persample import ParamSelection
-from thresher.training.checkpoints import list_checkpoints, load_adam_moments
+from thresher.models.checkpoints import list_checkpoints, load_adam_moments
 
 WHICH = ("all", "last")
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -58,15 +59,8 @@ class TrainingRun:
     @property
     def fingerprint(self) -> str:
         """Steps and content of the checkpoints used (not the directory: a moved run keeps its caches)."""
-        return _sha(*(f"{c.step}:{c.fingerprint}" for c in self.checkpoints))[:32]
+        return sha256_hex(*(f"{c.step}:{c.fingerprint}" for c in self.checkpoints))[:32]
 
-
-def _sha(*parts: str) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(str(p).encode("utf-8"))
-        h.update(b"\x00")
-    return h.hexdigest()
 
 
 _FILE_SHA: dict[tuple[str, int, int], str] = {}
@@ -94,7 +88,7 @@ def open_run(path, which: str = "all", *, owner: str = "the scorer", param: str 
     """The complete LoRA checkpoints of a training run directory, oldest step first (``which="last"``: the
     newest only). A checkpoint cut off mid-save is skipped with a warning (thresher runs: no completion
     marker or a listed file missing or of another size; runs of another trainer: no readable
-    trainer_state.json, see ``thresher.training.checkpoints``)."""
+    trainer_state.json, see ``thresher.models.checkpoints``)."""
     if not isinstance(path, (str, Path)) or not str(path).strip():
         raise ConfigError(f"The {param!r} parameter of {owner} must be the path of a training run directory "
                           f"(the output of 'thresher train'). Got {path!r}.")
@@ -115,7 +109,7 @@ def open_run(path, which: str = "all", *, owner: str = "the scorer", param: str 
     if which == "last":
         found = found[-1:]
     ckpts = tuple(Checkpoint(d, step, _learning_rate(d),
-                             _sha(file_sha(d / _ADAPTER), file_sha(d / "trainer_state.json"))[:32])
+                             sha256_hex(file_sha(d / _ADAPTER), file_sha(d / "trainer_state.json"))[:32])
                   for step, d in found)
     return TrainingRun(root, ckpts)
 

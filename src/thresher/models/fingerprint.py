@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from thresher.engine.io import read_json_object, write_json
+from thresher.io import read_json_object, write_json
 from thresher.errors import ConfigError
 from thresher.models import bundled
 

@@ -24,53 +24,7 @@ import numpy as np
 
 from thresher.config import build
 from thresher.data.table import Dataset
-
-
-class ModelContext:
-    """Models shared by the scorers of one run; each is loaded on first use.
-
-    ``judge`` configures the chat backend of LLM-judge scorers (``thresher.models.judges.JudgeConfig``
-    fields as a dict); the default is the local model of this context.
-    """
-
-    def __init__(self, model: str = "bundled", *, device: str = "auto", dtype: str = "auto",
-                 max_batch_tokens: int | None = None, max_batch_size: int = 64, padding_side: str = "right",
-                 embedder: str = "bundled-minilm", judge: dict | None = None):
-        self.model, self.device, self.dtype = model, device, dtype
-        self.max_batch_tokens, self.max_batch_size, self.padding_side = max_batch_tokens, max_batch_size, padding_side
-        self.embedder_spec = embedder
-        self.judge_spec = dict(judge or {})
-        self._lm = self._emb = self._judge = None
-
-    def judge(self):
-        """The chat backend for judge scorers (local model, OpenAI-compatible API or vLLM)."""
-        if self._judge is None:
-            from thresher.models.judges import make_judge
-            self._judge = make_judge(self.judge_spec, self)
-        return self._judge
-
-    def lm(self):
-        if self._lm is None:
-            from thresher.models.hf import HFCausalLM
-            self._lm = HFCausalLM(self.model, device=self.device, dtype=self.dtype,
-                                  max_batch_tokens=self.max_batch_tokens, max_batch_size=self.max_batch_size,
-                                  padding_side=self.padding_side)
-        return self._lm
-
-    def embedder(self, spec: str | None = None):
-        """A sentence embedder: the context's default, or ``spec`` (loaded once per spec)."""
-        from thresher.models.embedder import SentenceEmbedder
-        spec = spec or self.embedder_spec
-        if self._emb is None:
-            self._emb = {}
-        if spec not in self._emb:
-            self._emb[spec] = SentenceEmbedder(spec, device=self.device)
-        return self._emb[spec]
-
-    def describe(self) -> dict:
-        return {"model": self.model, "device": self.device, "dtype": self.dtype,
-                "max_batch_tokens": self.max_batch_tokens, "max_batch_size": self.max_batch_size,
-                "padding_side": self.padding_side, "embedder": self.embedder_spec, "judge": self.judge_spec}
+from thresher.models.context import ModelContext
 
 
 class Scorer:

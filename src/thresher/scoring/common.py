@@ -1,24 +1,9 @@
-"""Shared pieces of the language-model scorers: rendering rows into scored units, and
-aggregating per-token losses of units back to rows."""
+"""Shared pieces of the language-model scorers: aggregating per-token losses of units back to rows
+(rows are rendered into units by ``thresher.data.templates.render_units``)."""
 
 from __future__ import annotations
 
 import numpy as np
-
-from thresher.data.table import Dataset
-from thresher.data.templates import Rendered, render
-
-
-def render_units(rows: Dataset, template: str, turns: str, tokenizer) -> tuple[list[Rendered], np.ndarray]:
-    """Units to score and, for each, the row it belongs to (turns="all" gives several per row)."""
-    from thresher.data import split_turns
-
-    units, owner = [], []
-    for r, (msgs, meta) in enumerate(zip(rows.messages, rows.meta)):
-        for context, response in split_turns(msgs, turns):
-            units.append(render(template, context, response, meta, tokenizer))
-            owner.append(r)
-    return units, np.asarray(owner, dtype=np.int64)
 
 
 def row_mean_loss(nll: list[np.ndarray], ok: np.ndarray, owner: np.ndarray, n_rows: int):

@@ -41,9 +41,12 @@ import numpy as np
 
 from thresher.config import choice
 from thresher.data.table import Dataset
+from thresher.io import sha256_hex
+from thresher.data.fingerprint import row_hashes
 from thresher.errors import ConfigError
 from thresher.scoring.base import Scorer
-from thresher.scoring.common import render_units, row_status
+from thresher.data.templates import render_units
+from thresher.scoring.common import row_status
 
 TEMPLATES = ("alpaca", "wiz", "vicuna", "none", "chat")
 POOL_SHARD = 256                     # rows per GradientStore shard: the unit of resume for the LESS pool store
@@ -51,13 +54,6 @@ PROJECT_BYTES = 2 << 30              # bound on the block of full gradients held
 
 log = logging.getLogger(__name__)
 
-
-def _sha(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(str(p).encode("utf-8"))
-        h.update(b"\x00")
-    return h.hexdigest()
 
 
 @dataclass
@@ -222,7 +218,7 @@ class _RunScorer(Scorer):
         return render_units(rows, self.params.template, self.params.turns, tokenizer)
 
     def status(self, units, owner, n_rows: int, tokenizer) -> np.ndarray:
-        from thresher.models.spans import build_spans
+        from thresher.data.spans import build_spans
 
         p = self.params
         sp = build_spans(tokenizer, units, p.max_length, p.span_rule, p.template)
@@ -249,7 +245,7 @@ class _RunScorer(Scorer):
     def settings_key(self) -> str:
         """Everything except the data that decides a gradient feature."""
         p = self.params
-        return _sha(self.ctx.lm().identity(), self.ctx.dtype, p.notation, getattr(p, "proj_dim", None),
+        return sha256_hex(self.ctx.lm().identity(), self.ctx.dtype, p.notation, getattr(p, "proj_dim", None),
                     getattr(p, "proj_seed", None), p.template, p.max_length, p.turns, p.span_rule)
 
     def grads_dir(self) -> Path:
@@ -288,7 +284,6 @@ class _RunScorer(Scorer):
     def labelled_units(self, name: str, tokenizer, task_field: str | None = None):
         """Units of every file of a data-file parameter, their group index, the group names, and a
         content hash. Groups are files, or the records' ``task_field`` value where a record has one."""
-        from thresher.engine.scoring import row_hashes
 
         sets = self.data_sets(name)
         labels = file_labels([path for path, _ in sets])
@@ -305,7 +300,7 @@ class _RunScorer(Scorer):
                 names.append(str(task) if task is not None else label)
             hashes += row_hashes(ds)
         groups, idx = np.unique(np.asarray(names), return_inverse=True)
-        return units, idx, [str(g) for g in groups], _sha(*hashes, *names)
+        return units, idx, [str(g) for g in groups], sha256_hex(*hashes, *names)
 
     def require_scored(self, name: str, counts: np.ndarray, groups: list[str]) -> None:
         empty = [g for g, c in zip(groups, counts) if c == 0]
@@ -336,10 +331,9 @@ class LessScorer(_RunScorer):
                 "status": "ok or why NaN"}
 
     def pool_store_key(self, ckpt, pool_hash: str) -> str:
-        return _sha(self.settings_key(), ckpt.step, ckpt.fingerprint, self.params.store_dtype, pool_hash)[:24]
+        return sha256_hex(self.settings_key(), ckpt.step, ckpt.fingerprint, self.params.store_dtype, pool_hash)[:24]
 
     def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
-        from thresher.engine.scoring import row_hashes
         from thresher.gradients import GradientStore, gradient_features, less_scores, select_parameters
         from thresher.gradients import write_gradient_store
         from thresher.gradients.pipeline import adapted_model, use_checkpoint
@@ -348,7 +342,7 @@ class LessScorer(_RunScorer):
         tok = lm.tokenizer
         units, owner = self.units(rows, tok)
         t_units, t_task, tasks, t_hash = self.labelled_units("target", tok, task_field="task")
-        pool_hash = _sha(*row_hashes(rows))
+        pool_hash = sha256_hex(*row_hashes(rows))
         stores, targets = [], []
         with adapted_model(lm.model, run) as model:
             sel = select_parameters(model, p.notation)
@@ -363,7 +357,7 @@ class LessScorer(_RunScorer):
                                          meta={"step": ck.step, "checkpoint": ck.fingerprint, "notation": p.notation},
                                          moments=self.moments(ck, model, sel), projector=proj, **kw)
                 stores.append(GradientStore(path))
-                targets.append(self.cached("less-target", _sha(self.settings_key(), ck.fingerprint, t_hash),
+                targets.append(self.cached("less-target", sha256_hex(self.settings_key(), ck.fingerprint, t_hash),
                                            lambda: gradient_features(model, tok, t_units, sel, projector=proj, **kw)))
         ok = np.all([np.isfinite(t).all(axis=1) for t in targets], axis=0)          # (M,) scorable targets
         self.require_scored("target", np.bincount(t_task[ok], minlength=len(tasks)), tasks)
@@ -431,7 +425,7 @@ class CluesScorer(_RunScorer):
                 means, counts = group_means(grads, v_dom, len(doms), feature_dim(sel, proj))
                 self.require_scored("validation", counts, doms)
                 return means
-            out.append(self.cached("clues-val", _sha(self.settings_key(), ck.fingerprint, v_hash), compute))
+            out.append(self.cached("clues-val", sha256_hex(self.settings_key(), ck.fingerprint, v_hash), compute))
         return np.stack(out), doms
 
     def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
@@ -482,7 +476,6 @@ class DataInfScorer(_RunScorer):
         return [slice(int(off[i]), int(off[i + 1])) for i in range(len(sel.names))]
 
     def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
-        from thresher.engine.scoring import row_hashes
         from thresher.gradients import GradientStore, select_parameters, write_gradient_store
         from thresher.gradients.features import iter_gradients
         from thresher.gradients.pipeline import (adapted_model, datainf_streamed, group_means, store_batches,
@@ -492,7 +485,7 @@ class DataInfScorer(_RunScorer):
         tok = lm.tokenizer
         units, owner = self.units(rows, tok)
         v_units, _, _, v_hash = self.labelled_units("validation", tok)
-        pool_hash = _sha(*row_hashes(rows))
+        pool_hash = sha256_hex(*row_hashes(rows))
         kw = self.grad_kw()
         infl = np.zeros(len(units))
         with adapted_model(lm.model, run) as model:
@@ -506,9 +499,9 @@ class DataInfScorer(_RunScorer):
                                                 np.zeros(len(v_units), dtype=np.int64), 1, sel.dim)
                     self.require_scored("validation", counts, [", ".join(p.validation)])
                     return means[0]
-                v = self.cached("datainf-val", _sha(self.settings_key(), ck.fingerprint, v_hash), val_mean)
+                v = self.cached("datainf-val", sha256_hex(self.settings_key(), ck.fingerprint, v_hash), val_mean)
                 if p.gradients == "store":       # one forward/backward pass, raw gradients on disk
-                    path = self.grads_dir() / f"raw-pool-{_sha(self.settings_key(), ck.fingerprint, pool_hash)[:24]}"
+                    path = self.grads_dir() / f"raw-pool-{sha256_hex(self.settings_key(), ck.fingerprint, pool_hash)[:24]}"
                     write_gradient_store(path, [rows.ids[o] for o in owner], model, tok, units, sel,
                                          shard_size=POOL_SHARD, meta={"step": ck.step, "checkpoint": ck.fingerprint},
                                          **kw)

@@ -183,7 +183,7 @@ class JudgeRatingScorer(Scorer):
             status[i] = "ok" if np.isfinite(value) else "unparsed"
             cols["rating"][i] = value
         if prompt.parser == "ds2_json":
-            from thresher.scoring.curation import ds2_compress
+            from thresher.algorithms.ds2_curation import ds2_compress
             cols["rating"] = ds2_compress(cols["overall"], failed=p.on_unparsed)
         elif p.on_unparsed == "zero":
             bad = (status == "unparsed")
@@ -208,7 +208,7 @@ class JudgeRatingScorer(Scorer):
         out = {"rating": rating, "rating_argmax": argmax, "label_mass": mass, "status": status}
         if prompt.parser == "ds2_json":
             # DS2 needs integer classes: the most probable overall rating, compressed to 0-5.
-            from thresher.scoring.curation import ds2_compress
+            from thresher.algorithms.ds2_curation import ds2_compress
             out["overall"] = argmax
             out["rating"] = ds2_compress(argmax, failed=self.params.on_unparsed)
         return out

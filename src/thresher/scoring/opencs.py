@@ -57,7 +57,7 @@ class OpenCSTagScorer(Scorer):
         return {**super().param_dict(), "prompt_sha": prompt_sha(self.params.prompt)}
 
     def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
-        from thresher.scoring.tags import parse_tags
+        from thresher.algorithms.opencs_tags import parse_tags
 
         p = self.params
         prompt = load_prompt(p.prompt)
@@ -115,7 +115,7 @@ class OpenCSClusterScorer(Scorer):
         return ctx.embedder(self.params.embedder).identity()
 
     def score_batch(self, rows: Dataset, inputs=None) -> dict[str, np.ndarray]:
-        from thresher.scoring import tags as T
+        from thresher.algorithms import opencs_tags as T
 
         p = self.params
         n = len(rows)
@@ -149,7 +149,7 @@ class PairParams:
 
 def clusters_from_columns(label_sets, ranks) -> dict[int, np.ndarray]:
     """cluster id -> representative rows in representative order, from the opencs_clusters columns."""
-    from thresher.scoring.tags import cluster_members
+    from thresher.algorithms.opencs_tags import cluster_members
     ranks = np.asarray(ranks, dtype=np.int64)
     reps = np.flatnonzero(ranks >= 0)
     reps = reps[np.argsort(ranks[reps], kind="stable")]
@@ -178,7 +178,7 @@ class OpenCSPairScorer(Scorer):
                 prompt_sha(self.params.single_prompt)}
 
     def score_batch(self, rows: Dataset, inputs=None) -> dict[str, np.ndarray]:
-        from thresher.scoring.tags import consecutive_pairs, parse_pair_scores, unique_pairs
+        from thresher.algorithms.opencs_tags import consecutive_pairs, parse_pair_scores, unique_pairs
 
         p = self.params
         members = clusters_from_columns(inputs["label_set"], inputs["opencs_rank"])

@@ -17,9 +17,10 @@ import numpy as np
 
 from thresher.config import choice
 from thresher.data.table import Dataset
-from thresher.models.spans import OK, build_spans
+from thresher.data.spans import OK, build_spans
 from thresher.scoring.base import Scorer
-from thresher.scoring.common import render_units, row_mean_loss, row_status
+from thresher.data.templates import render_units
+from thresher.scoring.common import row_mean_loss, row_status
 
 
 @dataclass

@@ -46,7 +46,7 @@ class KNNRarenessScorer(Scorer):
         return (self.params.column,)
 
     def score_batch(self, rows: Dataset, inputs=None) -> dict[str, np.ndarray]:
-        from thresher.knn import knn
+        from thresher.algorithms.knn import knn
 
         emb = stack_embeddings(inputs, self.params.column)
         k = min(self.params.k, len(emb) - 1)

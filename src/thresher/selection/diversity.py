@@ -490,7 +490,7 @@ def opencs_select(scores, clusters, *, per_cluster=20, k=None, order="ascending_
     ``clusters``: mapping cluster id -> row indices, or a list of row-index arrays. ``scores``:
     one score per row (N,), or per-cluster arrays aligned with the members (a mapping with the
     same ids, or a list), since a row's pairwise score depends on the partner it was paired with
-    in each cluster (see ``thresher.scoring.tags.scored_members``). Scores are the judge's
+    in each cluster (see ``thresher.algorithms.opencs_tags.scored_members``). Scores are the judge's
     0-100 totals; NaN (unparsed) and scores above ``max_score`` (100; None: no cap) are skipped.
 
     order="ascending_size" (the code): clusters visited by ascending size, the number of

@@ -2,7 +2,7 @@
 
 ``train`` tokenises with the scoring templates and response spans, trains, checkpoints with optimizer
 state, and resumes; ``hooks`` documents the epoch-sampler hook that IterIT builds on; ``checkpoints``
-reads Adam's moments and learning rates back for the gradient-based scorers.
+(``thresher.models.checkpoints``) reads Adam's moments and learning rates back for the gradient-based scorers.
 
 Names are imported on first use (PEP 562), so ``thresher.training.cli`` and ``.config`` load without
 torch, transformers or TRL.
@@ -17,8 +17,6 @@ _WHERE = {
     "TrainConfig": "config", "PRESETS": "config", "CPU_SMALL": "config", "resolve_config": "config",
     "build_examples": "examples", "Examples": "examples", "IGNORE": "examples",
     "ShuffleAll": "hooks", "StopAtStep": "hooks", "TrainPlan": "hooks",
-    "list_checkpoints": "checkpoints", "last_checkpoint": "checkpoints", "learning_rates": "checkpoints",
-    "load_adam_moments": "checkpoints",
     "export_merged": "export", "fold_adapter": "export",
     "merge_runs": "merge", "merge_states": "merge",
     "IterITSampler": "iterit", "IterITCallback": "iterit", "IFDRescorer": "iterit",

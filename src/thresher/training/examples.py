@@ -2,7 +2,7 @@
 
 One row of the table becomes one example: the row's chosen assistant turn (``turns`` = "last" or
 "first", as scoring's ``split_turns``) rendered with ``thresher.data.templates.render`` and tokenised by
-``thresher.models.spans.build_spans`` (offsets rule). So the tokens a scorer scores are exactly the tokens
+``thresher.data.spans.build_spans`` (offsets rule). So the tokens a scorer scores are exactly the tokens
 training supervises:
 
   mask_prompt=True   labels = -100 everywhere except the response span [start, end) that the IFD scorer
@@ -36,8 +36,8 @@ import numpy as np
 from thresher.data.table import Dataset
 from thresher.data.templates import render
 from thresher.errors import ConfigError
-from thresher.models.spans import OK, build_spans
-from thresher.scoring.common import render_units
+from thresher.data.spans import OK, build_spans
+from thresher.data.templates import render_units
 
 IGNORE = -100            # label of a token that carries no loss (torch cross-entropy's ignore_index)
 TRAIN_TURNS = ("last", "first", "all")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from thresher.engine.outputs import atomic_dir
+from thresher.outputs import atomic_dir
 from thresher.errors import ConfigError
 
 

@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from thresher.engine.io import write_json
+from thresher.io import write_json
 from thresher.errors import ConfigError
-from thresher.training.checkpoints import OPTIMIZER_PARAMS, SAMPLER_STATE, mark_complete, rotate
+from thresher.models.checkpoints import OPTIMIZER_PARAMS, SAMPLER_STATE, mark_complete, rotate
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ of that call) and ``order_seconds`` (wall seconds of ``window_order``: TF-IDF fi
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import time
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from thresher.config import did_you_mean
 from thresher.errors import ConfigError
 from thresher.selection.basic import _check_budget, _check_choice, _fail, _is_int, _is_real
 from thresher.selection.iterit import PLACEMENTS, _check_params, window_order
@@ -228,7 +230,7 @@ class IterITSampler:
                  epoch, scored, rescore_s, cand, len(rows) - cand, order_s)
         if self.log_dir is None:
             return
-        from thresher.engine.io import write_json
+        from thresher.io import write_json
 
         ids = self.ids if self.ids is not None else [str(i) for i in range(self._n())]
         write_json(self.log_dir / f"epoch-{epoch}.json", {
@@ -329,7 +331,7 @@ class IFDRescorer:
     def __call__(self, rows, *, model, epoch: int) -> np.ndarray:
         from thresher.models.hf import HFCausalLM
         from thresher.scoring import make_scorer
-        from thresher.scoring.base import ModelContext
+        from thresher.models.context import ModelContext
 
         if self.plan is None or model is None:
             raise ConfigError("IFDRescorer needs the SFT plan and the live model: use it as the rescore of an "
@@ -338,9 +340,34 @@ class IFDRescorer:
         cfg = self.plan.config
         scorer = make_scorer("ifd", variant="ppl_ratio", template=self.template or cfg.template,
                              max_length=int(cfg.max_length), span_rule=self.span_rule, turns=cfg.turns)
-        ctx = ModelContext("live")
-        ctx._lm = HFCausalLM.from_model(model, self.plan.tokenizer, identity=f"iterit-epoch{epoch}",
-                                        max_batch_tokens=self.max_batch_tokens)
+        ctx = ModelContext.for_model(HFCausalLM.from_model(model, self.plan.tokenizer, identity=f"iterit-epoch{epoch}",
+                                                           max_batch_tokens=self.max_batch_tokens))
         scorer.setup(ctx)
         cols = scorer.score_batch(self.plan.table.subset(np.asarray(rows, dtype=np.int64)))
         return np.asarray(cols["ifd_ppl_ratio"], dtype=np.float64)
+
+# IterITSampler parameters a recipe may set (the rest come from the training plan).
+_ITERIT_OWN = ("span_rule", "max_batch_tokens")
+_ITERIT_FIXED = {"rescore", "responses", "initial_scores", "ids", "log_dir", "eos"}
+
+
+def make_iterit(options: dict, owner: str):
+    """(IterITSampler, IterITCallback) from a recipe's ``iterit`` block; validates without a model."""
+    if not isinstance(options, dict):
+        raise ConfigError(f"{owner} must be a mapping of IterIT parameters (ratio, update_ratio, ...).")
+    allowed = (set(inspect.signature(IterITSampler).parameters) - _ITERIT_FIXED) | set(_ITERIT_OWN)
+    for key in options:
+        if key not in allowed:
+            raise ConfigError(f"{owner} has no parameter {key!r}.{did_you_mean(key, allowed)} "
+                              f"Its parameters: {', '.join(sorted(allowed))}.")
+    opts = dict(options)
+    rescorer = IFDRescorer(**{k: opts.pop(k) for k in _ITERIT_OWN if k in opts})
+    if rescorer.span_rule not in ("offsets", "cherry"):
+        raise ConfigError(f"The 'span_rule' parameter of {owner} must be offsets or cherry. Got {rescorer.span_rule!r}.")
+    if isinstance(opts.get("ngram_range"), list):
+        opts["ngram_range"] = tuple(opts["ngram_range"])
+    try:
+        sampler = IterITSampler(rescorer, **opts)
+    except ConfigError as e:
+        raise ConfigError(f"{owner}: {e}") from None
+    return sampler, IterITCallback(sampler)

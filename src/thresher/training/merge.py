@@ -60,7 +60,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from thresher.engine.outputs import atomic_dir, claim_output_dir
+from thresher.outputs import atomic_dir, claim_output_dir
 from thresher.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ What this layer adds to SFTTrainer, and nothing more:
 
 Run directory ``out``:
   config.json        resolved TrainConfig, preset, model identity
-  manifest.json      argv, time, package versions (thresher.engine.manifest) + trl/peft/accelerate/datasets
+  manifest.json      argv, time, package versions (thresher.manifest) + trl/peft/accelerate/datasets
   train_ids.json     ids of the rows trained on (table order) and the dropped rows with their reason
   epochs/epoch-<e>.json   ids in the order epoch e trained them
   checkpoint-<step>/ adapter (or full) weights, optimizer.pt, scheduler.pt, rng_state.pth,
@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from thresher.engine.io import write_json
-from thresher.engine.manifest import base_manifest
-from thresher.engine.outputs import claim_output_dir, read_marker, refuse_special, write_marker
+from thresher.io import write_json
+from thresher.manifest import base_manifest
+from thresher.outputs import claim_output_dir, read_marker, refuse_special, write_marker
 from thresher.errors import ConfigError
-from thresher.training.checkpoints import list_checkpoints
+from thresher.models.checkpoints import list_checkpoints
 from thresher.training.config import TrainConfig, resolve_config
 from thresher.training.examples import build_examples
 

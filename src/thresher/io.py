@@ -1,4 +1,6 @@
-"""Atomic file writes: write to a temporary file in the target directory, then rename.
+"""Foundations every layer may use: atomic file writes, JSON files, content hashing.
+
+Atomic writes: write to a temporary file in the target directory, then rename.
 
 A temporary file is named ``.<name>.<pid>.<8 hex>.tmp`` and its writer holds an exclusive ``flock`` on
 it until the rename, so a cleaner can tell a killed writer's leftover (no lock held: the kernel drops
@@ -8,6 +10,7 @@ a dead process's locks) from a live writer's file, on this machine or another sh
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +27,15 @@ except ImportError:                    # not POSIX: stale files are judged by pi
 
 log = logging.getLogger(__name__)
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def sha256_hex(*parts: str) -> str:
+    """SHA-256 (hex) of text parts, each followed by a NUL byte, so that ("ab", "c") and ("a", "bc") differ."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(str(part).encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 @contextmanager

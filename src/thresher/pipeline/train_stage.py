@@ -7,47 +7,18 @@ as it is (the SFT layer refuses a changed configuration or changed rows; use a n
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from thresher.config import did_you_mean
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
-from thresher.methods.recipe import Recipe, ResolvedStage, TrainStageConfig
+from thresher.pipeline.recipe import Recipe, ResolvedStage, TrainStageConfig
 
 log = logging.getLogger(__name__)
 
-# IterITSampler parameters a recipe may set (the rest come from the training plan).
-_ITERIT_OWN = ("span_rule", "max_batch_tokens")
-_ITERIT_FIXED = {"rescore", "responses", "initial_scores", "ids", "log_dir", "eos"}
-
-
-def make_iterit(options: dict, owner: str):
-    """(IterITSampler, IterITCallback) from a recipe's ``iterit`` block; validates without a model."""
-    from thresher.training.iterit import IFDRescorer, IterITCallback, IterITSampler
-
-    if not isinstance(options, dict):
-        raise ConfigError(f"{owner} must be a mapping of IterIT parameters (ratio, update_ratio, ...).")
-    allowed = (set(inspect.signature(IterITSampler).parameters) - _ITERIT_FIXED) | set(_ITERIT_OWN)
-    for key in options:
-        if key not in allowed:
-            raise ConfigError(f"{owner} has no parameter {key!r}.{did_you_mean(key, allowed)} "
-                              f"Its parameters: {', '.join(sorted(allowed))}.")
-    opts = dict(options)
-    rescorer = IFDRescorer(**{k: opts.pop(k) for k in _ITERIT_OWN if k in opts})
-    if rescorer.span_rule not in ("offsets", "cherry"):
-        raise ConfigError(f"The 'span_rule' parameter of {owner} must be offsets or cherry. Got {rescorer.span_rule!r}.")
-    if isinstance(opts.get("ngram_range"), list):
-        opts["ngram_range"] = tuple(opts["ngram_range"])
-    try:
-        sampler = IterITSampler(rescorer, **opts)
-    except ConfigError as e:
-        raise ConfigError(f"{owner}: {e}") from None
-    return sampler, IterITCallback(sampler)
 
 
 def train_rows(tc: TrainStageConfig, n: int, selections: dict[str, np.ndarray], last: str | None) -> np.ndarray:
@@ -79,6 +50,7 @@ def run_train_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, rows: np.
     if done is None:
         kw = {}
         if tc.iterit is not None:
+            from thresher.training.iterit import make_iterit
             sampler, callback = make_iterit(tc.iterit, f"stage {stage.name}: iterit")
             kw = {"sampler": sampler, "callbacks": [callback]}
         res = train(ds.subset(rows), out=run, preset=tc.preset, cpu_small=tc.cpu_small, model=model, argv=argv,

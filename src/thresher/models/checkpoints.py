@@ -28,7 +28,7 @@ import re
 import shutil
 from pathlib import Path
 
-from thresher.engine.io import write_json
+from thresher.io import write_json
 from thresher.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ References, resolved when the recipe runs (``@name``):
   scorer parameter ``"@T"``           the run directory of training stage T (checkpoints, for gradient scorers)
   scorer parameter ``"@target"``      the recipe's ``target`` files (``--target``), ``"@anchor"`` its anchor file,
                                       ``"@validation"`` its validation files (default: the anchor file)
-``clients`` (``--clients``) runs the stages once per client file; see thresher.methods.clients.
+``clients`` (``--clients``) runs the stages once per client file; see thresher.pipeline.clients.
 ``collaborate`` (after a ``global_threshold`` selection): every client fine-tunes on the rows it kept, and
 the server merges the clients' LoRA adapters (CLUES step 5; thresher.training.merge).
 """
@@ -28,7 +28,7 @@ import yaml
 from thresher.config import build, choice, did_you_mean
 from thresher.data.readers import MAX_RECORD_CHARS
 from thresher.errors import ConfigError
-from thresher.methods.select import SelectConfig, check_params
+from thresher.pipeline.select import SelectConfig, check_params
 
 log = logging.getLogger(__name__)
 PACKAGED = Path(__file__).resolve().parent.parent / "recipes"
@@ -266,7 +266,7 @@ def _train_stage(raw, owner: str, earlier: list[ResolvedStage]) -> TrainStageCon
         raise ConfigError(f"{owner}: set the model with the stage's 'model' key, not params.model.")
     resolve_config(tc.preset, tc.params, cpu_small=tc.cpu_small)     # unknown keys, bad values, preset name
     if tc.iterit is not None:
-        from thresher.methods.train_stage import make_iterit
+        from thresher.training.iterit import make_iterit
         make_iterit(tc.iterit, f"{owner}: iterit")
     return tc
 

@@ -24,15 +24,15 @@ import pandas as pd
 from thresher.data.fingerprint import data_fingerprint
 from thresher.data.readers import data_source, load, write_records
 from thresher.data.table import Dataset
-from thresher.engine.io import write_json, write_parquet, atomic_path
-from thresher.engine.manifest import base_manifest
-from thresher.engine.outputs import claim_output_dir, clear_results, finish_run_folder, output_lock
+from thresher.io import write_json, write_parquet, atomic_path
+from thresher.manifest import base_manifest
+from thresher.outputs import claim_output_dir, clear_results, finish_run_folder, output_lock
 from thresher.engine.scoring import score_dataset
 from thresher.errors import ConfigError
-from thresher.methods.recipe import DataConfig, Recipe, ResolvedStage, ScoreConfig, resolve_refs
-from thresher.methods.select import apply_selector
+from thresher.pipeline.recipe import DataConfig, Recipe, ResolvedStage, ScoreConfig, resolve_refs
+from thresher.pipeline.select import apply_selector
 from thresher.scoring import make_scorer
-from thresher.scoring.base import ModelContext
+from thresher.models.context import ModelContext
 
 log = logging.getLogger(__name__)
 _EXT = {"json": ".json", "jsonl": ".jsonl", "parquet": ".parquet", "hf": ".jsonl"}
@@ -88,14 +88,14 @@ def run_inputs(recipe: Recipe, data_cfg: DataConfig) -> list[str]:
 
 def run_recipe(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
                argv=None, raw_recipe: dict | None = None, cache_root=None) -> dict:
-    """Run every stage into the run folder ``out`` (thresher.engine.outputs: claimed, locked, the earlier
-    run's results cleared first); with ``recipe.clients`` once per client (thresher.methods.clients)."""
+    """Run every stage into the run folder ``out`` (thresher.outputs: claimed, locked, the earlier
+    run's results cleared first); with ``recipe.clients`` once per client (thresher.pipeline.clients)."""
     out = Path(out)
     claim_output_dir(out, "run", inputs=run_inputs(recipe, data_cfg))
     with output_lock(out):
         clear_results(out)
         if recipe.clients:
-            from thresher.methods.clients import run_clients
+            from thresher.pipeline.clients import run_clients
             return run_clients(recipe, data_cfg, stages, out, argv=argv, raw_recipe=raw_recipe,
                                cache_root=cache_root)
         return _run_one(recipe, data_cfg, stages, out, argv=argv, raw_recipe=raw_recipe, cache_root=cache_root)
@@ -111,11 +111,11 @@ def _run_one(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], 
     pending = run_stages(ds, recipe, stages, out, manifest, summary, cache_root=cache_root, argv=argv)
     summary["failed"] = failure_summary([summary], recipe.max_failed_ratio)
     if pending is not None:                   # a global threshold: this dataset is the only client
-        from thresher.methods.clients import finish_global_threshold
+        from thresher.pipeline.clients import finish_global_threshold
         summary["global_threshold"] = finish_global_threshold([pending], recipe, stages[-1])
         summary.setdefault("warnings", []).extend(summary["global_threshold"].pop("warnings", []))
         if recipe.collaborate is not None:
-            from thresher.methods.clients import collaborate
+            from thresher.pipeline.clients import collaborate
             summary["collaborate"] = collaborate([pending], recipe, stages, out, argv=argv)
     finish_run(out, stages, manifest, summary, t0)
     return summary
@@ -144,10 +144,10 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
     """Run the stages over ``ds`` into ``out``, filling ``manifest`` and ``summary``.
 
     Returns None, or, when the last stage selects by a global threshold, what the threshold step needs
-    (thresher.methods.clients.Pending): the scores are written, the selection waits for the anchors of
+    (thresher.pipeline.clients.Pending): the scores are written, the selection waits for the anchors of
     every client.
     """
-    from thresher.methods.train_stage import run_train_stage, train_rows, trained_model_dir
+    from thresher.pipeline.train_stage import run_train_stage, train_rows, trained_model_dir
 
     selections: dict[str, np.ndarray] = {}
     train_dirs: dict[str, str] = {}
@@ -185,7 +185,7 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
         main = info[-1]["main_column"] if info else None
         hib = info[-1]["higher_is_better"] if info else None
         if stage.select.selector == "global_threshold":
-            from thresher.methods.clients import Pending
+            from thresher.pipeline.clients import Pending
             return Pending(ds, stage, scores, main, st_dir, st_sum, ctx, cache_root)
         idx = apply_selector(stage.select, scores, default_column=main, higher_is_better=hib)
         if not len(idx):
@@ -210,7 +210,7 @@ def empty_selection(message: str, strict: bool, summary: dict) -> None:
 
 def _write_iterit_selection(ds: Dataset, run: Path, st_sum: dict) -> None:
     """An IterIT recipe's result: the rows its last epoch trained on, written like a selection."""
-    from thresher.methods.train_stage import iterit_trained_ids
+    from thresher.pipeline.train_stage import iterit_trained_ids
 
     pos = {rid: i for i, rid in enumerate(ds.ids)}
     idx = np.array([pos[i] for i in iterit_trained_ids(run)], dtype=np.int64)

@@ -18,7 +18,7 @@ Selectors (``SelectConfig.selector``) and their parameters:
   opencs                 per_cluster, k, order                              needs the opencs_* columns
   global_threshold       rule (min | mean | quantile), q                    keep score >= tau, tau from the
                                                                             anchor set's scores (pooled over
-                                                                            clients; thresher.methods.clients)
+                                                                            clients; thresher.pipeline.clients)
 ``where`` is a dict {column: {lt|le|gt|ge: value}} that restricts the candidates of top_k (e.g.
 IFD below 1); with ``of: passing`` a ratio then counts only the rows that pass it.
 """
@@ -203,7 +203,7 @@ def check_params(cfg: SelectConfig, owner: str) -> None:
     import inspect
 
     if cfg.selector == "global_threshold":
-        from thresher.methods.clients import check_global_threshold
+        from thresher.pipeline.clients import check_global_threshold
         return check_global_threshold(cfg.params, owner)
     if cfg.selector == "full":
         allowed = set()

@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from thresher.engine.io import read_json_object, write_json
+from thresher.io import read_json_object, write_json
 from thresher.errors import ConfigError
 
 MARKER = ".thresher-output.json"

@@ -12,7 +12,7 @@ Faithful vs clean: ``duplicate_pool`` (DS2 loads every embedding twice; default 
 excludes each point itself) and ``keep_low_confidence_flagged`` (DS2 keeps flagged samples below the
 confidence threshold with their original score; default true, as the paper's selection rule; false drops
 them). The estimated transition matrix and class priors are logged and stored in the run's scores only
-as per-row columns; see ``thresher.scoring.curation`` for the algorithm.
+as per-row columns; see ``thresher.algorithms.ds2_curation`` for the algorithm.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class DS2CurationScorer(Scorer):
         return (self.params.rating_column, self.params.embedding_column)
 
     def score_batch(self, rows: Dataset, inputs=None) -> dict[str, np.ndarray]:
-        from thresher.scoring.curation import ds2_curate
+        from thresher.algorithms.ds2_curation import ds2_curate
 
         p = self.params
         labels = inputs[p.rating_column].to_numpy(dtype=np.float64)

@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 
 from thresher.data.table import Dataset
-from thresher.engine.io import write_json, write_parquet
-from thresher.engine.manifest import base_manifest
-from thresher.engine.outputs import finish_run_folder
+from thresher.io import write_json, write_parquet
+from thresher.manifest import base_manifest
+from thresher.outputs import finish_run_folder
 from thresher.errors import ConfigError
 from thresher.selection.clients import global_threshold, select_above, selection_metrics
-from thresher.methods.recipe import DataConfig, Recipe, ResolvedStage, safe_name
+from thresher.pipeline.recipe import DataConfig, Recipe, ResolvedStage, safe_name
 
 RULE_PARAMS = {"rule", "q"}
 
@@ -69,7 +69,7 @@ def check_global_threshold(params: dict, owner: str) -> None:
 
 def score_anchor(p: Pending, recipe: Recipe) -> np.ndarray:
     """The anchor set scored by the client's own stage (same model, checkpoints, learning rates, weights)."""
-    from thresher.methods.run import load_data, score_stage
+    from thresher.pipeline.run import load_data, score_stage
 
     if not recipe.anchor:
         raise ConfigError("Selector 'global_threshold' needs a trusted anchor set: pass --anchor FILE "
@@ -82,7 +82,7 @@ def score_anchor(p: Pending, recipe: Recipe) -> np.ndarray:
 
 def finish_global_threshold(pending: list[Pending], recipe: Recipe, stage: ResolvedStage) -> dict:
     """Pool the clients' anchor scores, derive tau, select in every client, write the selections."""
-    from thresher.methods.run import empty_selection, write_selection
+    from thresher.pipeline.run import empty_selection, write_selection
 
     params = dict(stage.select.params)
     for p in pending:
@@ -121,8 +121,8 @@ def collaborate(pending: list[Pending], recipe: Recipe, stages: list[ResolvedSta
     """CLUES step 5: each client fine-tunes the base model on the rows it kept, then the server merges the
     clients' adapters. A client that kept nothing does not train (and is not merged); with one trained
     client there is nothing to merge and its run is the result."""
-    from thresher.methods.recipe import ResolvedStage, check_collaborate
-    from thresher.methods.train_stage import run_train_stage
+    from thresher.pipeline.recipe import ResolvedStage, check_collaborate
+    from thresher.pipeline.train_stage import run_train_stage
     from thresher.training.merge import merge_runs
 
     tc, opts = check_collaborate(recipe.collaborate, stages, recipe.name)
@@ -183,7 +183,7 @@ def client_names(paths: list[str]) -> list[str]:
 
 def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
                 argv=None, raw_recipe: dict | None = None, cache_root=None) -> dict:
-    from thresher.methods.run import data_record, load_data, run_stages
+    from thresher.pipeline.run import data_record, load_data, run_stages
 
     t0 = time.perf_counter()
     if stages[-1].is_train or stages[-1].select is None or stages[-1].select.selector != "global_threshold":
@@ -216,7 +216,7 @@ def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage
     produced = ["clients", "manifest.json", "summary.json", *(f"clients/{p.name}" for p in pending)]
     finish_run_folder(out, "run", produced + (["collaborate"] if summary.get("collaborate") else []))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    from thresher.methods.run import failure_summary
+    from thresher.pipeline.run import failure_summary
     summary["failed"] = failure_summary(list(summary["clients"].values()), recipe.max_failed_ratio)
     write_json(out / "summary.json", summary)
     write_json(out / "manifest.json", manifest)          # last: a run folder with a manifest is complete

@@ -12,7 +12,7 @@ Pipeline, given LLM ratings and sentence embeddings of the same N samples:
                     the inputs of ``thresher.selection.ds2.ds2_bucket_select``.
 
 Written from the METHODS.md description (the reference library is not used). No model is loaded
-here; neighbours come from ``thresher.knn.knn`` (torch, CPU or CUDA).
+here; neighbours come from ``thresher.algorithms.knn.knn`` (torch, CPU or CUDA).
 
 Faithful-vs-clean switches (METHODS.md 7.2) and their defaults:
 * ``duplicate_pool``: False (default, clean) = each sample once, its own neighbours exclude
@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from thresher.errors import ConfigError
-from thresher.knn import _check_int, _fail, knn
+from thresher.algorithms.knn import _check_int, _fail, knn
 
 # ---------------------------------------------------------------------------------------------
 # validation

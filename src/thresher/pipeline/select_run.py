@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from thresher.data.fingerprint import data_fingerprint, same_data
 from thresher.data.readers import BUNDLED_SHAREGPT, OUTPUT_SUFFIXES, write_records
-from thresher.engine.io import atomic_path, write_json
-from thresher.engine.manifest import base_manifest
-from thresher.engine.outputs import check_output_file
+from thresher.io import atomic_path, write_json
+from thresher.manifest import base_manifest
+from thresher.outputs import check_output_file
 from thresher.errors import ConfigError
-from thresher.methods.recipe import DataConfig
-from thresher.methods.run import load_data
-from thresher.methods.select import SelectConfig, apply_selector, check_params
+from thresher.pipeline.recipe import DataConfig
+from thresher.pipeline.run import load_data
+from thresher.pipeline.select import SelectConfig, apply_selector, check_params
 
 # Candidate filters a scorer's main column gets unless the user says otherwise (printed, never silent).
 DEFAULT_WHERE = {"ifd": {"ifd": {"lt": 1.0}}}
+
+_WHERE = re.compile(r"^\s*([\w.]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+|inf|nan)\s*$")
+_OPS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
+
+
+def parse_where(items: list[str] | None) -> dict:
+    """["ifd<1", "n_resp_tokens>=20"] -> {"ifd": {"lt": 1.0}, "n_resp_tokens": {"ge": 20.0}}"""
+    where: dict = {}
+    for item in items or []:
+        m = _WHERE.match(item)
+        if not m:
+            raise ConfigError(f"--where expects COLUMN<VALUE (operators < <= > >=), e.g. 'ifd<1'. Got {item!r}.")
+        where.setdefault(m.group(1), {})[_OPS[m.group(2)]] = float(m.group(3))
+    return where
 
 
 def _read_run(run: Path):
@@ -63,8 +78,6 @@ def data_path(run: Path, data: dict) -> str:
 
 def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=None, ratio=None, of="all",
                     higher_is_better=None, where=None, params=None, argv=None, strict: bool = False) -> dict:
-    from thresher.cli import parse_where
-
     manifest, scores = _read_run(run)
     data = dict(manifest["data"], path=data_path(run, manifest["data"]))
     check_output_file(out, inputs=(data["path"], run / "scores.parquet", run / "manifest.json"))
@@ -103,7 +116,7 @@ def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=No
     idx = apply_selector(cfg, scores, default_column=main, higher_is_better=info.get("higher_is_better"))
     warnings: list[str] = []
     if not len(idx):
-        from thresher.methods.run import empty_selection
+        from thresher.pipeline.run import empty_selection
         empty_selection(f"the selection ({selector} on {column}) kept 0 of {len(scores)} rows", strict,
                         {"warnings": warnings})
     ds = load_data(DataConfig(**{k_: v for k_, v in data.items() if k_ in DataConfig.__dataclass_fields__}))

@@ -1,1 +1,0 @@
-"""Each paper's recipe as a short composition of scorers and selectors (see recipe.py)."""
