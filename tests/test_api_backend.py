@@ -544,7 +544,7 @@ def test_key_echoed_near_the_cut_is_scrubbed(offset, monkeypatch):
 
 
 def test_scrub_key_removes_every_run_of_eight_characters():
-    from thresher.models.keys import scrub_key
+    from thresher.keys import scrub_key
 
     assert scrub_key(f"a {KEY} b", KEY) == "a [redacted] b"
     assert scrub_key(f"cut: {KEY[:30]}", KEY) == "cut: [redacted]"

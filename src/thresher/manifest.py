@@ -25,7 +25,7 @@ def versions() -> dict:
 
 def base_manifest(argv: list[str] | None) -> dict:
     """The record every command starts from; argv is scrubbed of anything that looks like an API key
-    or holds the value of a key variable (thresher.models.keys.scrub_argv)."""
-    from thresher.models.keys import scrub_argv
+    or holds the value of a key variable (thresher.keys.scrub_argv)."""
+    from thresher.keys import scrub_argv
     return {"argv": scrub_argv(argv if argv is not None else sys.argv),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions()}

@@ -36,7 +36,7 @@ The API key is read from the environment variable ``api_key_env`` (a valid varia
 key) when a request has to be sent (a fully cached call needs no key; a loopback ``base_url`` needs
 none). It is never stored on the backend; it, and every run of 8+ of its characters, is removed from
 every error text and reply before anything is cut, logged, raised or cached
-(``thresher.models.keys.scrub_key``): logs, exceptions, cache rows, stats and ``identity()`` never
+(``thresher.keys.scrub_key``): logs, exceptions, cache rows, stats and ``identity()`` never
 contain it. An ``http://`` base URL to a host other than loopback would send the key in clear text and
 is refused (``ConfigError``, before any connection) unless ``allow_http=True``.
 
@@ -66,7 +66,7 @@ from dataclasses import replace
 
 from thresher.errors import ConfigError
 from thresher.models.chat import ChatRequest, ChatResult, ChatStats
-from thresher.models.keys import check_key_env, scrub_key
+from thresher.keys import check_key_env, scrub_key
 
 log = logging.getLogger(__name__)
 
