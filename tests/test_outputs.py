@@ -9,7 +9,7 @@ import json
 import pytest
 
 from thresher import cli
-from thresher.pipeline.recipe import NAME_PATTERN, is_safe_name, safe_name
+from thresher.pipeline.config import NAME_PATTERN, is_safe_name, safe_name
 
 
 def _main(capsys, *argv):

@@ -87,7 +87,7 @@ def test_valid_training_stages_and_references():
 
 
 def test_train_rows_fraction_is_seeded_and_in_table_order():
-    from thresher.pipeline.recipe import TrainStageConfig
+    from thresher.pipeline.config import TrainStageConfig
     from thresher.pipeline.train_stage import train_rows
 
     sel = {"s": np.array([9, 3, 7, 1, 5, 2, 8, 0, 4, 6])}
@@ -100,7 +100,8 @@ def test_train_rows_fraction_is_seeded_and_in_table_order():
 
 
 def test_target_reference_needs_target_files():
-    from thresher.pipeline.recipe import Recipe, resolve_refs
+    from thresher.pipeline.config import Recipe
+    from thresher.pipeline.recipe import resolve_refs
 
     r = Recipe(name="less", target=["/a.jsonl", "/b.jsonl"], anchor="/anc.jsonl")
     got = resolve_refs({"target": ["@target"], "v": "@anchor", "c": "@warm", "n": 3, "val": ["@validation"]},

@@ -118,7 +118,7 @@ def _argv(args) -> list[str]:
 
 def _print_summary(summary: dict) -> int:
     """Print the summary; the exit status: 2 when more rows failed than max_failed_ratio allows."""
-    from thresher.pipeline.run import failure_line, format_summary
+    from thresher.pipeline.summary import failure_line, format_summary
     print(format_summary(summary))
     failed = summary.get("failed") or {}
     if failed.get("exceeded"):
@@ -215,7 +215,7 @@ def cmd_validate(args) -> int:
         raise ConfigError(f"data.path {data_cfg.path!r} does not exist.")
     print(f"ok: recipe {recipe.name!r}, data {data_cfg.path}, {len(stages)} stage(s): " +
           "; ".join(f"{s.name} [train on {s.train.rows} rows{', iterit' if s.train.iterit else ''}] model {s.model}"
-                    if s.is_train else f"{s.name} [{', '.join(sc.scorer for sc in s.scores) or '-'} -> "
+                    if s.is_train else f"{s.name} [{', '.join(sc.name for sc in s.scores) or '-'} -> "
                     f"{s.select.selector if s.select else 'no selection'}] model {s.model}" for s in stages))
     return 0
 

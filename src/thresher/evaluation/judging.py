@@ -19,13 +19,13 @@ import math
 
 import numpy as np
 
+from thresher.algorithms.opencs_tags import parse_pair_scores
 from thresher.evaluation.answers import conversation
-from thresher.evaluation.mtbench import parse_rating, single_messages
+from thresher.evaluation.mtbench import judge_prompts, parse_rating, single_messages
 from thresher.evaluation.stats import pairwise_outcomes
 from thresher.evaluation.store import JsonlStore
 from thresher.models.chat import ChatRequest
 from thresher.scoring.prompts import load_prompt, parse_first_number
-from thresher.algorithms.opencs_tags import parse_pair_scores
 
 
 def _digest(*parts) -> str:
@@ -75,7 +75,6 @@ def grade_single(questions: list[dict], answers: list[dict], backend, *, max_tok
     or NaN), status (ok | unparseable | judge_failed), judge text. A turn with no answer is not graded
     (it is reported as ``no_answer`` by ``evaluate``).
     """
-    from thresher.evaluation.mtbench import judge_prompts
 
     prompts, items = judge_prompts(), []
     for q, a in zip(questions, answers):

@@ -6,6 +6,10 @@ first use, so building a context is cheap and loads nothing.
 
 from __future__ import annotations
 
+from thresher.models.embedder import SentenceEmbedder
+from thresher.models.hf import HFCausalLM
+from thresher.models.judges import make_judge
+
 
 class ModelContext:
     """Models shared by the scorers of one run; each is loaded on first use.
@@ -34,13 +38,11 @@ class ModelContext:
     def judge(self):
         """The chat backend for judge scorers (local model, OpenAI-compatible API or vLLM)."""
         if self._judge is None:
-            from thresher.models.judges import make_judge
             self._judge = make_judge(self.judge_spec, self)
         return self._judge
 
     def lm(self):
         if self._lm is None:
-            from thresher.models.hf import HFCausalLM
             self._lm = HFCausalLM(self.model, device=self.device, dtype=self.dtype,
                                   max_batch_tokens=self.max_batch_tokens, max_batch_size=self.max_batch_size,
                                   padding_side=self.padding_side)
@@ -48,7 +50,6 @@ class ModelContext:
 
     def embedder(self, spec: str | None = None):
         """A sentence embedder: the context's default, or ``spec`` (loaded once per spec)."""
-        from thresher.models.embedder import SentenceEmbedder
         spec = spec or self.embedder_spec
         if self._emb is None:
             self._emb = {}

@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import os
 
+from thresher.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 CHOICES = ("auto", "onednn", "torch")
@@ -30,7 +32,6 @@ ENV = "THRESHER_CPU_GEMM"
 def choose(spec: str | None, torch) -> str:
     """The GEMM path for a CPU model: ``spec`` (default: $THRESHER_CPU_GEMM, else auto). ``auto`` = oneDNN
     where torch has it (float32/bfloat16), else torch's default."""
-    from thresher.errors import ConfigError
 
     spec = spec or os.environ.get(ENV) or "auto"
     if spec not in CHOICES:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from thresher.errors import ConfigError
+from thresher.models import bundled
 from thresher.models.chat import ChatRequest, ChatResult, ChatStats
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ class VLLMChat:
             except ImportError:
                 raise ConfigError("The vllm judge needs the optional extra: pip install 'thresher[vllm]' "
                                   "(and a CUDA GPU). Use --judge local or --judge api otherwise.") from None
-            from thresher.models import bundled
             src = str(bundled.converted_model_dir()) if self.model_spec in bundled.BUNDLED_ALIASES else self.model_spec
             kw = {"max_model_len": self.max_model_len} if self.max_model_len else {}
             self.llm = LLM(model=src, dtype=self.dtype, gpu_memory_utilization=self.gpu_memory_utilization, **kw)

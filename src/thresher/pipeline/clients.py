@@ -23,37 +23,25 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from thresher.data.table import Dataset
+from thresher.errors import ConfigError
 from thresher.io import write_json, write_parquet
 from thresher.manifest import base_manifest
 from thresher.outputs import finish_run_folder
-from thresher.errors import ConfigError
+from thresher.pipeline.config import DataConfig, Recipe, ResolvedStage, safe_name
+from thresher.pipeline.recipe import check_collaborate
+from thresher.pipeline.stages import Pending, data_record, empty_selection, load_data, run_stages, score_stage, write_selection
+from thresher.pipeline.summary import failure_summary
+from thresher.pipeline.train_stage import run_train_stage
 from thresher.selection.clients import global_threshold, select_above, selection_metrics
-from thresher.pipeline.recipe import DataConfig, Recipe, ResolvedStage, safe_name
+from thresher.training.merge import merge_runs
 
 RULE_PARAMS = {"rule", "q"}
-
-
-@dataclass
-class Pending:
-    """A client's scored last stage, waiting for the global threshold."""
-    ds: Dataset
-    stage: ResolvedStage                  # with resolved model and scorer parameters
-    scores: pd.DataFrame
-    column: str
-    st_dir: Path
-    st_sum: dict
-    ctx: object
-    cache_root: object
-    name: str = ""
-    anchor_scores: np.ndarray | None = None
-    selected: np.ndarray | None = None    # row positions kept under the global threshold
 
 
 def check_global_threshold(params: dict, owner: str) -> None:
@@ -69,8 +57,6 @@ def check_global_threshold(params: dict, owner: str) -> None:
 
 def score_anchor(p: Pending, recipe: Recipe) -> np.ndarray:
     """The anchor set scored by the client's own stage (same model, checkpoints, learning rates, weights)."""
-    from thresher.pipeline.run import load_data, score_stage
-
     if not recipe.anchor:
         raise ConfigError("Selector 'global_threshold' needs a trusted anchor set: pass --anchor FILE "
                           "(or set 'anchor' in the recipe).")
@@ -82,8 +68,6 @@ def score_anchor(p: Pending, recipe: Recipe) -> np.ndarray:
 
 def finish_global_threshold(pending: list[Pending], recipe: Recipe, stage: ResolvedStage) -> dict:
     """Pool the clients' anchor scores, derive tau, select in every client, write the selections."""
-    from thresher.pipeline.run import empty_selection, write_selection
-
     params = dict(stage.select.params)
     for p in pending:
         if p.anchor_scores is None:
@@ -121,10 +105,6 @@ def collaborate(pending: list[Pending], recipe: Recipe, stages: list[ResolvedSta
     """CLUES step 5: each client fine-tunes the base model on the rows it kept, then the server merges the
     clients' adapters. A client that kept nothing does not train (and is not merged); with one trained
     client there is nothing to merge and its run is the result."""
-    from thresher.pipeline.recipe import ResolvedStage, check_collaborate
-    from thresher.pipeline.train_stage import run_train_stage
-    from thresher.training.merge import merge_runs
-
     tc, opts = check_collaborate(recipe.collaborate, stages, recipe.name)
     stage = ResolvedStage("collaborate", recipe.model, [], None, "", tc)
     trained, result = [], {"clients": {}, "merge": {k: opts[k] for k in ("method", "density", "weights")}}
@@ -183,8 +163,6 @@ def client_names(paths: list[str]) -> list[str]:
 
 def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
                 argv=None, raw_recipe: dict | None = None, cache_root=None) -> dict:
-    from thresher.pipeline.run import data_record, load_data, run_stages
-
     t0 = time.perf_counter()
     if stages[-1].is_train or stages[-1].select is None or stages[-1].select.selector != "global_threshold":
         raise ConfigError(f"Recipe {recipe.name!r} runs per client (--clients) but its last stage does not select "
@@ -216,7 +194,6 @@ def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage
     produced = ["clients", "manifest.json", "summary.json", *(f"clients/{p.name}" for p in pending)]
     finish_run_folder(out, "run", produced + (["collaborate"] if summary.get("collaborate") else []))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    from thresher.pipeline.run import failure_summary
     summary["failed"] = failure_summary(list(summary["clients"].values()), recipe.max_failed_ratio)
     write_json(out / "summary.json", summary)
     write_json(out / "manifest.json", manifest)          # last: a run folder with a manifest is complete

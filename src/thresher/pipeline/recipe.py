@@ -18,139 +18,28 @@ the server merges the clients' LoRA adapters (CLUES step 5; thresher.training.me
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from thresher.config import build, choice, did_you_mean
-from thresher.data.readers import MAX_RECORD_CHARS
+from thresher.config import build, did_you_mean
 from thresher.errors import ConfigError
+from thresher.models.judges import JudgeConfig
+from thresher.pipeline.config import (NAME_PATTERN, CollaborateConfig, DataConfig, Recipe, ResolvedStage, ScoreConfig,
+                                      StageConfig, TrainStageConfig, is_safe_name)
 from thresher.pipeline.select import SelectConfig, check_params
+from thresher.scoring import get_scorer
+from thresher.scoring.base import Scorer
+from thresher.training.config import resolve_config
+from thresher.training.merge import check_merge_options
 
 log = logging.getLogger(__name__)
 PACKAGED = Path(__file__).resolve().parent.parent / "recipes"
-# Stage names (and client names) name folders inside --out: one plain path component, never a path.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_NAME_RE = re.compile(NAME_PATTERN)
 
 
-def is_safe_name(name) -> bool:
-    """True when ``name`` may name a folder inside an output: it matches ``NAME_PATTERN`` (a letter or
-    digit, then up to 63 letters, digits, ``_``, ``.`` or ``-``) and holds no ``..``."""
-    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None and ".." not in name
-
-
-def safe_name(text, default: str = "client") -> str:
-    """A folder name made from ``text`` (e.g. a --clients file's stem) that ``is_safe_name`` accepts:
-    runs of other characters become ``_``, runs of dots one dot, leading ``._-`` are dropped, at most 64
-    characters; ``default`` when nothing is left. Different texts may give the same name: callers that
-    need distinct names make them unique themselves."""
-    s = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text))
-    s = re.sub(r"\.{2,}", ".", s).lstrip("._-")[:64]
-    return s if is_safe_name(s) else default
-
-
-@dataclass
-class DataConfig:
-    path: str = "bundled:sharegpt"        # a file, a saved HF dataset dir, a hub name, or bundled:sharegpt
-    format: str = choice("auto", "auto", "alpaca", "sharegpt", "messages")
-    on_invalid: str = choice("fail", "fail", "skip")
-    lenient: bool = False                  # keep the complete records of a cut-off JSON file
-    limit: int | None = None               # first N valid records
-    split: str = "train"
-    max_record_chars: int | None = MAX_RECORD_CHARS   # longest text field a record may have; 0 or null: no limit
-
-    def check(self, owner: str) -> None:
-        if self.max_record_chars is not None and self.max_record_chars < 0:
-            raise ConfigError(f"The 'max_record_chars' parameter of {owner} (CLI --max-record-chars) must be an "
-                              f"int >= 0 (0 or null: no limit). Got {self.max_record_chars!r}.")
-
-
-@dataclass
-class ScoreConfig:
-    scorer: str = ""
-    params: dict = field(default_factory=dict)
-
-
-@dataclass
-class StageConfig:
-    name: str = ""
-    model: str | None = None
-    score: list = field(default_factory=list)
-    select: dict | None = None
-    train: dict | None = None
-    note: str = ""
-
-
-@dataclass
-class TrainStageConfig:
-    rows: str = "previous"                 # whose rows: previous (the last scoring stage's selection), all,
-                                           # or the name of an earlier scoring stage
-    fraction: float | None = None          # a seeded uniform fraction of those rows (LESS warm-up: 0.05)
-    seed: int = 0
-    preset: str | None = None              # thresher.training.config.PRESETS
-    cpu_small: bool = False                # CPU scale: max_length 256, batch 4, no accumulation
-    merge: bool = False                    # LoRA: also write the merged model folder later stages load
-    params: dict = field(default_factory=dict)   # TrainConfig fields (override the preset)
-    iterit: dict | None = None             # IterIT selection during training: IterITSampler parameters
                                            # (ratio | k, update_ratio, score_type, decay, ...) + span_rule
-
-
-@dataclass
-class Recipe:
-    name: str = ""
-    description: str = ""
-    reference: str = ""
-    data: dict = field(default_factory=dict)
-    model: str = "bundled"
-    device: str = "auto"
-    dtype: str = choice("auto", "auto", "float32", "bfloat16", "float16")
-    max_batch_tokens: int | None = None   # None: 768 on CPU, 32768 on GPU
-    shard_size: int = 64
-    seed: int = 0
-    strict: bool = False                  # a selection that keeps no row is an error, not a warning
-    judge: dict = field(default_factory=dict)   # chat backend of judge scorers: see thresher.models.judges
-    max_failed_ratio: float = 0.0               # share of scored rows allowed to fail (judge requests without an
-                                                # answer after retries) before the run exits with status 2
-    target: list = field(default_factory=list)  # target-task example files (LESS, DataInf): "@target"
-    anchor: str | None = None                   # trusted anchor set (CLUES threshold): "@anchor"
-    validation: list = field(default_factory=list)  # validation files (CLUES domains): "@validation";
-                                                # empty: the anchor set doubles as the validation set
-    clients: list = field(default_factory=list) # private client data files: the stages run once per client
-    labels: str | None = None                   # record field with a ground-truth good(1)/bad(0) label:
-                                                # precision/recall/F1 of the selection are reported
-    collaborate: dict | None = None             # CollaborateConfig: train on each client's kept rows, merge
-    stages: list = field(default_factory=list)
-
-    def check(self, owner: str) -> None:
-        if self.shard_size < 1:
-            raise ConfigError(f"The 'shard_size' parameter of {owner} (rows per cached shard; CLI --shard-size) "
-                              f"must be an int >= 1. Got {self.shard_size!r}.")
-
-
-@dataclass
-class CollaborateConfig:
-    """CLUES step 5: each client fine-tunes on the rows it kept under the global threshold (the base model,
-    the local-training hyper-parameters), then the server merges the clients' adapters."""
-    train: dict = field(default_factory=dict)   # preset, cpu_small, params (as a training stage; no rows/fraction)
-    merge: dict = field(default_factory=dict)   # method (ties | linear | cat | fedavg), density, weights, full
-
-
-@dataclass
-class ResolvedStage:
-    name: str
-    model: str
-    scores: list[ScoreConfig]
-    select: SelectConfig | None
-    note: str
-    train: TrainStageConfig | None = None
-
-    @property
-    def is_train(self) -> bool:
-        return self.train is not None
 
 
 def resolve_recipe_path(spec: str) -> Path:
@@ -182,7 +71,6 @@ def load_recipe(spec: str, overrides: dict | None = None) -> tuple[Recipe, DataC
 def check_recipe(raw: dict, where: str):
     recipe = build(Recipe, raw, f"recipe {where}")
     data = build(DataConfig, recipe.data, f"recipe {where}: data")
-    from thresher.models.judges import JudgeConfig
     build(JudgeConfig, recipe.judge, f"recipe {where}: judge")
     if not 0.0 <= recipe.max_failed_ratio <= 1.0:
         raise ConfigError(f"The 'max_failed_ratio' parameter of recipe {where} must be a float in [0, 1] (the share "
@@ -204,8 +92,6 @@ def check_recipe(raw: dict, where: str):
 
 
 def _stage(raw, i, recipe: Recipe, where: str, earlier: list[ResolvedStage]) -> ResolvedStage:
-    from thresher.scoring import get_scorer
-
     owner = f"recipe {where}: stage {i}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{owner} must be a mapping with name and score/select, or name and train.")
@@ -226,14 +112,14 @@ def _stage(raw, i, recipe: Recipe, where: str, earlier: list[ResolvedStage]) -> 
     for j, sc in enumerate(st.score):
         sc = build(ScoreConfig, sc, f"{owner}: score {j}")
         check_refs(sc.params, recipe, earlier, f"{owner}: score {j} ({sc.scorer})")
-        scorer = get_scorer(sc.scorer)(**sc.params)          # validates parameters; loads nothing
+        scorer = get_scorer(sc.scorer)(**sc.params)          # checks its parameters; loads nothing
         missing = [c for c in scorer.required_columns() if c not in produced]
         if missing:
             raise ConfigError(f"{owner}: score {j} ({sc.scorer}) reads column(s) {', '.join(map(repr, missing))}, "
                               f"which no earlier scorer of the stage produces (earlier columns: "
                               f"{', '.join(sorted(produced)) or 'none'}). Put the scorer producing them first.")
         produced |= set(scorer.produced_columns())
-        scores.append(sc)
+        scores.append(scorer)
     sel = None
     if st.select is not None:
         sel = build(SelectConfig, st.select, f"{owner}: select")
@@ -245,8 +131,6 @@ def _stage(raw, i, recipe: Recipe, where: str, earlier: list[ResolvedStage]) -> 
 
 def _train_stage(raw, owner: str, earlier: list[ResolvedStage]) -> TrainStageConfig:
     """Check a training stage without loading anything: its rows, budget, preset and TrainConfig fields."""
-    from thresher.training.config import resolve_config
-
     owner = f"{owner}: train"
     if not isinstance(raw, dict):
         raise ConfigError(f"{owner} must be a mapping (rows, fraction, preset, cpu_small, merge, params, iterit).")
@@ -266,15 +150,13 @@ def _train_stage(raw, owner: str, earlier: list[ResolvedStage]) -> TrainStageCon
         raise ConfigError(f"{owner}: set the model with the stage's 'model' key, not params.model.")
     resolve_config(tc.preset, tc.params, cpu_small=tc.cpu_small)     # unknown keys, bad values, preset name
     if tc.iterit is not None:
-        from thresher.training.iterit import make_iterit
+        from thresher.training.iterit import make_iterit     # imports transformers (its callback)
         make_iterit(tc.iterit, f"{owner}: iterit")
     return tc
 
 
 def check_collaborate(raw, stages: list[ResolvedStage], where: str) -> tuple[TrainStageConfig, dict]:
     """The collaborate block, checked without loading anything: (its training config, merge options)."""
-    from thresher.training.merge import check_merge_options
-
     owner = f"recipe {where}: collaborate"
     if not isinstance(raw, dict):
         raise ConfigError(f"{owner} must be a mapping with 'train' and 'merge'.")
@@ -317,7 +199,6 @@ def _model_ref(spec: str, earlier: list[ResolvedStage], owner: str) -> str:
 
 
 def _trained_is_lora(tc: TrainStageConfig) -> bool:
-    from thresher.training.config import resolve_config
     return resolve_config(tc.preset, tc.params, cpu_small=tc.cpu_small).lora
 
 
@@ -381,6 +262,14 @@ def resolve_refs(x, recipe: Recipe, train_dirs: dict[str, str]):
             return list(recipe.validation)
         return train_dirs[name]
     return x
+
+
+def resolve_scorer(scorer: Scorer, recipe: Recipe, train_dirs: dict[str, str]) -> Scorer:
+    """The stage's scorer with its "@name" parameters resolved (``resolve_refs``): the checked scorer itself
+    when it has none, else a scorer of the same class with the resolved values."""
+    params = dataclasses.asdict(scorer.params)
+    resolved = resolve_refs(params, recipe, train_dirs)
+    return scorer if resolved == params else type(scorer)(**resolved)
 
 
 def set_dotted(raw: dict, key: str, value) -> None:

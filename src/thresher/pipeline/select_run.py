@@ -14,8 +14,8 @@ from thresher.io import atomic_path, write_json
 from thresher.manifest import base_manifest
 from thresher.outputs import check_output_file
 from thresher.errors import ConfigError
-from thresher.pipeline.recipe import DataConfig
-from thresher.pipeline.run import load_data
+from thresher.pipeline.config import DataConfig
+from thresher.pipeline.stages import empty_selection, load_data
 from thresher.pipeline.select import SelectConfig, apply_selector, check_params
 
 # Candidate filters a scorer's main column gets unless the user says otherwise (printed, never silent).
@@ -116,7 +116,6 @@ def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=No
     idx = apply_selector(cfg, scores, default_column=main, higher_is_better=info.get("higher_is_better"))
     warnings: list[str] = []
     if not len(idx):
-        from thresher.pipeline.run import empty_selection
         empty_selection(f"the selection ({selector} on {column}) kept 0 of {len(scores)} rows", strict,
                         {"warnings": warnings})
     ds = load_data(DataConfig(**{k_: v for k_, v in data.items() if k_ in DataConfig.__dataclass_fields__}))

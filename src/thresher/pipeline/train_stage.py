@@ -15,7 +15,10 @@ import numpy as np
 
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
-from thresher.pipeline.recipe import Recipe, ResolvedStage, TrainStageConfig
+from thresher.pipeline.config import Recipe, ResolvedStage, TrainStageConfig
+from thresher.training.config import resolve_config
+from thresher.training.export import export_merged
+from thresher.training.sft import train
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,6 @@ def train_rows(tc: TrainStageConfig, n: int, selections: dict[str, np.ndarray], 
 def run_train_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, rows: np.ndarray, out: Path,
                     model: str, argv=None) -> dict:
     """Train ``model`` on ``ds`` rows ``rows`` into ``out``; returns the stage summary."""
-    from thresher.training.sft import train
 
     tc = stage.train
     run = out / stage.name
@@ -65,7 +67,6 @@ def run_train_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, rows: np.
                          "loss": done["train_loss"], "samples_per_s": round(done["samples_per_s"], 3),
                          "checkpoints": done["checkpoints"], "final": done["final"]}}
     if tc.merge:
-        from thresher.training.export import export_merged
         merged = run / "merged"
         summary["train"]["merged"] = str(merged if (merged / "config.json").exists() else export_merged(run))
     if tc.iterit is not None:
@@ -80,7 +81,6 @@ def finished_run(run: Path, tc: TrainStageConfig, params: dict, row_ids: list[st
     """The saved summary of a finished run with the same settings and rows (a recipe re-run keeps it);
     None when there is nothing finished to reuse. A finished run with other settings or rows is an error:
     retraining over it would silently change the checkpoints later stages read."""
-    from thresher.training.config import resolve_config
 
     if not ((run / "final").is_dir() and (run / "summary.json").exists()):
         return None

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from thresher.algorithms.ds2_curation import ds2_curate
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
 from thresher.scoring.base import Scorer
@@ -74,8 +75,6 @@ class DS2CurationScorer(Scorer):
         return (self.params.rating_column, self.params.embedding_column)
 
     def score_batch(self, rows: Dataset, inputs=None) -> dict[str, np.ndarray]:
-        from thresher.algorithms.ds2_curation import ds2_curate
-
         p = self.params
         labels = inputs[p.rating_column].to_numpy(dtype=np.float64)
         emb = stack_embeddings(inputs, p.embedding_column)

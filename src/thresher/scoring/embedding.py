@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from thresher.config import choice
+from thresher.data import split_turns
 from thresher.data.table import Dataset
+from thresher.data.templates import instruction_and_input
 from thresher.scoring.base import Scorer
 
 
@@ -34,9 +36,6 @@ class EmbeddingParams:
 
 
 def sample_text(messages: list[dict], meta: dict, turns: str, view: str) -> str:
-    from thresher.data import split_turns
-    from thresher.data.templates import instruction_and_input
-
     units = split_turns(messages, turns)
     context, response = units[0] if units else (messages, "")
     if view == "conversation":

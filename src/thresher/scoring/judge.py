@@ -25,7 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from thresher.algorithms.ds2_curation import ds2_compress
 from thresher.config import choice
+from thresher.data import split_turns
 from thresher.data.table import Dataset
 from thresher.data.templates import instruction_and_input
 from thresher.errors import ConfigError
@@ -61,7 +63,6 @@ class JudgeParams:
 
 def unit_fields(messages: list[dict], meta: dict, turns: str) -> list[dict]:
     """Prompt slots (instruction, input, response, conversation) of each rated turn of one row."""
-    from thresher.data import split_turns
 
     out = []
     for context, response in split_turns(messages, turns):
@@ -183,7 +184,6 @@ class JudgeRatingScorer(Scorer):
             status[i] = "ok" if np.isfinite(value) else "unparsed"
             cols["rating"][i] = value
         if prompt.parser == "ds2_json":
-            from thresher.algorithms.ds2_curation import ds2_compress
             cols["rating"] = ds2_compress(cols["overall"], failed=p.on_unparsed)
         elif p.on_unparsed == "zero":
             bad = (status == "unparsed")
@@ -208,7 +208,6 @@ class JudgeRatingScorer(Scorer):
         out = {"rating": rating, "rating_argmax": argmax, "label_mass": mass, "status": status}
         if prompt.parser == "ds2_json":
             # DS2 needs integer classes: the most probable overall rating, compressed to 0-5.
-            from thresher.algorithms.ds2_curation import ds2_compress
             out["overall"] = argmax
             out["rating"] = ds2_compress(argmax, failed=self.params.on_unparsed)
         return out

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thresher.config import choice
+from thresher.data import split_turns
 from thresher.data.table import Dataset
 from thresher.scoring.base import Scorer
 
@@ -35,8 +36,6 @@ class LengthScorer(Scorer):
         return ctx.lm().identity() + "|tokenizer-only"
 
     def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
-        from thresher.data import split_turns
-
         tok = self.ctx.lm().tokenizer_only()
         texts, owner = [], []
         for r, msgs in enumerate(rows.messages):

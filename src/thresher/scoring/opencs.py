@@ -25,6 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from thresher.algorithms import opencs_tags as T
+from thresher.algorithms.opencs_tags import (
+    cluster_members,
+    consecutive_pairs,
+    parse_pair_scores,
+    parse_tags,
+    unique_pairs,
+)
 from thresher.config import choice
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
@@ -57,8 +65,6 @@ class OpenCSTagScorer(Scorer):
         return {**super().param_dict(), "prompt_sha": prompt_sha(self.params.prompt)}
 
     def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
-        from thresher.algorithms.opencs_tags import parse_tags
-
         p = self.params
         prompt = load_prompt(p.prompt)
         fields = [sample_fields(m, meta, "last") for m, meta in zip(rows.messages, rows.meta)]
@@ -115,8 +121,6 @@ class OpenCSClusterScorer(Scorer):
         return ctx.embedder(self.params.embedder).identity()
 
     def score_batch(self, rows: Dataset, inputs=None) -> dict[str, np.ndarray]:
-        from thresher.algorithms import opencs_tags as T
-
         p = self.params
         n = len(rows)
         raw = [json.loads(t) for t in inputs["tags"]]
@@ -149,7 +153,6 @@ class PairParams:
 
 def clusters_from_columns(label_sets, ranks) -> dict[int, np.ndarray]:
     """cluster id -> representative rows in representative order, from the opencs_clusters columns."""
-    from thresher.algorithms.opencs_tags import cluster_members
     ranks = np.asarray(ranks, dtype=np.int64)
     reps = np.flatnonzero(ranks >= 0)
     reps = reps[np.argsort(ranks[reps], kind="stable")]
@@ -178,8 +181,6 @@ class OpenCSPairScorer(Scorer):
                 prompt_sha(self.params.single_prompt)}
 
     def score_batch(self, rows: Dataset, inputs=None) -> dict[str, np.ndarray]:
-        from thresher.algorithms.opencs_tags import consecutive_pairs, parse_pair_scores, unique_pairs
-
         p = self.params
         members = clusters_from_columns(inputs["label_set"], inputs["opencs_rank"])
         if p.contrastive:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from thresher.algorithms.knn import knn
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
 from thresher.scoring.base import Scorer
@@ -46,8 +47,6 @@ class KNNRarenessScorer(Scorer):
         return (self.params.column,)
 
     def score_batch(self, rows: Dataset, inputs=None) -> dict[str, np.ndarray]:
-        from thresher.algorithms.knn import knn
-
         emb = stack_embeddings(inputs, self.params.column)
         k = min(self.params.k, len(emb) - 1)
         if k < 1:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from thresher.outputs import atomic_dir
 from thresher.errors import ConfigError
+from thresher.models.hf import HFCausalLM
+from thresher.outputs import atomic_dir
 
 
 def export_merged(run_dir, out=None) -> Path:
@@ -40,8 +41,6 @@ def fold_adapter(base: str, adapter_dir, out, *, revision: str | None = None) ->
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from thresher.models.hf import HFCausalLM
 
     src, kw = HFCausalLM(base).source() if revision is None else (base, {"revision": revision})
     model = AutoModelForCausalLM.from_pretrained(src, dtype="float32", **kw)

@@ -1,0 +1,133 @@
+"""The recipe configuration: dataclasses filled from YAML and CLI flags (thresher.config.build: unknown keys
+are errors), and the names of stages and clients, which name folders inside a run folder."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from thresher.config import choice
+from thresher.data.readers import MAX_RECORD_CHARS
+from thresher.errors import ConfigError
+
+
+# Stage names (and client names) name folders inside --out: one plain path component, never a path.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def is_safe_name(name) -> bool:
+    """True when ``name`` may name a folder inside an output: it matches ``NAME_PATTERN`` (a letter or
+    digit, then up to 63 letters, digits, ``_``, ``.`` or ``-``) and holds no ``..``."""
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None and ".." not in name
+
+
+def safe_name(text, default: str = "client") -> str:
+    """A folder name made from ``text`` (e.g. a --clients file's stem) that ``is_safe_name`` accepts:
+    runs of other characters become ``_``, runs of dots one dot, leading ``._-`` are dropped, at most 64
+    characters; ``default`` when nothing is left. Different texts may give the same name: callers that
+    need distinct names make them unique themselves."""
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text))
+    s = re.sub(r"\.{2,}", ".", s).lstrip("._-")[:64]
+    return s if is_safe_name(s) else default
+
+
+@dataclass
+class DataConfig:
+    path: str = "bundled:sharegpt"        # a file, a saved HF dataset dir, a hub name, or bundled:sharegpt
+    format: str = choice("auto", "auto", "alpaca", "sharegpt", "messages")
+    on_invalid: str = choice("fail", "fail", "skip")
+    lenient: bool = False                  # keep the complete records of a cut-off JSON file
+    limit: int | None = None               # first N valid records
+    split: str = "train"
+    max_record_chars: int | None = MAX_RECORD_CHARS   # longest text field a record may have; 0 or null: no limit
+
+    def check(self, owner: str) -> None:
+        if self.max_record_chars is not None and self.max_record_chars < 0:
+            raise ConfigError(f"The 'max_record_chars' parameter of {owner} (CLI --max-record-chars) must be an "
+                              f"int >= 0 (0 or null: no limit). Got {self.max_record_chars!r}.")
+
+
+@dataclass
+class ScoreConfig:
+    scorer: str = ""
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class StageConfig:
+    name: str = ""
+    model: str | None = None
+    score: list = field(default_factory=list)
+    select: dict | None = None
+    train: dict | None = None
+    note: str = ""
+
+
+@dataclass
+class TrainStageConfig:
+    rows: str = "previous"                 # whose rows: previous (the last scoring stage's selection), all,
+                                           # or the name of an earlier scoring stage
+    fraction: float | None = None          # a seeded uniform fraction of those rows (LESS warm-up: 0.05)
+    seed: int = 0
+    preset: str | None = None              # thresher.training.config.PRESETS
+    cpu_small: bool = False                # CPU scale: max_length 256, batch 4, no accumulation
+    merge: bool = False                    # LoRA: also write the merged model folder later stages load
+    params: dict = field(default_factory=dict)   # TrainConfig fields (override the preset)
+    iterit: dict | None = None             # IterIT selection during training: IterITSampler parameters
+
+
+@dataclass
+class Recipe:
+    name: str = ""
+    description: str = ""
+    reference: str = ""
+    data: dict = field(default_factory=dict)
+    model: str = "bundled"
+    device: str = "auto"
+    dtype: str = choice("auto", "auto", "float32", "bfloat16", "float16")
+    max_batch_tokens: int | None = None   # None: 768 on CPU, 32768 on GPU
+    shard_size: int = 64
+    seed: int = 0
+    strict: bool = False                  # a selection that keeps no row is an error, not a warning
+    judge: dict = field(default_factory=dict)   # chat backend of judge scorers: see thresher.models.judges
+    max_failed_ratio: float = 0.0               # share of scored rows allowed to fail (judge requests without an
+                                                # answer after retries) before the run exits with status 2
+    target: list = field(default_factory=list)  # target-task example files (LESS, DataInf): "@target"
+    anchor: str | None = None                   # trusted anchor set (CLUES threshold): "@anchor"
+    validation: list = field(default_factory=list)  # validation files (CLUES domains): "@validation";
+                                                # empty: the anchor set doubles as the validation set
+    clients: list = field(default_factory=list) # private client data files: the stages run once per client
+    labels: str | None = None                   # record field with a ground-truth good(1)/bad(0) label:
+                                                # precision/recall/F1 of the selection are reported
+    collaborate: dict | None = None             # CollaborateConfig: train on each client's kept rows, merge
+    stages: list = field(default_factory=list)
+
+    def check(self, owner: str) -> None:
+        if self.shard_size < 1:
+            raise ConfigError(f"The 'shard_size' parameter of {owner} (rows per cached shard; CLI --shard-size) "
+                              f"must be an int >= 1. Got {self.shard_size!r}.")
+
+
+@dataclass
+class CollaborateConfig:
+    """CLUES step 5: each client fine-tunes on the rows it kept under the global threshold (the base model,
+    the local-training hyper-parameters), then the server merges the clients' adapters."""
+    train: dict = field(default_factory=dict)   # preset, cpu_small, params (as a training stage; no rows/fraction)
+    merge: dict = field(default_factory=dict)   # method (ties | linear | cat | fedavg), density, weights, full
+
+
+@dataclass
+class ResolvedStage:
+    name: str
+    model: str
+    scores: list                          # Scorer objects, checked and built once (thresher.scoring.base)
+    select: SelectConfig | None
+    note: str
+    train: TrainStageConfig | None = None
+
+    @property
+    def is_train(self) -> bool:
+        return self.train is not None

@@ -1,0 +1,169 @@
+"""Running the stages of a recipe over one dataset: load, score each stage with its model, select, train.
+
+Used by thresher.pipeline.run (one dataset) and thresher.pipeline.clients (once per private client)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from thresher.data.fingerprint import data_fingerprint
+from thresher.data.readers import data_source, load, write_records
+from thresher.data.table import Dataset
+from thresher.engine.scoring import score_dataset
+from thresher.errors import ConfigError
+from thresher.io import atomic_path, write_parquet
+from thresher.models.context import ModelContext
+from thresher.pipeline.config import DataConfig, Recipe, ResolvedStage
+from thresher.pipeline.recipe import resolve_scorer
+from thresher.pipeline.select import apply_selector
+from thresher.pipeline.summary import describe_scores
+from thresher.pipeline.train_stage import iterit_trained_ids, run_train_stage, train_rows, trained_model_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pending:
+    """A client's scored last stage, waiting for the global threshold."""
+    ds: Dataset
+    stage: ResolvedStage                  # with resolved model and scorer parameters
+    scores: pd.DataFrame
+    column: str
+    st_dir: Path
+    st_sum: dict
+    ctx: object
+    cache_root: object
+    name: str = ""
+    anchor_scores: np.ndarray | None = None
+    selected: np.ndarray | None = None    # row positions kept under the global threshold
+
+
+_EXT = {"json": ".json", "jsonl": ".jsonl", "parquet": ".parquet", "hf": ".jsonl"}
+
+
+def data_record(cfg: DataConfig, ds: Dataset) -> dict:
+    """The manifest's record of the data a run read: its config, load report, the directory the run
+    started in, and (for data on disk) the absolute path and a content fingerprint, which `thresher
+    select` uses to find and check the data from any directory."""
+    path = data_source(cfg.path)
+    rec = {**asdict(cfg), "report": ds.report.as_dict(), "rows": len(ds), "cwd": os.getcwd()}
+    fp = data_fingerprint(path)
+    if fp is not None:
+        rec.update(abs_path=fp["abs_path"], fingerprint=fp)
+    return rec
+
+
+def load_data(cfg: DataConfig) -> Dataset:
+    return load(data_source(cfg.path), cfg.format, on_invalid=cfg.on_invalid, lenient=cfg.lenient, limit=cfg.limit, split=cfg.split,
+                max_record_chars=cfg.max_record_chars)
+
+
+def score_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, cache_root=None,
+                ctx: ModelContext | None = None) -> tuple[pd.DataFrame, list]:
+    """All of a stage's scorers over ``ds``, joined on row order; returns (scores, scorer records)."""
+    ctx = ctx or stage_context(stage, recipe)
+    table, info = pd.DataFrame({"id": ds.ids}), []
+    for scorer in stage.scores:
+        frame = score_dataset(ds, scorer, ctx, shard_size=recipe.shard_size, cache_root=cache_root,
+                              label=f"{stage.name}:{scorer.name}", inputs=table)
+        clash = [c for c in frame.columns if c != "id" and c in table.columns]
+        if clash:
+            frame = frame.rename(columns={c: f"{scorer.name}.{c}" for c in clash})
+        table = pd.concat([table, frame.drop(columns="id")], axis=1)
+        info.append({"scorer": scorer.name, "version": scorer.version, "params": scorer.param_dict(),
+                     "model_identity": scorer.model_identity(ctx), "main_column": scorer.main_column,
+                     "higher_is_better": scorer.higher_is_better, "cache": frame.attrs.get("cache"),
+                     **({"judge": ctx.judge().stats()} if "judge" in scorer.uses else {})})
+    return table, info
+
+
+def stage_context(stage: ResolvedStage, recipe: Recipe) -> ModelContext:
+    return ModelContext(stage.model, device=recipe.device, dtype=recipe.dtype,
+                        max_batch_tokens=recipe.max_batch_tokens, judge=recipe.judge)
+
+
+def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Path, manifest: dict,
+               summary: dict, *, cache_root=None, argv=None):
+    """Run the stages over ``ds`` into ``out``, filling ``manifest`` and ``summary``.
+
+    Returns None, or, when the last stage selects by a global threshold, what the threshold step needs
+    (``Pending``): the scores are written, the selection waits for the anchors of
+    every client.
+    """
+    selections: dict[str, np.ndarray] = {}
+    train_dirs: dict[str, str] = {}
+    last_scoring = None
+    for stage in stages:
+        model = trained_model_dir(Path(train_dirs[stage.model[1:]])) if stage.model.startswith("@") else stage.model
+        if stage.is_train:
+            rows = train_rows(stage.train, len(ds), selections, last_scoring)
+            st_sum = run_train_stage(ds, stage, recipe, rows, out, model, argv=argv)
+            train_dirs[stage.name] = str(out / stage.name)
+            manifest["stages"].append({"name": stage.name, "model": model, "train": asdict(stage.train),
+                                       "rows": [ds.ids[i] for i in rows], "note": stage.note})
+            summary["stages"].append(st_sum)
+            continue
+        stage = replace(stage, model=model,
+                        scores=[resolve_scorer(sc, recipe, train_dirs) for sc in stage.scores])
+        ctx = stage_context(stage, recipe)
+        scores, info = score_stage(ds, stage, recipe, cache_root, ctx)
+        st_dir = out / stage.name
+        write_parquet(st_dir / "scores.parquet", scores)
+        st_sum = {"name": stage.name, "model": stage.model, "note": stage.note, **describe_scores(scores, info)}
+        st_sum["failed"] = {"rows": sum((rec.get("cache") or {}).get("failed", 0) for rec in info),
+                            "of": len(ds) * len(info)}     # rows x scorers; failed rows are not cached
+        judged = [rec for rec in info if "judge" in rec]
+        if judged:
+            st_sum["judge"] = judged[-1]["judge"]      # the backend's running totals for this stage
+        manifest["stages"].append({"name": stage.name, "model": stage.model, "scorers": info,
+                                   "select": asdict(stage.select) if stage.select else None, "note": stage.note})
+        summary["stages"].append(st_sum)
+        last_scoring = stage.name
+        if stage.select is None:
+            continue
+        # The stage's last scorer is its result (earlier ones feed it: ratings, embeddings).
+        main = info[-1]["main_column"] if info else None
+        hib = info[-1]["higher_is_better"] if info else None
+        if stage.select.selector == "global_threshold":
+            return Pending(ds, stage, scores, main, st_dir, st_sum, ctx, cache_root)
+        idx = apply_selector(stage.select, scores, default_column=main, higher_is_better=hib)
+        if not len(idx):
+            empty_selection(f"stage {stage.name!r}: the selection ({stage.select.selector}) kept 0 of {len(ds)} "
+                            "rows", recipe.strict, summary)
+        selections[stage.name] = idx
+        st_sum.update(write_selection(ds, idx, st_dir))
+        st_sum["selector"] = asdict(stage.select)
+    if stages[-1].is_train and stages[-1].train.iterit is not None:
+        _write_iterit_selection(ds, out / stages[-1].name, summary["stages"][-1])
+    return None
+
+
+def empty_selection(message: str, strict: bool, summary: dict) -> None:
+    """A selection that keeps nothing: an error with ``strict``, else a warning kept in the summary."""
+    if strict:
+        raise ConfigError(f"{message}; with --strict that is an error. Check the selection's ratio/k and the "
+                          "scores, or drop --strict to accept an empty selection.")
+    log.warning("%s", message)
+    summary.setdefault("warnings", []).append(message)
+
+
+def _write_iterit_selection(ds: Dataset, run: Path, st_sum: dict) -> None:
+    """An IterIT recipe's result: the rows its last epoch trained on, written like a selection."""
+    pos = {rid: i for i, rid in enumerate(ds.ids)}
+    idx = np.array([pos[i] for i in iterit_trained_ids(run)], dtype=np.int64)
+    st_sum.update(write_selection(ds, idx, run))
+
+
+def write_selection(ds: Dataset, idx: np.ndarray, st_dir: Path) -> dict:
+    ext = _EXT.get(ds.container, ".jsonl")
+    target = st_dir / f"selected{ext}"
+    write_records(ds, idx, target)
+    with atomic_path(st_dir / "selected_ids.txt") as tmp:
+        tmp.write_text("".join(f"{ds.ids[i]}\n" for i in idx), encoding="utf-8")
+    return {"selected": int(len(idx)), "dropped": int(len(ds) - len(idx)), "selected_file": str(target)}
