@@ -371,7 +371,7 @@ def test_bind_takes_rows_responses_eos_and_seed(tmp_path):
 def test_callback_eval_mode_and_epoch_boundaries():
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from thresher.training.iterit import IterITCallback
+    from thresher.training.hooks import IterITCallback
 
     seen = []
 

@@ -33,6 +33,7 @@ from thresher.pipeline.select import SelectConfig, check_params
 from thresher.scoring import get_scorer
 from thresher.scoring.base import Scorer
 from thresher.training.config import resolve_config
+from thresher.training.iterit import make_iterit
 from thresher.training.merge import check_merge_options
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,6 @@ def _train_stage(raw, owner: str, earlier: list[ResolvedStage]) -> TrainStageCon
         raise ConfigError(f"{owner}: set the model with the stage's 'model' key, not params.model.")
     resolve_config(tc.preset, tc.params, cpu_small=tc.cpu_small)     # unknown keys, bad values, preset name
     if tc.iterit is not None:
-        from thresher.training.iterit import make_iterit     # imports transformers (its callback)
         make_iterit(tc.iterit, f"{owner}: iterit")
     return tc
 

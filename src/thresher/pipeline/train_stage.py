@@ -18,6 +18,7 @@ from thresher.errors import ConfigError
 from thresher.pipeline.config import Recipe, ResolvedStage, TrainStageConfig
 from thresher.training.config import resolve_config
 from thresher.training.export import export_merged
+from thresher.training.iterit import make_iterit
 from thresher.training.sft import train
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,9 @@ def run_train_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, rows: np.
     if done is None:
         kw = {}
         if tc.iterit is not None:
-            from thresher.training.iterit import make_iterit
-            sampler, callback = make_iterit(tc.iterit, f"stage {stage.name}: iterit")
-            kw = {"sampler": sampler, "callbacks": [callback]}
+            from thresher.training.hooks import IterITCallback      # imports torch and transformers
+            sampler = make_iterit(tc.iterit, f"stage {stage.name}: iterit")
+            kw = {"sampler": sampler, "callbacks": [IterITCallback(sampler)]}
         res = train(ds.subset(rows), out=run, preset=tc.preset, cpu_small=tc.cpu_small, model=model, argv=argv,
                     **params, **kw)
         if res.final_dir is None:

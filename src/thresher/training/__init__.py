@@ -19,7 +19,7 @@ _WHERE = {
     "ShuffleAll": "hooks", "StopAtStep": "hooks", "TrainPlan": "hooks",
     "export_merged": "export", "fold_adapter": "export",
     "merge_runs": "merge", "merge_states": "merge",
-    "IterITSampler": "iterit", "IterITCallback": "iterit", "IFDRescorer": "iterit",
+    "IterITSampler": "iterit", "IterITCallback": "hooks", "IFDRescorer": "iterit",
 }
 __all__ = sorted(_WHERE)
 

@@ -34,6 +34,7 @@ The ids each epoch trained on are written to ``OUT/epochs/epoch-<e>.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -196,3 +197,36 @@ def _fmt_seconds(s: float) -> str:
         return "?"
     s = int(round(s))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+@contextlib.contextmanager
+def _scoring_mode(model):
+    """model.eval() under torch.no_grad(), training mode restored after (LoRA dropout off while scoring)."""
+    was = getattr(model, "training", False)
+    if model is not None:
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if model is not None and was:
+            model.train()
+
+
+class IterITCallback(TrainerCallback):
+    """Scores the pool at train begin; re-scores the window after each complete epoch but the last."""
+
+    def __init__(self, sampler):           # a thresher.training.iterit.IterITSampler
+        self.sampler = sampler
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        with _scoring_mode(model):
+            self.sampler.start(model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kw):
+        # Trainer also calls on_epoch_end when training stops mid-epoch (state.epoch fractional);
+        # re-scoring then would hand the unfinished epoch's checkpoint the next epoch's ordering.
+        done = round(state.epoch or 0)
+        if state.global_step < state.max_steps and abs(state.epoch - done) < 1e-9:
+            with _scoring_mode(model):
+                self.sampler.update(done, model)

@@ -33,7 +33,6 @@ of that call) and ``order_seconds`` (wall seconds of ``window_order``: TF-IDF fi
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import math
@@ -268,47 +267,6 @@ def _json_floats(a: np.ndarray) -> list:
     return [None if math.isnan(x) else x for x in np.asarray(a, dtype=np.float64).tolist()]
 
 
-@contextlib.contextmanager
-def _scoring_mode(model):
-    """model.eval() under torch.no_grad(), training mode restored after (LoRA dropout off while scoring)."""
-    import torch
-
-    was = getattr(model, "training", False)
-    if model is not None:
-        model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        if model is not None and was:
-            model.train()
-
-
-try:
-    from transformers import TrainerCallback
-except ImportError:                                    # the train extra is not installed
-    TrainerCallback = None
-
-if TrainerCallback is not None:
-    class IterITCallback(TrainerCallback):
-        """Scores the pool at train begin; re-scores the window after each complete epoch but the last."""
-
-        def __init__(self, sampler: IterITSampler):
-            self.sampler = sampler
-
-        def on_train_begin(self, args, state, control, model=None, **kw):
-            with _scoring_mode(model):
-                self.sampler.start(model)
-
-        def on_epoch_end(self, args, state, control, model=None, **kw):
-            # Trainer also calls on_epoch_end when training stops mid-epoch (state.epoch fractional);
-            # re-scoring then would hand the unfinished epoch's checkpoint the next epoch's ordering.
-            done = round(state.epoch or 0)
-            if state.global_step < state.max_steps and abs(state.epoch - done) < 1e-9:
-                with _scoring_mode(model):
-                    self.sampler.update(done, model)
-
-
 class IFDRescorer:
     """IterIT's complexity score S_com for ``IterITSampler``: IFD as a perplexity ratio
     exp(s(A|Q) - s(A)) computed by thresher's IFD scorer with the model as it is being trained (its
@@ -352,7 +310,8 @@ _ITERIT_FIXED = {"rescore", "responses", "initial_scores", "ids", "log_dir", "eo
 
 
 def make_iterit(options: dict, owner: str):
-    """(IterITSampler, IterITCallback) from a recipe's ``iterit`` block; validates without a model."""
+    """The IterITSampler of a recipe's ``iterit`` block (checked without a model); training pairs it with
+    ``thresher.training.hooks.IterITCallback(sampler)``."""
     if not isinstance(options, dict):
         raise ConfigError(f"{owner} must be a mapping of IterIT parameters (ratio, update_ratio, ...).")
     allowed = (set(inspect.signature(IterITSampler).parameters) - _ITERIT_FIXED) | set(_ITERIT_OWN)
@@ -370,4 +329,4 @@ def make_iterit(options: dict, owner: str):
         sampler = IterITSampler(rescorer, **opts)
     except ConfigError as e:
         raise ConfigError(f"{owner}: {e}") from None
-    return sampler, IterITCallback(sampler)
+    return sampler
