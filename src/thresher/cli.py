@@ -25,8 +25,10 @@ from thresher.errors import ConfigError, ThresherError
 from thresher.evaluation.config import EvalConfig
 from thresher.models.judges import JudgeConfig
 from thresher.pipeline.recipe import DataConfig, Recipe
+from thresher.scoring import SCORERS
 from thresher.scoring.ifd import IFDParams
 from thresher.scoring.perplexity import PerplexityParams
+from thresher.training.config import PRESETS
 
 log = logging.getLogger("thresher")
 
@@ -188,7 +190,7 @@ def cmd_validate(args) -> int:
 def cmd_ls(args) -> int:
     from thresher.pipeline.recipe import PACKAGED
     from thresher.pipeline.select import SELECTOR_NAMES
-    from thresher.scoring import SCORERS, get_scorer
+    from thresher.scoring import get_scorer
 
     what = _LS_PLURAL.get(args.what, args.what)
     if args.name is not None:
@@ -207,10 +209,10 @@ def cmd_ls(args) -> int:
     if what in ("all", "templates"):
         print("templates:\n  " + "\n  ".join(TEMPLATES))
     if what in ("all", "presets"):
-        from thresher.training.config import PRESETS
         print("presets (thresher train --preset):")
         for name, values in PRESETS.items():
-            print(f"  {name:16s} " + ", ".join(f"{k}={v}" for k, v in values.items()))
+            print(f"  {name:16s} " + ", ".join(f"{k}={','.join(v) if isinstance(v, list) else v}"
+                                               for k, v in values.items()))
     return 0
 
 
@@ -218,18 +220,15 @@ _LS_KINDS = ("all", "scorers", "selectors", "recipes", "templates", "presets")
 _LS_PLURAL = {kind[:-1]: kind for kind in _LS_KINDS if kind.endswith("s")}
 
 
-def _ls_registries() -> dict:
-    """The kinds `thresher ls KIND NAME` describes: a registry whose entries declare a ``Params`` dataclass."""
-    from thresher.scoring import SCORERS
-    return {"scorers": SCORERS}
+# The kinds `thresher ls KIND NAME` describes: registries whose entries declare a ``Params`` dataclass.
+_LS_REGISTRIES = {"scorers": SCORERS}
 
 
 def _ls_one(what: str, name: str) -> int:
-    registries = _ls_registries()
-    if what not in registries:
+    if what not in _LS_REGISTRIES:
         raise ConfigError(f"`thresher ls {what} NAME` is not available; a name can follow "
-                          f"{' or '.join(registries)}, e.g. `thresher ls scorers ifd`.")
-    print(format_params(registries[what], name))
+                          f"{' or '.join(_LS_REGISTRIES)}, e.g. `thresher ls scorers ifd`.")
+    print(format_params(_LS_REGISTRIES[what], name))
     return 0
 
 
