@@ -14,5 +14,5 @@ from thresher.evaluation.run import evaluate, load_questions
 from thresher.evaluation.stats import (bootstrap_ci, pairwise_outcomes, summarize, summarize_pairwise,
                                        winning_score)
 
-__all__ = ["MTBENCH_TEMPERATURES", "EvalConfig", "bootstrap_ci", "evaluate", "generate_answers", "load_mtbench", "load_questions",
-           "pairwise_outcomes", "parse_rating", "summarize", "summarize_pairwise", "winning_score"]
+__all__ = ["MTBENCH_TEMPERATURES", "EvalConfig", "bootstrap_ci", "evaluate", "generate_answers", "load_mtbench",
+           "load_questions", "pairwise_outcomes", "parse_rating", "summarize", "summarize_pairwise", "winning_score"]
