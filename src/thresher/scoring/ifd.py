@@ -18,22 +18,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from thresher.config import choice
+from thresher.config import choice, option
+from thresher.data import TURNS
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
-from thresher.data.spans import OK, build_spans
+from thresher.data.spans import OK, SPAN_RULES, build_spans
 from thresher.scoring.base import Scorer
-from thresher.data.templates import render_units
+from thresher.data.templates import TEMPLATES, render_units
 from thresher.scoring.common import row_mean_loss, row_status
 
 
 @dataclass
 class IFDParams:
-    variant: str = choice("loss_ratio", "loss_ratio", "ppl_ratio")
-    template: str = choice("alpaca", "alpaca", "wiz", "vicuna", "none", "chat")
-    max_length: int = 512
-    span_rule: str = choice("offsets", "offsets", "cherry")
-    turns: str = choice("last", "last", "first", "all")
+    variant: str = choice("loss_ratio", "loss_ratio", "ppl_ratio",
+                          help="the ifd column: s(A|Q)/s(A) (Cherry) or exp(s(A|Q)-s(A)) (Superfiltering)")
+    template: str = choice("alpaca", *TEMPLATES, help="prompt template the instruction is rendered with")
+    max_length: int = option(512, help="tokens per sequence (prompt + response); longer responses are cut")
+    span_rule: str = choice("offsets", *SPAN_RULES, help="how the response tokens are found: tokenizer offsets, "
+                                                         "or Cherry's prefix re-tokenisation")
+    turns: str = choice("last", *TURNS, help="which assistant turns of a row are scored (all: one unit each)")
 
     def check(self, owner):
         if self.max_length < 8:

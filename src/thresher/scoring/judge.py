@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from thresher.algorithms.ds2_curation import ds2_compress
-from thresher.config import choice
-from thresher.data import split_turns
+from thresher.config import choice, option
+from thresher.data import TURNS, split_turns
 from thresher.data.table import Dataset
 from thresher.data.templates import instruction_and_input
 from thresher.errors import ConfigError
@@ -38,16 +38,18 @@ from thresher.scoring.prompts import load_prompt, parse_ds2, parse_first_number,
 
 @dataclass
 class JudgeParams:
-    prompt: str = "alpagasus"          # packaged prompt name or a path to a YAML prompt file
-    mode: str = choice("auto", "auto", "generate", "logits")   # auto: logits on a local judge when the prompt has labels
-    max_tokens: int = 128
-    temperature: float = 0.0           # DS2's open-model rating sampled at 1.2; 0 = reproducible
-    top_p: float = 1.0
-    seed: int | None = None
-    on_unparsed: str = choice("nan", "nan", "zero")
-    turns: str = choice("last", "last", "first", "all")   # all: rate every assistant turn (DEITA multi-turn)
-    dimension: str = "accuracy"        # AlpaGasus's rated dimension
-    prefix: str = ""                   # column name prefix, for two judges in one stage (DEITA: complexity_, quality_)
+    prompt: str = option("alpagasus", help="packaged prompt name or a path to a YAML prompt file")
+    mode: str = choice("auto", "auto", "generate", "logits",
+                       help="auto: logits on a local judge when the prompt has labels, else generate")
+    max_tokens: int = option(128, help="tokens of each judge reply")
+    temperature: float = option(0.0, help="judge sampling temperature (DS2's open-model rating sampled at 1.2; "
+                                          "0 = reproducible)")
+    top_p: float = option(1.0, help="judge nucleus sampling")
+    seed: int | None = option(None, help="judge sampling seed")
+    on_unparsed: str = choice("nan", "nan", "zero", help="score of a reply with no rating in it")
+    turns: str = choice("last", *TURNS, help="which assistant turns are rated (all: every turn, DEITA multi-turn)")
+    dimension: str = option("accuracy", help="the rated dimension (AlpaGasus)")
+    prefix: str = option("", help="column name prefix, for two judges in one stage (DEITA: complexity_, quality_)")
 
     def check(self, owner):
         p = load_prompt(self.prompt)

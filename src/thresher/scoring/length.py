@@ -11,14 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from thresher.config import choice
-from thresher.data import split_turns
+from thresher.data import TURNS, split_turns
 from thresher.data.table import Dataset
 from thresher.scoring.base import Scorer
 
 
 @dataclass
 class LengthParams:
-    turns: str = choice("last", "last", "first", "all")
+    turns: str = choice("last", *TURNS, help="which assistant turns of a row are measured")
 
 
 class LengthScorer(Scorer):

@@ -15,21 +15,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from thresher.config import choice
+from thresher.config import choice, option
+from thresher.data import TURNS
 from thresher.data.table import Dataset
 from thresher.data.spans import OK, build_spans
 from thresher.scoring.base import Scorer
-from thresher.data.templates import render_units
+from thresher.data.templates import TEMPLATES, render_units
 from thresher.scoring.common import row_mean_loss, row_status
 
 
 @dataclass
 class PerplexityParams:
-    mode: str = choice("response", "response", "instruction")
-    template: str = choice("alpaca", "alpaca", "wiz", "vicuna", "none", "chat")
-    max_length: int = 512
-    turns: str = choice("last", "last", "first", "all")
-    pool: str = choice("none", "none", "mean", "last")
+    mode: str = choice("response", "response", "instruction",
+                       help="response: perplexity of the response given the prompt; instruction: of the prompt alone")
+    template: str = choice("alpaca", *TEMPLATES, help="prompt template the instruction is rendered with")
+    max_length: int = option(512, help="tokens per sequence; longer ones are cut")
+    turns: str = choice("last", *TURNS, help="which assistant turns of a row are scored")
+    pool: str = choice("none", "none", "mean", "last",
+                       help="instruction mode: also write the last layer's pooled state as an embedding column")
 
 
 class PerplexityScorer(Scorer):

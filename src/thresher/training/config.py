@@ -10,8 +10,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from thresher.config import build, choice
+from thresher.config import build, choice, did_you_mean, option
+from thresher.data import TURNS
+from thresher.data.templates import TEMPLATES
 from thresher.errors import ConfigError
+from thresher.models.hf import DTYPES
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 ATTN_QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -20,33 +23,40 @@ ALL_LINEAR = ATTN_QKVO + ["gate_proj", "up_proj", "down_proj"]
 
 @dataclass
 class TrainConfig:
-    model: str = "bundled"                 # hub id, local path, or "bundled" (SmolLM2-135M-Instruct)
-    template: str = choice("alpaca", "alpaca", "wiz", "vicuna", "none", "chat")
-    turns: str = choice("last", "last", "first", "all")   # all: every assistant reply supervised
-    max_length: int = 512
-    mask_prompt: bool = True               # False = loss on the whole sequence (CLUES)
-    add_eos: bool = True
-    lora: bool = True                      # False = full fine-tuning
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: list = dataclasses.field(default_factory=lambda: ["q_proj", "v_proj"])
-    epochs: float = 1.0
-    max_steps: int = -1                    # > 0 overrides epochs
-    lr: float = 2e-4
-    batch_size: int = 4                    # per device
-    grad_accum: int = 1
-    warmup_ratio: float = 0.03
-    scheduler: str = choice("linear", *SCHEDULERS)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    save_steps: int = 0                    # > 0: checkpoint every N optimiser steps; 0: at each epoch end
-    save_total_limit: int | None = None    # None keeps every checkpoint (gradient methods read them all)
-    logging_steps: int = 10
-    seed: int = 42
-    device: str = choice("auto", "auto", "cpu", "cuda")
-    dtype: str = choice("auto", "auto", "float32", "bfloat16", "float16")
-    gradient_checkpointing: bool = False
+    model: str = option("bundled", help="hub id, local path, or 'bundled' (SmolLM2-135M-Instruct)")
+    template: str = choice("alpaca", *TEMPLATES, help="prompt template, the same as scoring's")
+    turns: str = choice("last", *TURNS, help="which assistant turns of a row are supervised (all: every reply, "
+                        "user/system text masked, as FastChat trains on ShareGPT)")
+    max_length: int = option(512, help="tokens per sequence (prompt + response)")
+    mask_prompt: bool = option(True, help="loss on the response tokens only (false: on the whole sequence, "
+                               "prompt included, as CLUES)")
+    add_eos: bool = option(True, help="append an end-of-sequence token after the response",
+                           flags={"--add-eos": True, "--no-eos": False})
+    lora: bool = option(True, help="train LoRA adapters (false: full fine-tuning)",
+                        flags={"--lora": True, "--full": False})
+    lora_r: int = option(8, help="LoRA rank")
+    lora_alpha: int = option(16, help="LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = option(0.05, help="dropout on the LoRA input, in [0, 1)")
+    target_modules: list = option(default_factory=lambda: ["q_proj", "v_proj"],
+                                  help="module names that get LoRA adapters, comma-separated on the command line")
+    epochs: float = option(1.0, help="passes over the data (ignored when max_steps > 0)")
+    max_steps: int = option(-1, help="optimiser steps; > 0 overrides epochs")
+    lr: float = option(2e-4, help="peak learning rate")
+    batch_size: int = option(4, help="sequences per device per forward")
+    grad_accum: int = option(1, help="forwards per optimiser step")
+    warmup_ratio: float = option(0.03, help="share of the steps spent warming up the learning rate, in [0, 1)")
+    scheduler: str = choice("linear", *SCHEDULERS, help="learning-rate schedule after the warm-up")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    max_grad_norm: float = option(1.0, help="clip the gradient to this global L2 norm")
+    save_steps: int = option(0, help="checkpoint every N optimiser steps (0: at each epoch end)")
+    save_total_limit: int | None = option(None, help="keep only the last N checkpoints (default: all; "
+                                          "gradient methods read them all)")
+    logging_steps: int = option(10, help="log the loss every N optimiser steps")
+    seed: int = option(42, help="seed of the shuffling, the LoRA initialisation and dropout")
+    device: str = choice("auto", "auto", "cpu", "cuda", help="auto: CUDA when visible, else the CPU")
+    dtype: str = choice("auto", *DTYPES, help="auto: float32 on CPU, bfloat16 mixed precision on GPU")
+    gradient_checkpointing: bool = option(False, help="recompute activations in the backward pass (less memory, "
+                                          "slower)")
 
     def check(self, owner: str) -> None:
         ints = {"max_length": 8, "lora_r": 1, "lora_alpha": 1, "batch_size": 1, "grad_accum": 1,
@@ -105,13 +115,19 @@ PRESETS: dict[str, dict] = {
 CPU_SMALL = dict(max_length=256, batch_size=4, grad_accum=1, logging_steps=1)
 
 
-def resolve_config(preset: str | None = None, overrides: dict | None = None, *,
-                   cpu_small: bool = False) -> TrainConfig:
-    """Defaults <- preset <- CPU_SMALL (if ``cpu_small``) <- overrides (None values are ignored)."""
-    values: dict = {}
+def resolve_config(preset: str | None = None, overrides: dict | None = None, *, cpu_small: bool = False,
+                   config: TrainConfig | None = None) -> TrainConfig:
+    """(``config``, or the defaults <- preset) <- CPU_SMALL (if ``cpu_small``) <- overrides (None values are
+    ignored). Overrides are TrainConfig fields: an unknown name is a ConfigError with a did-you-mean."""
+    if config is not None and not isinstance(config, TrainConfig):
+        raise ConfigError(f"The 'config' parameter of train must be a TrainConfig. Got {type(config).__name__}; "
+                          "pass its fields as keyword arguments instead.")
+    if config is not None and preset is not None:
+        raise ConfigError(f"train takes a TrainConfig or a preset, not both (got preset {preset!r}): start from "
+                          "the preset and pass the changes as keyword arguments.")
+    values: dict = config.as_dict() if config is not None else {}
     if preset is not None:
         if preset not in PRESETS:
-            from thresher.config import did_you_mean
             raise ConfigError(f"The 'preset' parameter of train must be one of {', '.join(PRESETS)}. "
                               f"Got {preset!r}.{did_you_mean(preset, PRESETS)}")
         values.update(PRESETS[preset])

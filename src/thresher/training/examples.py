@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from thresher.data import TURNS
 from thresher.data.table import Dataset
 from thresher.data.templates import render
 from thresher.errors import ConfigError
@@ -40,7 +41,6 @@ from thresher.data.spans import OK, build_spans
 from thresher.data.templates import render_units
 
 IGNORE = -100            # label of a token that carries no loss (torch cross-entropy's ignore_index)
-TRAIN_TURNS = ("last", "first", "all")
 _MARK = "\u2063"             # invisible separator: brackets a message index in a marked render
 _MARK_RE = re.compile(f"{_MARK}(\\d+){_MARK}")
 
@@ -64,8 +64,8 @@ class Examples:
 def build_examples(table: Dataset, tokenizer, *, template: str = "alpaca", max_length: int = 512,
                    mask_prompt: bool = True, add_eos: bool = True, turns: str = "last") -> Examples:
     """Tokenise every row of ``table`` for supervised fine-tuning (see the module docstring)."""
-    if turns not in TRAIN_TURNS:
-        raise ConfigError(f"The 'turns' parameter of training must be one of {', '.join(TRAIN_TURNS)} "
+    if turns not in TURNS:
+        raise ConfigError(f"The 'turns' parameter of training must be one of {', '.join(TURNS)} "
                           f"(last/first: one supervised response per row; all: every assistant reply). "
                           f"Got {turns!r}.")
     if turns == "all":

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from thresher.config import did_you_mean
+from thresher.data.spans import SPAN_RULES
 from thresher.errors import ConfigError
 from thresher.selection.basic import _check_budget, _check_choice, _fail, _is_int, _is_real
 from thresher.selection.iterit import PLACEMENTS, _check_params, window_order
@@ -321,8 +322,9 @@ def make_iterit(options: dict, owner: str):
                               f"Its parameters: {', '.join(sorted(allowed))}.")
     opts = dict(options)
     rescorer = IFDRescorer(**{k: opts.pop(k) for k in _ITERIT_OWN if k in opts})
-    if rescorer.span_rule not in ("offsets", "cherry"):
-        raise ConfigError(f"The 'span_rule' parameter of {owner} must be offsets or cherry. Got {rescorer.span_rule!r}.")
+    if rescorer.span_rule not in SPAN_RULES:
+        raise ConfigError(f"The 'span_rule' parameter of {owner} must be one of "
+                          f"{', '.join(SPAN_RULES)}. Got {rescorer.span_rule!r}.")
     if isinstance(opts.get("ngram_range"), list):
         opts["ngram_range"] = tuple(opts["ngram_range"])
     try:

@@ -69,28 +69,20 @@ class TrainResult:
     tokenizer: object = field(repr=False, default=None)
 
 
-def train(data, *, out, preset: str | None = None, cpu_small: bool = False, model: str | None = None,
-          lora: bool | None = None, lora_r: int | None = None, lora_alpha: int | None = None,
-          lora_dropout: float | None = None, target_modules: list | None = None, epochs: float | None = None,
-          max_steps: int | None = None, lr: float | None = None, batch_size: int | None = None,
-          grad_accum: int | None = None, warmup_ratio: float | None = None, scheduler: str | None = None,
-          weight_decay: float | None = None, max_length: int | None = None, template: str | None = None,
-          turns: str | None = None, mask_prompt: bool | None = None, add_eos: bool | None = None,
-          save_steps: int | None = None, save_total_limit: int | None = None, logging_steps: int | None = None,
-          seed: int | None = None, device: str | None = None, dtype: str | None = None,
-          gradient_checkpointing: bool | None = None, resume: bool = True, callbacks: list | None = None,
-          sampler=None, ids: list[str] | None = None, load_options: dict | None = None,
-          argv: list[str] | None = None) -> TrainResult:
-    """Fine-tune ``model`` on ``data`` (a thresher Dataset or a path ``thresher.data.load`` reads).
+def train(data, *, out, config: TrainConfig | None = None, preset: str | None = None, cpu_small: bool = False,
+          resume: bool = True, callbacks: list | None = None, sampler=None, ids: list[str] | None = None,
+          load_options: dict | None = None, argv: list[str] | None = None, **overrides) -> TrainResult:
+    """Fine-tune a model on ``data`` (a thresher Dataset or a path ``thresher.data.load`` reads).
 
-    Parameters left None come from ``preset`` (see ``config.PRESETS``), then the defaults of
-    ``TrainConfig``. ``ids`` restricts training to those row ids; ``sampler`` is the epoch-sampler hook
-    (``hooks.py``); ``callbacks`` are transformers ``TrainerCallback``s. ``resume=True`` continues from
-    the last complete checkpoint in ``out`` (the config and data must match the saved ones);
-    ``resume=False`` refuses an ``out`` that already holds checkpoints.
+    The settings are a ``TrainConfig``: ``config``, or its defaults with ``preset`` (see ``config.PRESETS``)
+    applied, then ``cpu_small``, then ``overrides``: keyword arguments named like TrainConfig's fields
+    (``lr=1e-4, max_grad_norm=0.5``; None leaves a field as it is; an unknown name is a ConfigError).
+    ``ids`` restricts training to those row ids; ``sampler`` is the epoch-sampler hook (``hooks.py``);
+    ``callbacks`` are transformers ``TrainerCallback``s; ``load_options`` are ``thresher.data.load``'s
+    keywords for a path. ``resume=True`` continues from the last complete checkpoint in ``out`` (the config
+    and data must match the saved ones); ``resume=False`` refuses an ``out`` that already holds checkpoints.
     """
-    overrides = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
-    cfg = resolve_config(preset, overrides, cpu_small=cpu_small)
+    cfg = resolve_config(preset, overrides, cpu_small=cpu_small, config=config)
     out = Path(out)
     _claim_run_dir(out, [x for x in (data, cfg.model) if isinstance(x, (str, os.PathLike))])
     table = _load_table(data, load_options)
