@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 from thresher.config import build, choice
 from thresher.errors import ConfigError
+from thresher.models.api import check_base_url
 from thresher.registry import Registry
 
 JUDGE_BACKENDS = Registry("judge backend")
@@ -55,7 +56,6 @@ class JudgeConfig:
         from thresher.models.keys import check_key_env
         check_key_env(self.api_key_env, owner)             # a pasted key is refused, never echoed
         if self.kind == "api":
-            from thresher.models.api import check_base_url
             check_base_url(self.base_url, self.allow_http, owner)
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from thresher.config import did_you_mean
 from thresher.errors import ConfigError
 from thresher.outputs import atomic_dir, claim_output_dir
+from thresher.training.export import fold_adapter
 from thresher.training.merge_methods import MERGE_METHODS
 
 log = logging.getLogger(__name__)
@@ -267,7 +268,6 @@ def _write(out: Path, merged: dict, config: dict, record: dict, runs: list[_Run]
         tokenizer = AutoTokenizer.from_pretrained(str(runs[0].final))
         tokenizer.save_pretrained(tmp)
         if export_full:
-            from thresher.training.export import fold_adapter
             fold_adapter(runs[0].base, tmp, tmp / "merged")
         (tmp / "merge.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
