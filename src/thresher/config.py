@@ -86,7 +86,7 @@ def build(cls, values: dict | None, owner: str):
             raise ConfigError(f"The {key!r} parameter of {owner} must be of type {type_name(tp)}. Got {value!r}.")
         if choices is not None and value not in choices:
             raise ConfigError(f"The {key!r} parameter of {owner} must be one of "
-                              f"{', '.join(map(repr, choices))}. Got {value!r}.")
+                              f"{', '.join(map(repr, choices))}. Got {value!r}.{did_you_mean(value, choices)}")
     obj = cls(**values)
     if hasattr(obj, "check"):
         obj.check(owner)

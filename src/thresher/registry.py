@@ -43,7 +43,8 @@ class Registry:
         return self._targets[name]
 
     def names(self) -> list[str]:
-        return sorted(self._targets)
+        """The registered names in registration order (the order choices and help list them in)."""
+        return list(self._targets)
 
     def __contains__(self, name) -> bool:
         return name in self._targets

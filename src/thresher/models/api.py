@@ -65,6 +65,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 
 from thresher.errors import ConfigError
+from thresher.models.bundled import cache_dir
 from thresher.models.chat import ChatRequest, ChatResult, ChatStats
 from thresher.keys import check_key_env, scrub_key
 
@@ -323,6 +324,16 @@ class OpenAIChat:
         self.price_input_per_1m, self.price_output_per_1m = float(price_input_per_1m), float(price_output_per_1m)
         self.backoff_base, self.backoff_max = float(backoff_base), float(backoff_max)
         self._init_runtime()
+
+    @classmethod
+    def from_judge_config(cls, cfg, ctx) -> "OpenAIChat":
+        """The judge of ``kind: api`` (thresher.models.judges); the request cache defaults to
+        ``<cache dir>/judge/requests.sqlite``. ``ctx`` is not used: the model is remote."""
+        cache = cfg.cache or str(cache_dir() / "judge" / "requests.sqlite")
+        return cls(cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+                   max_retries=cfg.max_retries, timeout=cfg.timeout, cache_path=cache,
+                   price_input_per_1m=cfg.price_input_per_1m, price_output_per_1m=cfg.price_output_per_1m,
+                   allow_http=cfg.allow_http, max_response_bytes=cfg.max_response_bytes, deadline=cfg.deadline)
 
     def _init_runtime(self) -> None:
         self._lock = threading.Lock()

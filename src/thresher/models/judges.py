@@ -1,9 +1,14 @@
 """Choosing and building the chat backend of LLM-judge scorers from a ``JudgeConfig``.
 
+Backends are chosen by name from ``JUDGE_BACKENDS`` (a thresher.registry.Registry: a backend's module is
+imported only when it is chosen, so vLLM stays unimported unless ``kind: vllm``):
 kind "local": the run's own Hugging Face model (or ``model``), batched generation and logit rating;
 kind "api":   any OpenAI-compatible HTTP API (hosted, a vLLM or Ollama-style server), with retries,
               a per-request SQLite cache under the thresher cache dir, token and cost accounting;
 kind "vllm":  vLLM in-process (optional extra, imported only when chosen; needs a GPU).
+A backend is a class with the chat protocol (thresher.models.chat) and a classmethod
+``from_judge_config(cfg, ctx)`` that builds it from a JudgeConfig and the run's ModelContext; adding one is
+that class plus one ``JUDGE_BACKENDS.register`` line here.
 The API key is read from the environment variable ``api_key_env`` (a variable name, never the key) at
 call time and never stored. ``allow_http`` must be set to send it over plain http:// to a host other than
 loopback; ``max_response_bytes`` and ``deadline`` bound each reply (see thresher.models.api).
@@ -15,11 +20,18 @@ from dataclasses import asdict, dataclass
 
 from thresher.config import build, choice, option
 from thresher.errors import ConfigError
+from thresher.models.api import check_base_url
+from thresher.registry import Registry
+
+JUDGE_BACKENDS = Registry("judge backend")
+JUDGE_BACKENDS.register("local", "thresher.models.local_judge:LocalChat")
+JUDGE_BACKENDS.register("api", "thresher.models.api:OpenAIChat")
+JUDGE_BACKENDS.register("vllm", "thresher.models.vllm_chat:VLLMChat")
 
 
 @dataclass
 class JudgeConfig:
-    kind: str = choice("local", "local", "api", "vllm", flags={"--judge": str},
+    kind: str = choice("local", *JUDGE_BACKENDS.names(), flags={"--judge": str},
                        help="local: the run's model (bundled SmolLM2 by default, no network); api: any "
                             "OpenAI-compatible server; vllm: in-process vLLM (GPU, optional extra)")
     model: str | None = option(None, help="judge model name (local/vllm: default the run's model; api: required, "
@@ -50,29 +62,13 @@ class JudgeConfig:
         from thresher.keys import check_key_env
         check_key_env(self.api_key_env, owner)             # a pasted key is refused, never echoed
         if self.kind == "api":
-            from thresher.models.api import check_base_url
             check_base_url(self.base_url, self.allow_http, owner)
 
 
 def make_judge(spec: dict, ctx):
     """The chat backend described by ``spec`` (JudgeConfig fields); ``ctx`` lends its local model."""
     cfg = build(JudgeConfig, spec, "judge")
-    if cfg.kind == "local":
-        from thresher.models.local_judge import LocalChat
-        if cfg.model in (None, ctx.model):
-            return LocalChat(ctx.lm())
-        return LocalChat(cfg.model, device=ctx.device, dtype=ctx.dtype, max_batch_tokens=ctx.max_batch_tokens)
-    if cfg.kind == "api":
-        from thresher.models.api import OpenAIChat
-        from thresher.models.bundled import cache_dir
-        cache = cfg.cache or str(cache_dir() / "judge" / "requests.sqlite")
-        return OpenAIChat(cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env,
-                          concurrency=cfg.concurrency, max_retries=cfg.max_retries, timeout=cfg.timeout,
-                          cache_path=cache, price_input_per_1m=cfg.price_input_per_1m,
-                          price_output_per_1m=cfg.price_output_per_1m, allow_http=cfg.allow_http,
-                          max_response_bytes=cfg.max_response_bytes, deadline=cfg.deadline)
-    from thresher.models.vllm_chat import VLLMChat
-    return VLLMChat(cfg.model or ctx.model, dtype=ctx.dtype)
+    return JUDGE_BACKENDS.get(cfg.kind).from_judge_config(cfg, ctx)
 
 
 def describe(spec: dict) -> dict:

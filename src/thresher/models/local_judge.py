@@ -60,6 +60,14 @@ class LocalChat:
         self.max_prompt_tokens = int(max_prompt_tokens)
         self._stats = ChatStats(extra={"truncated": 0, "rated": 0})
 
+    @classmethod
+    def from_judge_config(cls, cfg, ctx) -> "LocalChat":
+        """The judge of ``kind: local`` (thresher.models.judges): ``ctx``'s own model, shared with the scorers,
+        when ``cfg.model`` is unset or names it; else ``cfg.model`` on ``ctx``'s device, dtype and token budget."""
+        if cfg.model in (None, ctx.model):
+            return cls(ctx.lm())
+        return cls(cfg.model, device=ctx.device, dtype=ctx.dtype, max_batch_tokens=ctx.max_batch_tokens)
+
     # ---------------------------------------------------------------- protocol
     def identity(self) -> str:
         """Model identity plus the dtype the numbers come from (no weights loaded)."""

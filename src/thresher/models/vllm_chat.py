@@ -25,6 +25,11 @@ class VLLMChat:
         self.llm = None
         self._stats = ChatStats()
 
+    @classmethod
+    def from_judge_config(cls, cfg, ctx) -> "VLLMChat":
+        """The judge of ``kind: vllm`` (thresher.models.judges): ``cfg.model`` or the run's model, at its dtype."""
+        return cls(cfg.model or ctx.model, dtype=ctx.dtype)
+
     def identity(self) -> str:
         return f"vllm:{self.model_spec}:{self.dtype}"
 

@@ -16,9 +16,9 @@ SCORERS.register("ds2_curation", "thresher.scoring.ds2_curation:DS2CurationScore
 SCORERS.register("opencs_tags", "thresher.scoring.opencs:OpenCSTagScorer")
 SCORERS.register("opencs_clusters", "thresher.scoring.opencs:OpenCSClusterScorer")
 SCORERS.register("opencs_pairs", "thresher.scoring.opencs:OpenCSPairScorer")
-SCORERS.register("less", "thresher.scoring.gradient:LessScorer")
-SCORERS.register("clues", "thresher.scoring.gradient:CluesScorer")
-SCORERS.register("datainf", "thresher.scoring.gradient:DataInfScorer")
+SCORERS.register("less", "thresher.scoring.less:LessScorer")
+SCORERS.register("clues", "thresher.scoring.clues:CluesScorer")
+SCORERS.register("datainf", "thresher.scoring.datainf:DataInfScorer")
 
 
 def get_scorer(name: str):

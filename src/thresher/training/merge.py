@@ -6,40 +6,12 @@ density=0.2)``, weights 1.0 each. ``merge_runs`` does the same combination direc
 safetensors (no base model is loaded unless ``export_full``), checked for parity with PEFT 0.21 in
 tests/test_merge.py, and writes a PEFT adapter folder that ``PeftModel.from_pretrained(base, OUT)`` loads.
 
-Notation: client i has LoRA factors A_i (r, in) and B_i (out, r) in every adapted module, scaling
-s_i = lora_alpha / r (alpha / sqrt(r) with rsLoRA), so its weight update is dW_i = s_i B_i A_i, and
-w_i is its merge weight. What each method computes, per adapted module:
-
-  ties    PEFT's "ties" on LoRA: it acts on A and on B SEPARATELY, never on the product dW. The factor
-          c_i = sqrt(|w_i s_i|) is applied to both (the sign of w_i s_i only on A). For X = A, then B:
-            trim:  keep the k = int(density * X.numel()) largest |X_i| entries of each client, zero the rest;
-            elect: sign = +1 where sum_i trim(X_i) >= 0, else -1 (mass of the trimmed, UNweighted entries);
-            merge: X = sum_i [sign(trim(X_i)) == sign] c_i trim(X_i) / max(1, number of agreeing clients)
-          (a disjoint MEAN: dividing by the count of agreeing clients, not by the sum of weights). The new
-          adapter has rank r and lora_alpha = r (scaling 1: s_i lives in c_i), so its update is B A, which
-          carries cross terms B_i A_j: it is not a TIES merge of the dW_i. Default: density 0.2 and
-          w_i = 1.0 for every client, as in CLUES' merging_eval_med.py.
-  linear  PEFT's "linear" on LoRA: A = sum_i c_i A_i, B = sum_i c_i B_i, rank r, lora_alpha = r. With
-          weights summing to 1 and identical clients this returns that client; in general B A =
-          sum_ij c_i c_j B_i A_j (cross terms again). Default weights 1/n (PEFT has no default; 1.0 each
-          would scale n identical clients' update by n^2).
-  cat     PEFT's "cat": A = concat_i(w_i s_i A_i) along the rank, B = concat_i(B_i), rank sum_i r_i,
-          lora_alpha = that rank. Exact: B A = sum_i w_i dW_i (no cross terms), at n times the rank. Default
-          weights 1/n (the mean update).
-  fedavg  One FedAvg server round as in FedIT (Zhang et al., 2024, federated instruction tuning):
-          A = sum_i p_i A_i and B = sum_i p_i B_i with p_i = n_i / sum_j n_j, n_i = the client's number of
-          training rows (RUN/train_ids.json), or the given weights normalised to sum 1. A and B are averaged
-          SEPARATELY, so the update s B A is not the row-weighted mean of the dW_i (that would need "cat").
-          Rank and lora_alpha stay those of the clients (they must all be equal), so the result can be sent
-          back to the clients as the next round's starting adapter.
+The methods (ties, linear, cat, fedavg: what each computes, its default weights and the adapter it
+writes) are registered in ``thresher.training.merge_methods.MERGE_METHODS``.
 
 rsLoRA runs are merged with their true scaling alpha / sqrt(r) and written with use_rslora off (PEFT 0.21
 keeps use_rslora on the merged adapter, which then scales by sqrt(r) instead of 1: peft issue #3761);
 DoRA, lora_bias and per-module rank/alpha patterns are refused.
-
-Not offered: PEFT's "svd"/"ties_svd"/"dare_*_svd" (they build every module's full (out, in) dW_i via
-get_delta_weight, combine them with the plain sum / TIES / DARE, and re-factorise with a truncated SVD to
-rank r), and "dare_*" (random pruning, not reproducible without a seed PEFT does not take).
 
 Output folder ``out`` (written atomically: a temp folder next to it, then one rename):
   adapter_config.json, adapter_model.safetensors   the merged adapter, PEFT format
@@ -60,12 +32,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from thresher.outputs import atomic_dir, claim_output_dir
+from thresher.config import did_you_mean
 from thresher.errors import ConfigError
+from thresher.outputs import atomic_dir, claim_output_dir
+from thresher.training.export import fold_adapter
+from thresher.training.merge_methods import MERGE_METHODS
 
 log = logging.getLogger(__name__)
 
-METHODS = ("ties", "linear", "cat", "fedavg")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -92,7 +66,7 @@ def merge_runs(run_dirs, out, *, method: str = "ties", density: float = 0.2, wei
                export_full: bool = False, argv: list[str] | None = None) -> Path:
     """Merge the final LoRA adapters of ``run_dirs`` (``thresher train`` run directories) into ``out``.
 
-    ``method``: "ties" (default, CLUES), "linear", "cat" or "fedavg" (see the module docstring).
+    ``method``: "ties" (default, CLUES), "linear", "cat" or "fedavg" (see thresher.training.merge_methods).
     ``density``: fraction of each client's A/B entries TIES keeps, in (0, 1] (ties only).
     ``weights``: one per run; default 1.0 each (ties), 1/n (linear, cat), training-row counts (fedavg;
     fedavg normalises given weights too). ``export_full`` also writes ``out/merged``. Returns ``out``.
@@ -110,7 +84,8 @@ def merge_runs(run_dirs, out, *, method: str = "ties", density: float = 0.2, wei
     _check_keys(runs, states)
     merged = merge_states(states, w, method=method, density=density, scalings=[r.scaling for r in runs])
     config = _merged_config(runs, method, merged)
-    record = {"method": method, "density": density if method == "ties" else None, "weights": w,
+    uses_density = MERGE_METHODS.get(method).uses_density
+    record = {"method": method, "density": density if uses_density else None, "weights": w,
               "runs": [{"run": str(r.path.resolve()), "rows": r.rows, "lora_r": r.lora["r"],
                         "lora_alpha": r.lora["lora_alpha"]} for r in runs],
               "base_model": runs[0].base, "adapter": {"r": config["r"], "lora_alpha": config["lora_alpha"]},
@@ -124,64 +99,24 @@ def merge_states(states: list, weights: list[float], *, method: str = "ties", de
                  scalings: list[float] | None = None) -> dict:
     """Combine LoRA adapter state dicts (PEFT key -> tensor, as in adapter_model.safetensors).
 
-    ``scalings``: each client's lora_alpha / r (default 1.0); folded in by ties, linear and cat, unused by
-    fedavg (whose clients share one scaling). Returns a new state dict in the first client's dtype.
+    ``scalings``: each client's lora_alpha / r (default 1.0); folded in by the methods with ``folds_scaling``
+    (ties, linear, cat), unused by fedavg (whose clients share one scaling). Returns a new state dict in the
+    first client's dtype.
     """
-    import torch
-
     _check_params(method, density)
+    combine = MERGE_METHODS.get(method).combine
     scalings = [1.0] * len(states) if scalings is None else list(scalings)
-    ws = torch.tensor([w * s for w, s in zip(weights, scalings)], dtype=torch.float64)
-    root = ws.abs().sqrt()                              # (n,) sqrt(|w_i s_i|) on both factors ...
-    coef_a = (root * torch.where(ws >= 0, 1.0, -1.0)).float()   # ... and the sign on A only, as PEFT
-    coef_b = root.float()
-    p = torch.tensor(weights, dtype=torch.float64)
-    p = (p / p.sum()).float() if method == "fedavg" else p.float()
-    lin = ws.float()
     merged = {}
     for a_key, b_key in _factor_pairs(states[0]):
-        if method == "cat":                                      # exact sum of w_i dW_i at rank sum_i r_i
-            new_a = torch.cat([lin[i] * s[a_key].float() for i, s in enumerate(states)], dim=0)   # (sum r, in)
-            new_b = torch.cat([s[b_key].float() for s in states], dim=1)                         # (out, sum r)
-            merged[a_key], merged[b_key] = _cast(new_a, states[0][a_key]), _cast(new_b, states[0][b_key])
-            continue
-        a = torch.stack([s[a_key].float() for s in states])      # (n, r, in)
-        b = torch.stack([s[b_key].float() for s in states])      # (n, out, r)
-        if method == "ties":
-            new_a, new_b = _ties(a, coef_a, density), _ties(b, coef_b, density)
-        elif method == "linear":
-            new_a, new_b = _weighted_sum(a, coef_a), _weighted_sum(b, coef_b)
-        else:                                                    # fedavg
-            new_a, new_b = _weighted_sum(a, p), _weighted_sum(b, p)
+        a = [s[a_key].float() for s in states]                  # n x (r_i, in)
+        b = [s[b_key].float() for s in states]                  # n x (out, r_i)
+        new_a, new_b = combine(a, b, weights, scalings, density)
         merged[a_key], merged[b_key] = _cast(new_a, states[0][a_key]), _cast(new_b, states[0][b_key])
     return merged
 
 
 def _cast(x, like):
     return x.to(like.dtype).contiguous()
-
-
-# ----------------------------------------------------------------------------------- the arithmetic
-def _weighted_sum(x, coef):
-    # x: (n, *shape), coef: (n,) -> (*shape)
-    return (coef.view(-1, *([1] * (x.dim() - 1))) * x).sum(0)
-
-
-def _ties(x, coef, density: float):
-    """TIES on one LoRA factor of n clients, x: (n, rows, cols), coef: (n,) -> (rows, cols)."""
-    import torch
-
-    n = x.shape[0]
-    flat = x.reshape(n, -1)                                      # (n, numel)
-    k = int(density * flat.shape[1])                             # PEFT's count: int(density * numel)
-    keep = torch.zeros_like(flat, dtype=torch.bool)
-    if k > 0:
-        keep.scatter_(1, flat.abs().topk(k, dim=1).indices, True)
-    trimmed = torch.where(keep, flat, torch.zeros_like(flat))
-    sign = torch.where(trimmed.sum(0) >= 0, 1.0, -1.0)           # (numel,) elected on unweighted mass
-    agree = trimmed.sign() == sign                               # (n, numel); trimmed zeros never agree
-    total = (trimmed * coef[:, None] * agree).sum(0)
-    return (total / agree.sum(0).clamp(min=1)).reshape(x.shape[1:])
 
 
 def _factor_pairs(state: dict) -> list[tuple[str, str]]:
@@ -207,10 +142,10 @@ def _finite_numbers(values) -> bool:
 
 
 def _check_params(method: str, density: float) -> None:
-    if method not in METHODS:
-        from thresher.config import did_you_mean
-        raise ConfigError(f"The 'method' parameter of merge_runs must be one of {', '.join(METHODS)}. "
-                          f"Got {method!r}.{did_you_mean(method, METHODS)}")
+    if method not in MERGE_METHODS:
+        names = MERGE_METHODS.names()
+        raise ConfigError(f"The 'method' parameter of merge_runs must be one of {', '.join(names)}. "
+                          f"Got {method!r}.{did_you_mean(method, names)}")
     if isinstance(density, bool) or not isinstance(density, numbers.Real) or not 0.0 < density <= 1.0:
         raise ConfigError(f"The 'density' parameter of merge_runs must be a float in (0, 1]. Got {density!r}.")
 
@@ -247,7 +182,7 @@ def _check_out(out, runs: list[_Run]) -> Path:
 
 
 def _check_compatible(runs: list[_Run], method: str) -> None:
-    first = runs[0]
+    m, first = MERGE_METHODS.get(method), runs[0]
     for r in runs:
         if r.lora.get("use_dora"):
             raise ConfigError(f"Run {r.path} uses use_dora; only plain LoRA adapters can be merged.")
@@ -262,13 +197,19 @@ def _check_compatible(runs: list[_Run], method: str) -> None:
         if _modules(r.lora) != _modules(first.lora):
             raise ConfigError(f"{where}: target_modules {_modules(r.lora)} vs {_modules(first.lora)}. Merge only "
                               "runs that adapt the same modules.")
-        if method != "cat" and r.lora["r"] != first.lora["r"]:
+        if m.same_rank and r.lora["r"] != first.lora["r"]:
             raise ConfigError(f"{where}: LoRA r {r.lora['r']} vs {first.lora['r']}. Method {method!r} needs one "
-                              "rank for all runs (method 'cat' accepts different ranks).")
-        if method == "fedavg" and r.scaling != first.scaling:
+                              f"rank for all runs; methods that accept different ranks: {_any_rank()}.")
+        if not m.folds_scaling and r.scaling != first.scaling:
             raise ConfigError(f"{where}: LoRA scaling (lora_alpha {r.lora['lora_alpha']}, r {r.lora['r']}) vs "
-                              f"(lora_alpha {first.lora['lora_alpha']}, r {first.lora['r']}). FedAvg averages the "
-                              "raw A and B, so every run needs the same lora_alpha and r.")
+                              f"(lora_alpha {first.lora['lora_alpha']}, r {first.lora['r']}). Method {method!r} "
+                              "combines the raw A and B, so every run needs the same lora_alpha and r.")
+
+
+def _any_rank() -> str:
+    """The methods that merge runs of different ranks, for an error message."""
+    names = [n for n in MERGE_METHODS.names() if not MERGE_METHODS.get(n).same_rank]
+    return ", ".join(map(repr, names)) or "none"
 
 
 def _modules(lora: dict):
@@ -290,27 +231,18 @@ def _check_keys(runs: list[_Run], states: list[dict]) -> None:
 
 
 def _resolve_weights(weights, runs: list[_Run], method: str) -> list[float]:
-    n = len(runs)
-    if weights is None:
-        if method == "ties":
-            return [1.0] * n                                     # CLUES: weights all 1.0
-        if method != "fedavg":
-            return [1.0 / n] * n
-        missing = [str(r.path) for r in runs if not r.rows]
-        if missing:
-            raise ConfigError(f"fedavg weighs runs by their training rows, but {missing[0]} has no train_ids.json "
-                              "(or no rows in it). Pass weights explicitly.")
-        weights = [r.rows for r in runs]
-    weights = list(weights)
+    """One weight per run: the given ones, or the method's default; normalised to sum 1 where the method says."""
+    m, n = MERGE_METHODS.get(method), len(runs)
+    weights = list(m.default_weights(runs) if weights is None else weights)
     if len(weights) != n:
         raise ConfigError(f"The 'weights' parameter of merge_runs must hold one weight per run ({n} runs). "
                           f"Got {len(weights)} weights.")
     if not _finite_numbers(weights):
         raise ConfigError(f"The 'weights' parameter of merge_runs must hold finite numbers. Got {weights!r}.")
-    if method == "fedavg":
+    if m.normalises_weights:
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ConfigError(f"The 'weights' parameter of merge_runs must be >= 0 with a positive sum for "
-                              f"method 'fedavg'. Got {weights!r}.")
+                              f"method {method!r}. Got {weights!r}.")
         return [float(w) / sum(weights) for w in weights]
     return [float(w) for w in weights]
 
@@ -318,7 +250,7 @@ def _resolve_weights(weights, runs: list[_Run], method: str) -> list[float]:
 # ----------------------------------------------------------------------------------- writing
 def _merged_config(runs: list[_Run], method: str, merged: dict) -> dict:
     config = dict(runs[0].lora)
-    if method != "fedavg":
+    if MERGE_METHODS.get(method).folds_scaling:
         # Scaling 1: each client's s_i is folded into the merged factors (as PEFT's add_weighted_adapter).
         a_key = _factor_pairs(merged)[0][0]
         rank = int(merged[a_key].shape[0])
@@ -336,7 +268,6 @@ def _write(out: Path, merged: dict, config: dict, record: dict, runs: list[_Run]
         tokenizer = AutoTokenizer.from_pretrained(str(runs[0].final))
         tokenizer.save_pretrained(tmp)
         if export_full:
-            from thresher.training.export import fold_adapter
             fold_adapter(runs[0].base, tmp, tmp / "merged")
         (tmp / "merge.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
@@ -346,7 +277,7 @@ def add_merge_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``thresher merge`` (wire with ``p.set_defaults(func=merge_cli)``)."""
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories of `thresher train` (LoRA, finished)")
     p.add_argument("--out", required=True, help="output folder: merged PEFT adapter, tokenizer, merge.json")
-    p.add_argument("--method", choices=METHODS, default="ties",
+    p.add_argument("--method", choices=MERGE_METHODS.names(), default="ties",
                    help="ties (CLUES default), linear, cat, or fedavg (row-weighted mean of A and B)")
     p.add_argument("--density", type=float, default=0.2,
                    help="fraction of each client's LoRA entries TIES keeps, in (0, 1] (ties only; default 0.2)")

@@ -1,0 +1,248 @@
+"""The shared base of the gradient scorers over a LoRA training run: ``less`` (scoring/less.py), ``clues``
+(scoring/clues.py) and ``datainf`` (scoring/datainf.py).
+
+Each reads a training run directory (``checkpoints``: what ``thresher train`` writes, one
+``checkpoint-<step>/`` per save) and the base model of the scorer's ModelContext, wraps the base model with
+the run's LoRA adapter, and at each checkpoint takes per-sample gradients of the mean response NLL (units
+rendered as the IFD scorer renders them: ``template``, ``turns``, ``max_length``, ``span_rule``; unset
+values take the training run's own). ``GradientScorer`` holds what the three share: the run, the data files
+a parameter names (target or validation files), rendering, the settings key of a gradient feature, Adam
+moments, and small arrays cached in memory and under ``<cache_root>/grads``.
+Rows that cannot be scored (prompt fills max_length, no assistant turn) get NaN and a ``status`` reason.
+
+thresher.gradients imports torch: its imports stay inside the methods, so that the scorer classes load
+(for ``thresher validate`` and ``thresher ls``) without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from thresher.config import choice
+from thresher.data import load
+from thresher.data.fingerprint import row_hashes
+from thresher.data.spans import SPAN_RULES, build_spans
+from thresher.data.table import Dataset
+from thresher.data.templates import TEMPLATES, render_units
+from thresher.errors import ConfigError
+from thresher.io import atomic_path, sha256_hex
+from thresher.models.bundled import cache_dir
+from thresher.scoring.base import Scorer
+from thresher.scoring.common import row_status
+
+POOL_SHARD = 256                     # rows per GradientStore shard: the unit of resume for pool stores
+PROJECT_BYTES = 2 << 30              # bound on the block of full gradients held for one projection call
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GradientParams:
+    checkpoints: str = ""              # training run directory (required)
+    which: str = choice("all", "all", "last")
+    notation: str | list = "all"       # parameter subset (gradients.persample.select_parameters)
+    template: str | None = None        # None: the training run's own (its config.json), else alpaca
+    max_length: int | None = None      # None: the training run's own, else 512
+    turns: str | None = None           # None: the training run's own, else last
+    batch_size: int = 8
+    span_rule: str = choice("offsets", *SPAN_RULES)
+
+    def check(self, owner):
+        if not isinstance(self.checkpoints, str) or not self.checkpoints.strip():
+            raise ConfigError(f"The 'checkpoints' parameter of {owner} must be the path of a training run directory "
+                              f"(the output of 'thresher train'). Got {self.checkpoints!r}.")
+        if self.max_length is not None and not (isinstance(self.max_length, int) and self.max_length >= 8):
+            raise ConfigError(f"The 'max_length' parameter of {owner} must be an int >= 8 or null (the training "
+                              f"run's). Got {self.max_length!r}.")
+        if self.template is not None and self.template not in TEMPLATES:
+            raise ConfigError(f"The 'template' parameter of {owner} must be one of {', '.join(TEMPLATES)} or null "
+                              f"(the training run's). Got {self.template!r}.")
+        if self.turns is not None and self.turns not in ("last", "first"):
+            raise ConfigError(f"The 'turns' parameter of {owner} must be last, first or null (the training run's). "
+                              f"Got {self.turns!r}.")
+        if self.batch_size < 1:
+            raise ConfigError(f"The 'batch_size' parameter of {owner} must be an int >= 1. Got {self.batch_size}.")
+        for name in self.data_params():
+            paths = getattr(self, name)
+            if not paths or not all(isinstance(x, str) and x.strip() for x in paths):
+                raise ConfigError(f"The {name!r} parameter of {owner} must be a non-empty list of data file paths. "
+                                  f"Got {paths!r}.")
+        proj = getattr(self, "proj_dim", None)
+        if proj is not None and proj < 1:
+            raise ConfigError(f"The 'proj_dim' parameter of {owner} must be an int >= 1 or null (no projection). "
+                              f"Got {proj}.")
+
+    def data_params(self) -> tuple[str, ...]:
+        return ()
+
+
+def file_labels(paths: list[str]) -> list[str]:
+    """A short label per data file: its stem, or the path as given where two stems coincide."""
+    stems = [Path(p).stem for p in paths]
+    return [s if stems.count(s) == 1 else p for s, p in zip(stems, paths)]
+
+
+class GradientScorer(Scorer):
+    """Shared plumbing: the run, the data files, rendering, keys, small on-disk caches."""
+
+    uses = ("lm",)
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._run = None
+        self._sets: dict[str, list[tuple[str, Dataset]]] = {}
+        self._memo: dict[str, np.ndarray] = {}
+        self._moments: dict[tuple, tuple] = {}
+
+    # ------------------------------------------------------------------ run, data, identity
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        self.run()
+        for name in self.params.data_params():
+            self.data_sets(name)
+
+    def run(self):
+        from thresher.gradients.pipeline import open_run
+
+        if self._run is None:
+            self._run = open_run(self.params.checkpoints, self.params.which, owner=f"scorer {self.name!r}")
+            self._fill_from_run()
+        return self._run
+
+    def _fill_from_run(self) -> None:
+        """Unset template/max_length/turns take the training run's values, so the gradients are taken on the
+        sequences the adapter was trained on (defaults alpaca/512/last for runs without thresher's config)."""
+        cfg_file = Path(self.params.checkpoints) / "config.json"
+        saved = json.loads(cfg_file.read_text(encoding="utf-8")).get("config", {}) if cfg_file.is_file() else {}
+        for key, default in (("template", "alpaca"), ("max_length", 512), ("turns", "last")):
+            if getattr(self.params, key) is None:
+                setattr(self.params, key, saved.get(key, default))
+        if self.params.turns == "all":            # a gradient is per sample: one response span per row
+            log.warning("training run %s supervised every assistant turn; gradients are taken on each row's last "
+                        "turn (set turns: first to use the first)", self.params.checkpoints)
+            self.params.turns = "last"
+
+    def data_sets(self, name: str) -> list[tuple[str, Dataset]]:
+        """(path, Dataset) of each file of a data-file parameter; errors name the parameter and the file."""
+        if name not in self._sets:
+            out = []
+            for path in getattr(self.params, name):
+                if not Path(path).is_file():
+                    raise ConfigError(f"The {name!r} parameter of scorer {self.name!r} names {path!r}, which "
+                                      f"{'is not a file' if Path(path).exists() else 'does not exist'}.")
+                out.append((path, load(path)))       # an empty or unreadable file raises DataError naming it
+            self._sets[name] = out
+        return self._sets[name]
+
+    def model_identity(self, ctx) -> str:
+        return f"{super().model_identity(ctx)}|run={self.run().fingerprint}"
+
+    def param_dict(self) -> dict:
+        """Parameters plus the content of the data files they name (a changed file misses the cache)."""
+        from thresher.gradients.pipeline import file_sha
+
+        d = super().param_dict()
+        for name in self.params.data_params():
+            d[f"{name}_sha"] = [file_sha(p) for p in getattr(self.params, name)]
+        return d
+
+    # ------------------------------------------------------------------ rendering and gradients
+    def units(self, rows: Dataset, tokenizer):
+        """One unit per row with an assistant turn: (units, owner row of each unit)."""
+        return render_units(rows, self.params.template, self.params.turns, tokenizer)
+
+    def status(self, units, owner, n_rows: int, tokenizer) -> np.ndarray:
+        """(n_rows,) 'ok' or the reason a row's unit cannot be scored (as the gradient functions decide)."""
+        p = self.params
+        sp = build_spans(tokenizer, units, p.max_length, p.span_rule, p.template)
+        return row_status(sp.status, owner, n_rows)
+
+    def grad_kw(self, sel=None) -> dict:
+        """Keyword arguments of the gradient functions. With a projection, samples are projected
+        ``project_batch`` at a time (amortising the draw of R), capped so that the (project_batch, P)
+        block of full gradients stays under PROJECT_BYTES (LoRA r=128 on q,k,v,o of a 7B model:
+        P = 134M, 4 samples per block)."""
+        p = self.params
+        kw = {"max_length": p.max_length, "batch_size": p.batch_size, "span_rule": p.span_rule,
+              "template": p.template}
+        if sel is not None and getattr(p, "proj_dim", None) is not None:
+            kw["project_batch"] = int(max(1, min(64, PROJECT_BYTES // (4 * sel.dim))))
+        return kw
+
+    def projector(self, sel):
+        from thresher.gradients.projection import RademacherProjector
+
+        dim = getattr(self.params, "proj_dim", None)
+        return None if dim is None else RademacherProjector(sel.dim, dim, seed=self.params.proj_seed)
+
+    def settings_key(self) -> str:
+        """Everything except the data that decides a gradient feature."""
+        p = self.params
+        return sha256_hex(self.ctx.lm().identity(), self.ctx.dtype, p.notation, getattr(p, "proj_dim", None),
+                          getattr(p, "proj_seed", None), p.template, p.max_length, p.turns, p.span_rule)
+
+    def grads_dir(self) -> Path:
+        return Path(self.cache_root or cache_dir()) / "grads"
+
+    def moments(self, ckpt, model, sel):
+        """The checkpoint's flat Adam moments on the model's device; read from optimizer.pt once per scorer
+        (kept on the CPU: row-scope scorers see many shards)."""
+        from thresher.gradients.pipeline import checkpoint_moments
+
+        key = (ckpt.fingerprint, tuple(sel.names))
+        if key not in self._moments:
+            self._moments[key] = checkpoint_moments(ckpt, model, sel, device="cpu")
+        dev = next(model.parameters()).device
+        return tuple(t.to(dev) for t in self._moments[key])
+
+    def cached(self, kind: str, key: str, compute) -> np.ndarray:
+        """A small array (target features, validation means) kept in memory and in ``grads/<kind>-<key>.npy``."""
+        name = f"{kind}-{key[:32]}"
+        if name not in self._memo:
+            path = self.grads_dir() / f"{name}.npy"
+            if path.is_file():
+                self._memo[name] = np.load(path)
+            else:
+                arr = np.asarray(compute())
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:     # a file that exists is complete
+                    np.save(f, arr)
+                self._memo[name] = arr
+        return self._memo[name]
+
+    def labelled_units(self, name: str, tokenizer, task_field: str | None = None):
+        """Units of every file of a data-file parameter, their group index, the group names, and a
+        content hash. Groups are files, or the records' ``task_field`` value where a record has one."""
+        sets = self.data_sets(name)
+        labels = file_labels([path for path, _ in sets])
+        units, names, hashes = [], [], []
+        for (path, ds), label in zip(sets, labels):
+            u, owner = self.units(ds, tokenizer)
+            if not u:
+                raise ConfigError(f"The {name!r} parameter of scorer {self.name!r}: {path!r} has no row with an "
+                                  "assistant response to take a gradient of.")
+            units += u
+            for r in owner:
+                raw = ds.raw[r] if isinstance(ds.raw[r], dict) else {}
+                task = ds.meta[r].get(task_field, raw.get(task_field)) if task_field else None
+                names.append(str(task) if task is not None else label)
+            hashes += row_hashes(ds)
+        groups, idx = np.unique(np.asarray(names), return_inverse=True)
+        return units, idx, [str(g) for g in groups], sha256_hex(*hashes, *names)
+
+    def require_scored(self, name: str, counts: np.ndarray, groups: list[str]) -> None:
+        empty = [g for g, c in zip(groups, counts) if c == 0]
+        if empty:
+            raise ConfigError(f"The {name!r} parameter of scorer {self.name!r}: no row of {empty[0]!r} could be "
+                              f"scored (prompts fill max_length={self.params.max_length} or responses are empty). "
+                              "Raise max_length or use other data.")
+
+    def to_rows(self, values: np.ndarray, owner: np.ndarray, n_rows: int) -> np.ndarray:
+        """Unit values -> row values (one unit per row; NaN for rows without one)."""
+        out = np.full(n_rows, np.nan)
+        out[owner] = values
+        return out

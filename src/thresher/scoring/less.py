@@ -1,0 +1,92 @@
+"""LESS (METHODS.md 6.3): lr-weighted cosine of Adam-preconditioned pool gradients to target-task gradients.
+
+(dataset scope) S_i = max_task mean_{t in task} sum_c w_c cos(Gamma_i^c, g_t^c), w_c = eta_c / sum eta.
+Pool: Adam-preconditioned, projected (``proj_dim`` 8192, ``proj_seed`` 0), stored per checkpoint in a
+resumable GradientStore under ``cache_root/grads/less-pool-<key>``; the key covers the model, the
+checkpoint's content, the gradient settings and the pool rows but not the target, so another target
+reuses the store. Target: plain SGD gradients of each target file (one task per file, or per ``task``
+field of the records). Range [-1, 1]; higher = closer to some target task (keep). The run, rendering and
+caches: thresher.scoring.gradient_base.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from thresher.config import choice
+from thresher.data.fingerprint import row_hashes
+from thresher.data.table import Dataset
+from thresher.io import sha256_hex
+from thresher.scoring.gradient_base import POOL_SHARD, GradientParams, GradientScorer
+
+
+@dataclass
+class LessParams(GradientParams):
+    target: list = dataclasses.field(default_factory=list)     # data files; one task per file (or record 'task')
+    proj_dim: int | None = 8192
+    proj_seed: int = 0
+    store_dtype: str = choice("float32", "float32", "float16")
+
+    def data_params(self):
+        return ("target",)
+
+
+class LessScorer(GradientScorer):
+    """LESS: lr-weighted cosine of Adam-preconditioned pool gradients to target-task gradients, max over tasks."""
+
+    name = "less"
+    version = "1"
+    Params = LessParams
+    main_column = "less"
+    higher_is_better = True
+    scope = "dataset"
+    produces = {"less": "max over target tasks of the mean lr-weighted gradient cosine, [-1, 1]; higher = keep",
+                "less_task": "the target task attaining the max",
+                "status": "ok or why NaN"}
+
+    def pool_store_key(self, ckpt, pool_hash: str) -> str:
+        return sha256_hex(self.settings_key(), ckpt.step, ckpt.fingerprint, self.params.store_dtype, pool_hash)[:24]
+
+    def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
+        from thresher.gradients import GradientStore, gradient_features, less_scores, select_parameters
+        from thresher.gradients import write_gradient_store
+        from thresher.gradients.pipeline import adapted_model, use_checkpoint
+
+        p, lm, run = self.params, self.ctx.lm().setup(), self.run()
+        tok = lm.tokenizer
+        units, owner = self.units(rows, tok)
+        t_units, t_task, tasks, t_hash = self.labelled_units("target", tok, task_field="task")
+        pool_hash = sha256_hex(*row_hashes(rows))
+        stores, targets = [], []
+        with adapted_model(lm.model, run) as model:
+            sel = select_parameters(model, p.notation)
+            proj, kw = self.projector(sel), self.grad_kw(sel)
+            for ck in run.checkpoints:
+                use_checkpoint(model, ck)
+                key = self.pool_store_key(ck, pool_hash)
+                path = self.grads_dir() / f"less-pool-{key}"
+                if not (path.is_dir() and GradientStore(path).complete):
+                    write_gradient_store(path, [rows.ids[o] for o in owner], model, tok, units, sel,
+                                         shard_size=POOL_SHARD, dtype=p.store_dtype,
+                                         meta={"step": ck.step, "checkpoint": ck.fingerprint, "notation": p.notation},
+                                         moments=self.moments(ck, model, sel), projector=proj, **kw)
+                stores.append(GradientStore(path))
+                targets.append(self.cached("less-target", sha256_hex(self.settings_key(), ck.fingerprint, t_hash),
+                                           lambda: gradient_features(model, tok, t_units, sel, projector=proj, **kw)))
+        ok = np.all([np.isfinite(t).all(axis=1) for t in targets], axis=0)          # (M,) scorable targets
+        self.require_scored("target", np.bincount(t_task[ok], minlength=len(tasks)), tasks)
+        targets = [t[ok] for t in targets]
+        per_task = np.full((len(units), len(tasks)), np.nan)
+        for i in range(len(stores[0].shards)):                  # shard by shard: memory ~ shard x d x |C|
+            s = i * stores[0].shard_size
+            feats = [st.shard(i) for st in stores]
+            per_task[s: s + len(feats[0])] = less_scores(feats, targets, t_task[ok], run.lrs, per_task=True)
+        filled = np.where(np.isnan(per_task), -np.inf, per_task)
+        best = np.where(np.isfinite(per_task).all(axis=1), filled.argmax(axis=1), -1)     # -1: unscored row
+        task_col = np.full(len(rows), "", dtype=object)
+        task_col[owner] = [tasks[b] if b >= 0 else "" for b in best]
+        return {"less": self.to_rows(per_task.max(axis=1), owner, len(rows)), "less_task": task_col.astype(str),
+                "status": self.status(units, owner, len(rows), tok)}
