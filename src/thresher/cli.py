@@ -222,8 +222,8 @@ def cmd_validate(args) -> int:
 
 def cmd_ls(args) -> int:
     from thresher.pipeline.recipe import PACKAGED
-    from thresher.pipeline.select import SELECTOR_NAMES
     from thresher.scoring import SCORERS, get_scorer
+    from thresher.selection import SELECTORS
     from thresher.data.templates import TEMPLATES
 
     what = args.what
@@ -232,7 +232,9 @@ def cmd_ls(args) -> int:
         for name in sorted(SCORERS):
             print(f"  {name:16s} {get_scorer(name).describe()}")
     if what in ("all", "selectors"):
-        print("selectors:\n  " + "\n  ".join(SELECTOR_NAMES))
+        print("selectors:")
+        for name in SELECTORS:
+            print(f"  {name:22s} {SELECTORS.get(name).describe()}")
     if what in ("all", "recipes"):
         print("recipes:")
         for p in sorted(PACKAGED.glob("*.yaml")):

@@ -23,12 +23,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from thresher.config import build, choice, did_you_mean
 from thresher.data.readers import MAX_RECORD_CHARS
-from thresher.errors import ConfigError
-from thresher.pipeline.select import SelectConfig, check_params
+from thresher.errors import ConfigError, ThresherError
+from thresher.selection import make_selector
+from thresher.selection.base import Selector
 
 log = logging.getLogger(__name__)
 PACKAGED = Path(__file__).resolve().parent.parent / "recipes"
@@ -73,6 +75,56 @@ class DataConfig:
 class ScoreConfig:
     scorer: str = ""
     params: dict = field(default_factory=dict)
+
+
+@dataclass
+class SelectConfig:
+    """A stage's selection: a registered selector (``thresher ls selectors``; thresher.selection.registry),
+    the score column it ranks (default: the stage's main column, its last scorer's) and its parameters."""
+    selector: str = "top_k"
+    column: str | None = None
+    params: dict = field(default_factory=dict)
+
+    def check(self, owner: str) -> None:
+        self.make(owner)
+
+    def make(self, owner: str = "select") -> Selector:
+        """The selector, every parameter checked (no data needed)."""
+        try:
+            return make_selector(self.selector, self.column, self.params)
+        except ThresherError as e:
+            raise ConfigError(f"{owner}: {e}") from None
+
+    def apply(self, scores, *, main: str | None, higher_is_better: bool | None) -> np.ndarray:
+        """(M,) int64 positions of the rows of the score table ``scores`` kept, in selection order; ``main``
+        and ``higher_is_better``: the stage's main column and its direction."""
+        return self.make().select(scores, main=main, higher_is_better=higher_is_better)
+
+    def check_inputs(self, produced, main: str | None, owner: str) -> None:
+        """Every column the selector reads is among ``produced``, the columns of the stage's scorers."""
+        missing = [c for c in self.make(owner).inputs(main) if c not in produced]
+        if missing:
+            raise ConfigError(f"{owner}: selector {self.selector!r} reads column(s) {', '.join(map(repr, missing))}, "
+                              f"which no scorer of the stage produces (stage columns: "
+                              f"{', '.join(sorted(produced)) or 'none'}). {_producers_hint(missing)}")
+
+
+def _producers_hint(columns: list[str]) -> str:
+    """Which registered scorers produce ``columns`` (imports every scorer module: the error path only)."""
+    from thresher.scoring import SCORERS
+
+    produces = {name: tuple(SCORERS.get(name).produces) for name in SCORERS}
+    hints = []
+    for col in columns:
+        exact = [n for n, cols in produces.items() if col in cols]
+        prefixed = [n for n, cols in produces.items() if any(col.endswith("_" + c) for c in cols)]
+        if exact:
+            hints.append(f"add the scorer {' or '.join(map(repr, exact))} for {col!r}")
+        elif prefixed:
+            hints.append(f"add the scorer {' or '.join(map(repr, prefixed))} with a prefix for {col!r}")
+        else:
+            hints.append(f"no registered scorer produces {col!r}: check the column name")
+    return "To fix: " + "; ".join(hints) + "."
 
 
 @dataclass
@@ -236,8 +288,9 @@ def _stage(raw, i, recipe: Recipe, where: str, earlier: list[ResolvedStage]) -> 
         scores.append(sc)
     sel = None
     if st.select is not None:
-        sel = build(SelectConfig, st.select, f"{owner}: select")
-        check_params(sel, f"{owner}: select")
+        sel = build(SelectConfig, st.select, f"{owner}: select")       # checks every parameter
+        if scores:
+            sel.check_inputs(produced, scorer.main_column, f"{owner}: select")
     if not scores and (sel is None or sel.selector not in ("full", "random")):
         raise ConfigError(f"{owner}: a stage needs at least one scorer unless it selects 'full' or 'random'.")
     return ResolvedStage(name, model, scores, sel, st.note)

@@ -30,7 +30,6 @@ from thresher.outputs import claim_output_dir, clear_results, finish_run_folder,
 from thresher.engine.scoring import score_dataset
 from thresher.errors import ConfigError
 from thresher.pipeline.recipe import DataConfig, Recipe, ResolvedStage, ScoreConfig, resolve_refs
-from thresher.pipeline.select import apply_selector
 from thresher.scoring import make_scorer
 from thresher.models.context import ModelContext
 
@@ -187,7 +186,7 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
         if stage.select.selector == "global_threshold":
             from thresher.pipeline.clients import Pending
             return Pending(ds, stage, scores, main, st_dir, st_sum, ctx, cache_root)
-        idx = apply_selector(stage.select, scores, default_column=main, higher_is_better=hib)
+        idx = stage.select.apply(scores, main=main, higher_is_better=hib)
         if not len(idx):
             empty_selection(f"stage {stage.name!r}: the selection ({stage.select.selector}) kept 0 of {len(ds)} "
                             "rows", recipe.strict, summary)

@@ -14,9 +14,8 @@ from thresher.io import atomic_path, write_json
 from thresher.manifest import base_manifest
 from thresher.outputs import check_output_file
 from thresher.errors import ConfigError
-from thresher.pipeline.recipe import DataConfig
+from thresher.pipeline.recipe import DataConfig, SelectConfig
 from thresher.pipeline.run import load_data
-from thresher.pipeline.select import SelectConfig, apply_selector, check_params
 
 # Candidate filters a scorer's main column gets unless the user says otherwise (printed, never silent).
 DEFAULT_WHERE = {"ifd": {"ifd": {"lt": 1.0}}}
@@ -110,10 +109,8 @@ def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=No
         elif column != main:
             raise ConfigError(f"Column {column!r} is not the scorer's main column: say which end to keep with "
                               "--higher-is-better or --lower-is-better.")
-    cfg = SelectConfig(selector=selector, column=column, params=p)
-    cfg.check("thresher select")
-    check_params(cfg, "thresher select")
-    idx = apply_selector(cfg, scores, default_column=main, higher_is_better=info.get("higher_is_better"))
+    chosen = SelectConfig(selector=selector, column=column, params=p).make("thresher select")
+    idx = chosen.select(scores, main=main, higher_is_better=info.get("higher_is_better"))
     warnings: list[str] = []
     if not len(idx):
         from thresher.pipeline.run import empty_selection

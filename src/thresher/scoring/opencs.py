@@ -147,15 +147,6 @@ class PairParams:
     temperature: float = 0.0
 
 
-def clusters_from_columns(label_sets, ranks) -> dict[int, np.ndarray]:
-    """cluster id -> representative rows in representative order, from the opencs_clusters columns."""
-    from thresher.algorithms.opencs_tags import cluster_members
-    ranks = np.asarray(ranks, dtype=np.int64)
-    reps = np.flatnonzero(ranks >= 0)
-    reps = reps[np.argsort(ranks[reps], kind="stable")]
-    return cluster_members([tuple(json.loads(s)) for s in label_sets], reps)
-
-
 class OpenCSPairScorer(Scorer):
     """OpenCS contrastive scoring: two same-cluster samples per judge prompt, 0-100 each."""
 
@@ -178,7 +169,8 @@ class OpenCSPairScorer(Scorer):
                 prompt_sha(self.params.single_prompt)}
 
     def score_batch(self, rows: Dataset, inputs=None) -> dict[str, np.ndarray]:
-        from thresher.algorithms.opencs_tags import consecutive_pairs, parse_pair_scores, unique_pairs
+        from thresher.algorithms.opencs_tags import (clusters_from_columns, consecutive_pairs, parse_pair_scores,
+                                                     unique_pairs)
 
         p = self.params
         members = clusters_from_columns(inputs["label_set"], inputs["opencs_rank"])
