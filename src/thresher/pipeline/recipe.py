@@ -29,6 +29,7 @@ import yaml
 from thresher.config import build, choice, did_you_mean
 from thresher.data.readers import MAX_RECORD_CHARS
 from thresher.errors import ConfigError, ThresherError
+from thresher.scoring import SCORERS
 from thresher.selection import make_selector
 from thresher.selection.base import Selector
 
@@ -111,8 +112,6 @@ class SelectConfig:
 
 def _producers_hint(columns: list[str]) -> str:
     """Which registered scorers produce ``columns`` (imports every scorer module: the error path only)."""
-    from thresher.scoring import SCORERS
-
     produces = {name: tuple(SCORERS.get(name).produces) for name in SCORERS}
     hints = []
     for col in columns:

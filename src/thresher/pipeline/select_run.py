@@ -84,7 +84,7 @@ def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=No
     last = manifest["stages"][-1]
     info = last["scorers"][-1] if last["scorers"] else {}   # the stage's result is its last scorer
     main = info.get("main_column")
-    column = column or main
+    asked, column = column, column or main          # the selector resolves its own default column
     p = dict(params or {})
     if k is not None:
         p["k"] = k
@@ -109,7 +109,7 @@ def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=No
         elif column != main:
             raise ConfigError(f"Column {column!r} is not the scorer's main column: say which end to keep with "
                               "--higher-is-better or --lower-is-better.")
-    chosen = SelectConfig(selector=selector, column=column, params=p).make("thresher select")
+    chosen = SelectConfig(selector=selector, column=asked, params=p).make("thresher select")
     idx = chosen.select(scores, main=main, higher_is_better=info.get("higher_is_better"))
     warnings: list[str] = []
     if not len(idx):
