@@ -1,4 +1,5 @@
-"""Unit tests for thresher.selection.diversity: hand-checked small cases and parity with
+"""Unit tests for the diversity-aware selectors (thresher.selection.deita, ds2, facility_location,
+alpagasus, opencs): hand-checked small cases and parity with
 deliberately naive references (one row at a time, no blocks, no heap)."""
 
 from __future__ import annotations
@@ -9,13 +10,11 @@ import numpy as np
 import pytest
 
 from thresher.errors import ConfigError
-from thresher.selection.diversity import (
-    alpagasus_select,
-    deita_repr_filter,
-    ds2_diversity_filter,
-    facility_location,
-    opencs_select,
-)
+from thresher.selection.alpagasus import alpagasus_select
+from thresher.selection.deita import deita_repr_filter
+from thresher.selection.ds2 import ds2_diversity_filter
+from thresher.selection.facility_location import facility_location
+from thresher.selection.opencs import opencs_select
 
 from test_selection import NAN, eq   # shared: int64 indices equal to an expected list
 

@@ -232,17 +232,17 @@ def test_error_message_sklearn_style():
 
 
 def test_registry():
-    from thresher.pipeline.select import SELECTOR_NAMES
+    from thresher.selection import basic, cherry
 
-    assert {k: SELECTORS[k] for k in ("top_k", "threshold", "random", "superfiltering", "cherry_ifd",
-                                      "cherry_pre_experience")} == {
-        "top_k": top_k, "threshold": threshold_mask, "random": random_k,
-        "superfiltering": superfiltering_select, "cherry_ifd": cherry_ifd_select,
-        "cherry_pre_experience": cherry_pre_experience,
+    assert {k: SELECTORS.get(k) for k in ("top_k", "threshold", "random", "superfiltering", "cherry_ifd",
+                                          "cherry_pre_experience")} == {
+        "top_k": basic.TopKSelector, "threshold": basic.ThresholdSelector, "random": basic.RandomSelector,
+        "superfiltering": basic.SuperfilteringSelector, "cherry_ifd": basic.CherryIFDSelector,
+        "cherry_pre_experience": cherry.PreExperienceSelector,
     }
-    # Every selector a recipe can name is a listed function, except the compositions built in
-    # methods/select.py (full, middle = top_k on distance, superfiltering_d = filter + facility location).
-    assert set(SELECTOR_NAMES) - set(SELECTORS) == {"full", "middle", "superfiltering_d"}
+    # Every selector a recipe can name is a registered adapter, including the compositions
+    # (full, middle = top_k on distance, superfiltering_d = filter + facility location).
+    assert {"full", "middle", "superfiltering_d"} <= set(SELECTORS)
 
 
 def test_global_threshold_select_hand_checked():
@@ -257,7 +257,8 @@ def test_global_threshold_select_hand_checked():
 
 def test_deita_per_turn_score_and_selection_hand_checked():
     import pandas as pd
-    from thresher.pipeline.select import SelectConfig, apply_selector, deita_turn_score
+    from thresher.selection import make_selector
+    from thresher.selection.deita import deita_turn_score
 
     scores = pd.DataFrame({
         "c_turns": [np.array([2.0, 3.0]), np.array([5.0]), np.array([1.0, 1.0, 1.0])],
@@ -266,28 +267,27 @@ def test_deita_per_turn_score_and_selection_hand_checked():
         "embedding": [np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.array([1.0, 0.0])],
     })
     # 2*1 + 3*2 = 8; 5*1.5 = 7.5; 3 * (1*4) = 12
-    np.testing.assert_allclose(deita_turn_score(scores, ["c", "q"]), [8.0, 7.5, 12.0])
-    cfg = SelectConfig("deita", params={"columns": ["c", "q"], "per_turn": True, "k": 3, "threshold": 0.9})
+    np.testing.assert_allclose(deita_turn_score([scores["c_turns"], scores["q_turns"]]), [8.0, 7.5, 12.0])
+    sel = make_selector("deita", params={"columns": ["c", "q"], "per_turn": True, "k": 3, "threshold": 0.9})
     # by score: row 2 (12), row 0 (8, identical to row 2 -> rejected), row 1 (7.5)
-    eq(apply_selector(cfg, scores), [2, 1])
+    eq(sel.select(scores), [2, 1])
 
 
-def test_superfiltering_d_and_facility_location_through_apply_selector():
+def test_superfiltering_d_and_facility_location_through_the_registry():
     import pandas as pd
-    from thresher.pipeline.select import SelectConfig, apply_selector
-    from thresher.selection import facility_location
+    from thresher.selection import facility_location, make_selector
 
     # Six rows on a line; IFD >= 1 on row 5 (dropped), rows 0-4 kept as the top 5/6 by IFD.
     x = np.array([0.0, 0.1, 0.2, 5.0, 5.1, 9.0])
     scores = pd.DataFrame({"ifd": [0.9, 0.8, 0.7, 0.6, 0.5, 1.2],
                            "embedding": [np.array([v, 0.0], dtype=np.float32) for v in x]})
     emb = np.stack(scores["embedding"].to_numpy())
-    fl = apply_selector(SelectConfig("facility_location", params={"ratio": 0.34}), scores)   # int(0.34 * 6) = 2
+    fl = make_selector("facility_location", params={"ratio": 0.34}).select(scores)   # int(0.34 * 6) = 2
     eq(fl, facility_location(emb, k=2))
-    sfd = apply_selector(SelectConfig("superfiltering_d", column="ifd", params={"ifd_k": 5, "k": 2}), scores)
+    sfd = make_selector("superfiltering_d", column="ifd", params={"ifd_k": 5, "k": 2}).select(scores)
     eq(sfd, facility_location(emb, k=2, candidates=np.arange(5)))
     assert 5 not in sfd.tolist() and {int(i) for i in sfd} & {0, 1, 2} and {int(i) for i in sfd} & {3, 4}
     with pytest.raises(ConfigError, match="exactly one of the 'k' and 'ratio'"):
-        apply_selector(SelectConfig("facility_location", params={}), scores)
+        make_selector("facility_location", params={}).select(scores)
     with pytest.raises(ConfigError, match="ratio"):
-        apply_selector(SelectConfig("facility_location", params={"ratio": 1.5}), scores)
+        make_selector("facility_location", params={"ratio": 1.5}).select(scores)

@@ -22,7 +22,7 @@ from thresher.algorithms.opencs_tags import (
     scored_members,
     unique_pairs,
 )
-from thresher.selection.diversity import opencs_select
+from thresher.selection.opencs import opencs_select
 
 pytest.importorskip("nltk")
 

@@ -24,10 +24,12 @@ from thresher.data.templates import TEMPLATES
 from thresher.errors import ConfigError, ThresherError
 from thresher.evaluation.config import EvalConfig
 from thresher.models.judges import JudgeConfig
-from thresher.pipeline.recipe import DataConfig, Recipe
-from thresher.scoring import SCORERS
+from thresher.pipeline.config import DataConfig, Recipe
+from thresher.pipeline.recipe import PACKAGED
+from thresher.scoring import SCORERS, get_scorer
 from thresher.scoring.ifd import IFDParams
 from thresher.scoring.perplexity import PerplexityParams
+from thresher.selection import SELECTORS
 from thresher.training.config import PRESETS
 
 log = logging.getLogger("thresher")
@@ -188,10 +190,6 @@ def cmd_validate(args) -> int:
 
 
 def cmd_ls(args) -> int:
-    from thresher.pipeline.recipe import PACKAGED
-    from thresher.pipeline.select import SELECTOR_NAMES
-    from thresher.scoring import get_scorer
-
     what = _LS_PLURAL.get(args.what, args.what)
     if args.name is not None:
         return _ls_one(what, args.name)
@@ -200,7 +198,9 @@ def cmd_ls(args) -> int:
         for name in sorted(SCORERS):
             print(f"  {name:16s} {get_scorer(name).describe()}")
     if what in ("all", "selectors"):
-        print("selectors:\n  " + "\n  ".join(SELECTOR_NAMES))
+        print("selectors:")
+        for name in SELECTORS:
+            print(f"  {name:22s} {SELECTORS.get(name).describe()}")
     if what in ("all", "recipes"):
         print("recipes:")
         for p in sorted(PACKAGED.glob("*.yaml")):
@@ -221,7 +221,7 @@ _LS_PLURAL = {kind[:-1]: kind for kind in _LS_KINDS if kind.endswith("s")}
 
 
 # The kinds `thresher ls KIND NAME` describes: registries whose entries declare a ``Params`` dataclass.
-_LS_REGISTRIES = {"scorers": SCORERS}
+_LS_REGISTRIES = {"scorers": SCORERS, "selectors": SELECTORS}
 
 
 def _ls_one(what: str, name: str) -> int:

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from thresher.algorithms.knn import knn
+from thresher.checks import check_bool, check_choice, check_int, is_real, param_error
 from thresher.errors import ConfigError
-from thresher.algorithms.knn import _check_int, _fail, knn
 
 # ---------------------------------------------------------------------------------------------
 # validation
@@ -67,12 +68,7 @@ def _embeddings(func: str, emb, n: int) -> np.ndarray:
 
 
 def _check_K(func: str, K) -> int:
-    return _check_int(func, "K", K, 2)
-
-
-def _check_bool(func: str, param: str, v) -> None:
-    if not isinstance(v, (bool, np.bool_)):
-        raise _fail(func, param, "a bool", v)
+    return check_int(func, "K", K, 2)
 
 
 def _valid_pool(func: str, labels, emb, K: int):
@@ -103,8 +99,7 @@ def ds2_compress(overall, *, failed: str = "nan") -> np.ndarray:
     failures as [0, 0, 0, 0]). Any other value (outside 1..10, non-integer) is an error.
     """
     f = "ds2_compress"
-    if failed not in ("nan", "zero"):
-        raise _fail(f, "failed", "one of 'nan', 'zero'", failed)
+    check_choice(f, "failed", failed, ("nan", "zero"))
     try:
         r = np.asarray(overall, dtype=np.float64)
     except (TypeError, ValueError):
@@ -140,14 +135,14 @@ def hoc_consensus(labels, emb, K: int, *, rounds: int = 50, sample_size: int = 5
     """
     f = "hoc_consensus"
     K = _check_K(f, K)
-    rounds = _check_int(f, "rounds", rounds, 1)
-    sample_size = _check_int(f, "sample_size", sample_size, 3)
-    _check_bool(f, "duplicate_pool", duplicate_pool)
+    rounds = check_int(f, "rounds", rounds, 1)
+    sample_size = check_int(f, "sample_size", sample_size, 3)
+    check_bool(f, "duplicate_pool", duplicate_pool)
     _, y, e = _valid_pool(f, labels, emb, K)
     if len(y) < 3:
         raise ConfigError(f"{f} needs at least 3 rated rows to find 2 neighbours each. "
                           f"Got {len(y)}.")
-    rng = np.random.default_rng(_check_int(f, "seed", seed, 0))
+    rng = np.random.default_rng(check_int(f, "seed", seed, 0))
     c1, c2, c3 = np.zeros(K), np.zeros(K * K), np.zeros(K ** 3)
     for _ in range(rounds):
         pos = _draw(rng, len(y), sample_size, duplicate_pool)   # (s,) pool positions
@@ -194,10 +189,10 @@ def hoc_estimate(c1, c2, c3, K: int, *, steps: int = 1501, lr: float = 0.1, seed
 
     f = "hoc_estimate"
     K = _check_K(f, K)
-    steps = _check_int(f, "steps", steps, 1)
-    if not (isinstance(lr, (int, float, np.floating)) and not isinstance(lr, bool) and lr > 0):
-        raise _fail(f, "lr", "a float > 0", lr)
-    seed = _check_int(f, "seed", seed, 0)
+    steps = check_int(f, "steps", steps, 1)
+    if not (is_real(lr) and lr > 0):
+        raise param_error(f, "lr", "a float > 0", lr)
+    seed = check_int(f, "seed", seed, 0)
     target = []
     for name, c, shape in (("c1", c1, (K,)), ("c2", c2, (K, K)), ("c3", c3, (K, K, K))):
         a = np.asarray(c, dtype=np.float64)
@@ -317,15 +312,15 @@ def simifeat_detect(labels, emb, T, p_clean, *, epochs: int = 51, sample_size: i
     if p_clean.shape != (K,):
         raise ConfigError(f"The 'p_clean' parameter of {f} must have shape ({K},) to match T. "
                           f"Got shape {p_clean.shape}.")
-    epochs = _check_int(f, "epochs", epochs, 1)
-    k = _check_int(f, "k", k, 3)
-    sample_size = _check_int(f, "sample_size", sample_size, k)
-    _check_bool(f, "duplicate_pool", duplicate_pool)
+    epochs = check_int(f, "epochs", epochs, 1)
+    k = check_int(f, "k", k, 3)
+    sample_size = check_int(f, "sample_size", sample_size, k)
+    check_bool(f, "duplicate_pool", duplicate_pool)
     rows, y, e = _valid_pool(f, labels, emb, K)
     m = len(y)
     if m < k:
         raise ConfigError(f"{f} needs at least k={k} rated rows. Got {m}.")
-    rng = np.random.default_rng(_check_int(f, "seed", seed, 0))
+    rng = np.random.default_rng(check_int(f, "seed", seed, 0))
     rho = expected_noise_rate(T, p_clean, np.bincount(y, minlength=K) / m)
 
     drawn = np.zeros(m, dtype=np.int64)
@@ -381,8 +376,8 @@ def long_tail_score(emb, *, k: int = 10, duplicate_pool: bool = False, chunk_siz
     of the k-2 nearest other distances divided by k.
     """
     f = "long_tail_score"
-    k = _check_int(f, "k", k, 1)
-    _check_bool(f, "duplicate_pool", duplicate_pool)
+    k = check_int(f, "k", k, 1)
+    check_bool(f, "duplicate_pool", duplicate_pool)
     dist, _ = knn(emb, k=k, exclude_self=True, duplicate_pool=duplicate_pool,
                   chunk_size=chunk_size, device=device, dtype=dtype)
     return long_tail_from_distance(dist.astype(np.float64).mean(1))
@@ -416,10 +411,9 @@ def ds2_curate(labels, emb, *, K: int = 6, confidence_prob: float = 0.5,
     """
     f = "ds2_curate"
     K = _check_K(f, K)
-    if not (isinstance(confidence_prob, (int, float, np.floating))
-            and not isinstance(confidence_prob, bool) and 0 <= confidence_prob <= 1):
-        raise _fail(f, "confidence_prob", "a float in [0, 1]", confidence_prob)
-    _check_bool(f, "keep_low_confidence_flagged", keep_low_confidence_flagged)
+    if not (is_real(confidence_prob) and 0 <= confidence_prob <= 1):
+        raise param_error(f, "confidence_prob", "a float in [0, 1]", confidence_prob)
+    check_bool(f, "keep_low_confidence_flagged", keep_low_confidence_flagged)
     y = _labels(f, labels, K)
     e = _embeddings(f, emb, len(y))
     knn_opts = dict(duplicate_pool=duplicate_pool, seed=seed, device=device, dtype=dtype)

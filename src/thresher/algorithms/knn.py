@@ -15,27 +15,12 @@ returns, which matters for exact duplicate vectors and for fp16 similarities (DS
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
+from thresher.checks import check_bool, check_choice, check_int, param_error
 from thresher.errors import ConfigError
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")
-
-
-def _fail(func: str, param: str, must: str, got) -> ConfigError:
-    return ConfigError(f"The '{param}' parameter of {func} must be {must}. Got {got!r}.")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (numbers.Integral, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def _check_int(func: str, param: str, value, low: int) -> int:
-    if not (_is_int(value) and value >= low):
-        raise _fail(func, param, f"an int >= {low}", value)
-    return int(value)
 
 
 def _resolve_device(func: str, device):
@@ -46,7 +31,7 @@ def _resolve_device(func: str, device):
     try:
         return torch.device(device)
     except (RuntimeError, TypeError):
-        raise _fail(func, "device", "'auto', 'cpu', 'cuda' or 'cuda:N'", device) from None
+        raise param_error(func, "device", "'auto', 'cpu', 'cuda' or 'cuda:N'", device) from None
 
 
 def _as_matrix(func: str, param: str, x, wide: bool = False):
@@ -122,13 +107,11 @@ def knn(query_emb, pool_emb=None, k: int = 10, *, exclude_self: bool = True,
     import torch
 
     f = "knn"
-    k = _check_int(f, "k", k, 1)
-    chunk_size = _check_int(f, "chunk_size", chunk_size, 1)
-    if dtype not in _DTYPES:
-        raise _fail(f, "dtype", "one of " + ", ".join(repr(d) for d in _DTYPES), dtype)
-    for name, v in (("exclude_self", exclude_self), ("duplicate_pool", duplicate_pool)):
-        if not isinstance(v, (bool, np.bool_)):
-            raise _fail(f, name, "a bool", v)
+    k = check_int(f, "k", k, 1)
+    chunk_size = check_int(f, "chunk_size", chunk_size, 1)
+    check_choice(f, "dtype", dtype, _DTYPES)
+    check_bool(f, "exclude_self", exclude_self)
+    check_bool(f, "duplicate_pool", duplicate_pool)
     dev = _resolve_device(f, device)
     wide = dtype == "float64"
     q = _as_matrix(f, "query_emb", query_emb, wide)          # (n, d)

@@ -7,7 +7,7 @@ The integrator calls the tagger and the judge and embeds the tags; everything in
   --cluster_labels--> label set per row --dedup_by_label_set--> kept rows
   --cluster_members--> rows per cluster --consecutive_pairs / unique_pairs--> pairs to judge
   judge text --parse_pair_scores--> (s1, s2) --scored_members--> per-cluster scores
-  --> thresher.selection.diversity.opencs_select
+  --> thresher.selection.opencs.opencs_select
 
 Fixes of the reference (``hexixiang/OpenCS:src/open_tag_cluster``), each noted where it applies:
 cluster ids are assigned per unique tag (the reference embedded every occurrence and kept the last
@@ -238,6 +238,16 @@ def cluster_members(label_sets, kept) -> dict[int, np.ndarray]:
     keys, starts = np.unique(cids[order], return_index=True)
     groups = np.split(rows[order], starts[1:])
     return {int(key): g for key, g in zip(keys, groups)}
+
+
+def clusters_from_columns(label_sets, ranks) -> dict[int, np.ndarray]:
+    """cluster id -> representative rows in representative order, from the opencs_clusters scorer's
+    columns: ``label_sets`` (N,) JSON lists of cluster ids, ``ranks`` (N,) representative position (-1:
+    not a representative)."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    reps = np.flatnonzero(ranks >= 0)
+    reps = reps[np.argsort(ranks[reps], kind="stable")]
+    return cluster_members([tuple(json.loads(s)) for s in label_sets], reps)
 
 
 # ---------------------------------------------------------------------------------------------

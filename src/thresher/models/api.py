@@ -64,6 +64,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 
+from thresher.checks import is_int, is_real, param_error
 from thresher.errors import ConfigError
 from thresher.models.bundled import cache_dir
 from thresher.models.chat import ChatRequest, ChatResult, ChatStats
@@ -254,15 +255,7 @@ class _Abort:
 # --------------------------------------------------------------------------- the backend
 
 def _bad(param: str, must: str, got) -> ConfigError:
-    return ConfigError(f"The '{param}' parameter of OpenAIChat must be {must}. Got {got!r}.")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and x == x
+    return param_error("OpenAIChat", param, must, got)
 
 
 class OpenAIChat:
@@ -298,20 +291,20 @@ class OpenAIChat:
                               "'api_key_env'.")
         check_base_url(base_url, allow_http, "OpenAIChat")
         api_key_env = check_key_env(api_key_env, "OpenAIChat")
-        if not _is_int(concurrency) or concurrency < 1:
+        if not is_int(concurrency) or concurrency < 1:
             raise _bad("concurrency", "an int >= 1", concurrency)
-        if not _is_int(max_retries) or max_retries < 0:
+        if not is_int(max_retries) or max_retries < 0:
             raise _bad("max_retries", "an int >= 0", max_retries)
-        if not _is_real(timeout) or timeout <= 0:
+        if not is_real(timeout) or timeout <= 0:
             raise _bad("timeout", "a number of seconds > 0", timeout)
-        if deadline is not None and (not _is_real(deadline) or deadline <= 0):
+        if deadline is not None and (not is_real(deadline) or deadline <= 0):
             raise _bad("deadline", "a number of seconds > 0 (or None for 5 x timeout)", deadline)
-        if not _is_int(max_response_bytes) or max_response_bytes < 1024:
+        if not is_int(max_response_bytes) or max_response_bytes < 1024:
             raise _bad("max_response_bytes", "an int >= 1024", max_response_bytes)
         for name, value in (("price_input_per_1m", price_input_per_1m),
                             ("price_output_per_1m", price_output_per_1m),
                             ("backoff_base", backoff_base), ("backoff_max", backoff_max)):
-            if not _is_real(value) or value < 0:
+            if not is_real(value) or value < 0:
                 raise _bad(name, "a number >= 0", value)
         self.model = model
         self.base_url = urllib.parse.urlunsplit(url).rstrip("/")

@@ -41,18 +41,6 @@ from thresher.pipeline.train_stage import run_train_stage
 from thresher.selection.clients import global_threshold, select_above, selection_metrics
 from thresher.training.merge import merge_runs
 
-RULE_PARAMS = {"rule", "q"}
-
-
-def check_global_threshold(params: dict, owner: str) -> None:
-    bad = [k for k in params if k not in RULE_PARAMS]
-    if bad:
-        raise ConfigError(f"{owner}: selector 'global_threshold' has no parameter {bad[0]!r}. "
-                          "Its parameters: q, rule.")
-    try:
-        global_threshold(np.zeros(1), params.get("rule", "min"), params.get("q"))
-    except ConfigError as e:
-        raise ConfigError(f"{owner}: {e}") from None
 
 
 def score_anchor(p: Pending, recipe: Recipe) -> np.ndarray:
@@ -68,13 +56,13 @@ def score_anchor(p: Pending, recipe: Recipe) -> np.ndarray:
 
 def finish_global_threshold(pending: list[Pending], recipe: Recipe, stage: ResolvedStage) -> dict:
     """Pool the clients' anchor scores, derive tau, select in every client, write the selections."""
-    params = dict(stage.select.params)
+    rule = stage.select.make().params                   # rule, q: thresher.selection.clients
     for p in pending:
         if p.anchor_scores is None:
             p.anchor_scores = score_anchor(p, recipe)
     pooled = np.concatenate([p.anchor_scores for p in pending])
-    tau = global_threshold(pooled, params.get("rule", "min"), params.get("q"))
-    out = {"rule": params.get("rule", "min"), "q": params.get("q"), "tau": tau,
+    tau = global_threshold(pooled, rule.rule, rule.q)
+    out = {"rule": rule.rule, "q": rule.q, "tau": tau,
            "anchor": _quantiles(pooled), "clients": {}}
     all_keep, all_good = [], []
     for p in pending:

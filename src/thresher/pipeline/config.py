@@ -6,10 +6,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from thresher.config import choice, option
 from thresher.data.readers import FORMATS, MAX_RECORD_CHARS, ON_INVALID
-from thresher.errors import ConfigError
+from thresher.errors import ConfigError, ThresherError
 from thresher.models.hf import DTYPES
+from thresher.scoring import SCORERS
+from thresher.selection import make_selector
+from thresher.selection.base import Selector
 
 
 # Stage names (and client names) name folders inside --out: one plain path component, never a path.
@@ -57,6 +62,54 @@ class DataConfig:
 class ScoreConfig:
     scorer: str = ""
     params: dict = field(default_factory=dict)
+
+
+@dataclass
+class SelectConfig:
+    """A stage's selection: a registered selector (``thresher ls selectors``; thresher.selection.registry),
+    the score column it ranks (default: the stage's main column, its last scorer's) and its parameters."""
+    selector: str = "top_k"
+    column: str | None = None
+    params: dict = field(default_factory=dict)
+
+    def check(self, owner: str) -> None:
+        self.make(owner)
+
+    def make(self, owner: str = "select") -> Selector:
+        """The selector, every parameter checked (no data needed)."""
+        try:
+            return make_selector(self.selector, self.column, self.params)
+        except ThresherError as e:
+            raise ConfigError(f"{owner}: {e}") from None
+
+    def apply(self, scores, *, main: str | None, higher_is_better: bool | None) -> np.ndarray:
+        """(M,) int64 positions of the rows of the score table ``scores`` kept, in selection order; ``main``
+        and ``higher_is_better``: the stage's main column and its direction."""
+        return self.make().select(scores, main=main, higher_is_better=higher_is_better)
+
+    def check_inputs(self, produced, main: str | None, owner: str) -> None:
+        """Every column the selector reads is among ``produced``, the columns of the stage's scorers."""
+        missing = [c for c in self.make(owner).inputs(main) if c not in produced]
+        if missing:
+            raise ConfigError(f"{owner}: selector {self.selector!r} reads column(s) {', '.join(map(repr, missing))}, "
+                              f"which no scorer of the stage produces (stage columns: "
+                              f"{', '.join(sorted(produced)) or 'none'}). {_producers_hint(missing)}")
+
+
+def _producers_hint(columns: list[str]) -> str:
+    """Which registered scorers produce ``columns`` (imports every scorer module: the error path only)."""
+    produces = {name: tuple(SCORERS.get(name).produces) for name in sorted(SCORERS)}
+    hints = []
+    for col in columns:
+        exact = [n for n, cols in produces.items() if col in cols]
+        prefixed = [n for n, cols in produces.items() if any(col.endswith("_" + c) for c in cols)]
+        if exact:
+            hints.append(f"add the scorer {' or '.join(map(repr, exact))} for {col!r}")
+        elif prefixed:
+            hints.append(f"add the scorer {' or '.join(map(repr, prefixed))} with a prefix for {col!r}")
+        else:
+            hints.append(f"no registered scorer produces {col!r}: check the column name")
+    return "To fix: " + "; ".join(hints) + "."
 
 
 @dataclass

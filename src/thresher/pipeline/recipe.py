@@ -28,8 +28,7 @@ from thresher.config import build, did_you_mean
 from thresher.errors import ConfigError
 from thresher.models.judges import JudgeConfig
 from thresher.pipeline.config import (NAME_PATTERN, CollaborateConfig, DataConfig, Recipe, ResolvedStage, ScoreConfig,
-                                      StageConfig, TrainStageConfig, is_safe_name)
-from thresher.pipeline.select import SelectConfig, check_params
+                                      SelectConfig, StageConfig, TrainStageConfig, is_safe_name)
 from thresher.scoring import get_scorer
 from thresher.scoring.base import Scorer
 from thresher.training.config import resolve_config
@@ -120,8 +119,9 @@ def _stage(raw, i, recipe: Recipe, where: str, earlier: list[ResolvedStage]) -> 
         scores.append(scorer)
     sel = None
     if st.select is not None:
-        sel = build(SelectConfig, st.select, f"{owner}: select")
-        check_params(sel, f"{owner}: select")
+        sel = build(SelectConfig, st.select, f"{owner}: select")       # checks every parameter
+        if scores:
+            sel.check_inputs(produced, scorer.main_column, f"{owner}: select")
     if not scores and (sel is None or sel.selector not in ("full", "random")):
         raise ConfigError(f"{owner}: a stage needs at least one scorer unless it selects 'full' or 'random'.")
     return ResolvedStage(name, model, scores, sel, st.note)

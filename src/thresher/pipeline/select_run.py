@@ -14,9 +14,8 @@ from thresher.io import atomic_path, write_json
 from thresher.manifest import base_manifest
 from thresher.outputs import check_output_file
 from thresher.errors import ConfigError
-from thresher.pipeline.config import DataConfig
+from thresher.pipeline.config import DataConfig, SelectConfig
 from thresher.pipeline.stages import empty_selection, load_data
-from thresher.pipeline.select import SelectConfig, apply_selector, check_params
 
 # Candidate filters a scorer's main column gets unless the user says otherwise (printed, never silent).
 DEFAULT_WHERE = {"ifd": {"ifd": {"lt": 1.0}}}
@@ -85,7 +84,7 @@ def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=No
     last = manifest["stages"][-1]
     info = last["scorers"][-1] if last["scorers"] else {}   # the stage's result is its last scorer
     main = info.get("main_column")
-    column = column or main
+    asked, column = column, column or main          # the selector resolves its own default column
     p = dict(params or {})
     if k is not None:
         p["k"] = k
@@ -110,10 +109,8 @@ def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=No
         elif column != main:
             raise ConfigError(f"Column {column!r} is not the scorer's main column: say which end to keep with "
                               "--higher-is-better or --lower-is-better.")
-    cfg = SelectConfig(selector=selector, column=column, params=p)
-    cfg.check("thresher select")
-    check_params(cfg, "thresher select")
-    idx = apply_selector(cfg, scores, default_column=main, higher_is_better=info.get("higher_is_better"))
+    chosen = SelectConfig(selector=selector, column=asked, params=p).make("thresher select")
+    idx = chosen.select(scores, main=main, higher_is_better=info.get("higher_is_better"))
     warnings: list[str] = []
     if not len(idx):
         empty_selection(f"the selection ({selector} on {column}) kept 0 of {len(scores)} rows", strict,

@@ -21,7 +21,6 @@ from thresher.io import atomic_path, write_parquet
 from thresher.models.context import ModelContext
 from thresher.pipeline.config import DataConfig, Recipe, ResolvedStage
 from thresher.pipeline.recipe import resolve_scorer
-from thresher.pipeline.select import apply_selector
 from thresher.pipeline.summary import describe_scores
 from thresher.pipeline.train_stage import iterit_trained_ids, run_train_stage, train_rows, trained_model_dir
 
@@ -132,7 +131,7 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
         hib = info[-1]["higher_is_better"] if info else None
         if stage.select.selector == "global_threshold":
             return Pending(ds, stage, scores, main, st_dir, st_sum, ctx, cache_root)
-        idx = apply_selector(stage.select, scores, default_column=main, higher_is_better=hib)
+        idx = stage.select.apply(scores, main=main, higher_is_better=hib)
         if not len(idx):
             empty_selection(f"stage {stage.name!r}: the selection ({stage.select.selector}) kept 0 of {len(ds)} "
                             "rows", recipe.strict, summary)

@@ -27,7 +27,7 @@ from thresher.algorithms.ds2_curation import ds2_curate
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
 from thresher.scoring.base import Scorer
-from thresher.scoring.rareness import stack_embeddings
+from thresher.selection.embeddings import stack_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class DS2CurationScorer(Scorer):
     def score_batch(self, rows: Dataset, inputs=None) -> dict[str, np.ndarray]:
         p = self.params
         labels = inputs[p.rating_column].to_numpy(dtype=np.float64)
-        emb = stack_embeddings(inputs, p.embedding_column)
+        emb = stack_embeddings(inputs[p.embedding_column])
         bad = np.isfinite(labels) & ((labels < 0) | (labels > p.num_classes - 1) | (labels != np.round(labels)))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])

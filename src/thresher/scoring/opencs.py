@@ -26,13 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thresher.algorithms import opencs_tags as T
-from thresher.algorithms.opencs_tags import (
-    cluster_members,
-    consecutive_pairs,
-    parse_pair_scores,
-    parse_tags,
-    unique_pairs,
-)
+from thresher.algorithms.opencs_tags import clusters_from_columns, consecutive_pairs, parse_pair_scores, parse_tags, unique_pairs
 from thresher.config import choice
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
@@ -149,14 +143,6 @@ class PairParams:
     single_prompt: str = "opencs_single"
     max_tokens: int = 512
     temperature: float = 0.0
-
-
-def clusters_from_columns(label_sets, ranks) -> dict[int, np.ndarray]:
-    """cluster id -> representative rows in representative order, from the opencs_clusters columns."""
-    ranks = np.asarray(ranks, dtype=np.int64)
-    reps = np.flatnonzero(ranks >= 0)
-    reps = reps[np.argsort(ranks[reps], kind="stable")]
-    return cluster_members([tuple(json.loads(s)) for s in label_sets], reps)
 
 
 class OpenCSPairScorer(Scorer):

@@ -14,6 +14,7 @@ from thresher.algorithms.knn import knn
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
 from thresher.scoring.base import Scorer
+from thresher.selection.embeddings import stack_embeddings
 
 
 @dataclass
@@ -24,11 +25,6 @@ class KNNParams:
     def check(self, owner):
         if self.k < 1:
             raise ConfigError(f"The 'k' parameter of {owner} must be an int >= 1. Got {self.k}.")
-
-
-def stack_embeddings(inputs, column: str) -> np.ndarray:
-    """(N, d) float32 from a column of per-row vectors."""
-    return np.stack([np.asarray(v, dtype=np.float32) for v in inputs[column].to_numpy()])
 
 
 class KNNRarenessScorer(Scorer):
@@ -47,7 +43,7 @@ class KNNRarenessScorer(Scorer):
         return (self.params.column,)
 
     def score_batch(self, rows: Dataset, inputs=None) -> dict[str, np.ndarray]:
-        emb = stack_embeddings(inputs, self.params.column)
+        emb = stack_embeddings(inputs[self.params.column])
         k = min(self.params.k, len(emb) - 1)
         if k < 1:
             return {"knn_distance": np.full(len(emb), np.nan)}

@@ -7,82 +7,70 @@ Conventions shared by every function here:
 * when fewer candidates exist than the budget, all candidates are returned (no error): the
   caller compares ``len(result)`` with the budget and reports the shortfall;
 * ranking is a stable numpy sort over candidates taken in index order, so ties keep index order.
+
+The recipe adapters of these rules (full, random, top_k, middle, threshold, superfiltering,
+cherry_ifd; see ``thresher.selection.base``) are at the end of the file.
 """
 
 from __future__ import annotations
 
-import numbers
+from dataclasses import dataclass
 
 import numpy as np
 
+from thresher.checks import (check_bool, check_choice, check_int, check_real, float_array, is_int, is_real,
+                             param_error)
+from thresher.config import choice
 from thresher.errors import ConfigError
+from thresher.selection.base import Selector, column_values
+
+_BOUNDS = ("lt", "le", "gt", "ge")
 
 # ---------------------------------------------------------------------------------------------
-# validation helpers (shared with cherry.py)
+# budgets and ranking (shared with the other selection modules, the pipeline and IterIT)
 
 
-def _fail(func: str, param: str, must: str, got) -> ConfigError:
-    """scikit-learn style: "The 'ratio' parameter of top_k must be a float in (0, 1]. Got 1.5." """
-    return ConfigError(f"The '{param}' parameter of {func} must be {must}. Got {got!r}.")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (numbers.Integral, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def _is_real(x) -> bool:
-    """A non-NaN real number (bools excluded)."""
-    return (isinstance(x, (numbers.Real, np.integer, np.floating))
-            and not isinstance(x, (bool, np.bool_)) and not np.isnan(x))
-
-
-def _check_choice(func: str, param: str, value, choices: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise _fail(func, param, "one of " + ", ".join(repr(c) for c in choices), value)
-
-
-def _check_real(func: str, param: str, value) -> None:
-    if not _is_real(value):
-        raise _fail(func, param, "a real number (not NaN)", value)
-
-
-def _float_array(func: str, param: str, x, ndim: int = 1) -> np.ndarray:
-    """x as a float64 array of the given number of dimensions (None entries become NaN)."""
-    try:
-        a = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ConfigError(f"The '{param}' parameter of {func} must be a {ndim}-D array of numbers. "
-                          f"Got values that cannot be read as numbers.") from None
-    if a.ndim != ndim:
-        raise ConfigError(f"The '{param}' parameter of {func} must be a {ndim}-D array of numbers. "
-                          f"Got an array of shape {a.shape}.")
-    return a
-
-
-def _check_budget(func: str, k, ratio) -> None:
+def check_budget(owner: str, k, ratio) -> None:
     """Exactly one of k (int >= 0) and ratio (float in (0, 1])."""
     if (k is None) == (ratio is None):
-        raise ConfigError(f"{func} needs exactly one of the 'k' and 'ratio' parameters. "
+        raise ConfigError(f"{owner} needs exactly one of the 'k' and 'ratio' parameters. "
                           f"Got k={k!r}, ratio={ratio!r}.")
-    if k is not None and not (_is_int(k) and k >= 0):
-        raise _fail(func, "k", "an int >= 0", k)
-    if ratio is not None and not (_is_real(ratio) and 0 < ratio <= 1):
-        raise _fail(func, "ratio", "a float in (0, 1]", ratio)
+    if k is not None and not (is_int(k) and k >= 0):
+        raise param_error(owner, "k", "an int >= 0", k)
+    if ratio is not None and not (is_real(ratio) and 0 < ratio <= 1):
+        raise param_error(owner, "ratio", "a float in (0, 1]", ratio)
 
 
-def _budget(k, ratio, base: int) -> int:
+def budget(k, ratio, base: int) -> int:
     """k, or int(ratio * base): floor, like the reference scripts' int(len(data) * rate)."""
     return int(k) if k is not None else int(ratio * int(base))
 
 
+def ranked(scores: np.ndarray, cand: np.ndarray, descending: bool) -> np.ndarray:
+    """(C,) int64 indices of the candidate rows (``cand``: (N,) bool), best first; ties keep index
+    order (stable sort)."""
+    idx = np.flatnonzero(cand)                               # (C,) ascending row indices
+    key = -scores[idx] if descending else scores[idx]
+    return idx[np.argsort(key, kind="stable")].astype(np.int64, copy=False)
+
+
+def first_unique(rows: np.ndarray) -> np.ndarray:
+    """rows without repeats, keeping each value's first occurrence, order preserved."""
+    _, first = np.unique(rows, return_index=True)
+    return rows[np.sort(first)]
+
+
+def check_base(owner: str, param: str, value, names) -> None:
+    """A ratio's base: one of the ``names`` or a positive int."""
+    if not ((isinstance(value, str) and value in names) or (is_int(value) and value > 0)):
+        raise param_error(owner, param, "one of " + ", ".join(repr(c) for c in names) + " or a positive int",
+                          value)
+
+
 def _base(func: str, param: str, value, named: dict[str, int]) -> int:
-    """Resolve a ratio base: one of the named choices, or a positive int given as is."""
-    if isinstance(value, str) and value in named:
-        return int(named[value])
-    if _is_int(value) and value > 0:
-        return int(value)
-    raise _fail(func, param, "one of " + ", ".join(repr(c) for c in named) + " or a positive int",
-                value)
+    """Resolve a ratio base: one of the named sizes, or a positive int given as is."""
+    check_base(func, param, value, named)
+    return int(named[value]) if isinstance(value, str) else int(value)
 
 
 def _mask(func: str, mask, n: int) -> np.ndarray:
@@ -93,13 +81,6 @@ def _mask(func: str, mask, n: int) -> np.ndarray:
         raise ConfigError(f"The 'mask' parameter of {func} must be None or a boolean array of "
                           f"shape ({n},). Got an array of dtype {m.dtype} and shape {m.shape}.")
     return m
-
-
-def _ranked(scores: np.ndarray, cand: np.ndarray, descending: bool) -> np.ndarray:
-    """Indices of the candidate rows, best first; ties keep index order (stable sort)."""
-    idx = np.flatnonzero(cand)                               # (C,) ascending row indices
-    key = -scores[idx] if descending else scores[idx]
-    return idx[np.argsort(key, kind="stable")].astype(np.int64, copy=False)
 
 
 def _ordered(picked: np.ndarray, order: str) -> np.ndarray:
@@ -114,13 +95,13 @@ def threshold_mask(scores, *, lt=None, le=None, gt=None, ge=None) -> np.ndarray:
     """Boolean mask, True where every given bound holds (``scores < lt``, ``<= le``, ``> gt``,
     ``>= ge``). NaN scores are always False. At least one bound is required."""
     f = "threshold_mask"
-    s = _float_array(f, "scores", scores)
-    given = {n: v for n, v in (("lt", lt), ("le", le), ("gt", gt), ("ge", ge)) if v is not None}
+    s = float_array(f, "scores", scores)
+    given = {n: v for n, v in zip(_BOUNDS, (lt, le, gt, ge)) if v is not None}
     if not given:
         raise ConfigError(f"{f} needs at least one of the 'lt', 'le', 'gt' and 'ge' parameters. "
                           "Got none.")
     for name, v in given.items():
-        _check_real(f, name, v)
+        check_real(f, name, v)
     ops = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal}
     out = ~np.isnan(s)
     for name, v in given.items():
@@ -142,13 +123,12 @@ def top_k(scores, *, k=None, ratio=None, of="all", mask=None, higher_is_better=T
     "original" (ascending index, i.e. dataset order).
     """
     f = "top_k"
-    s = _float_array(f, "scores", scores)
+    s = float_array(f, "scores", scores)
     m = _mask(f, mask, len(s))
-    _check_budget(f, k, ratio)
-    _check_choice(f, "nan", nan, ("exclude", "error"))
-    _check_choice(f, "order", order, ("rank", "original"))
-    if not isinstance(higher_is_better, (bool, np.bool_)):
-        raise _fail(f, "higher_is_better", "a bool", higher_is_better)
+    check_budget(f, k, ratio)
+    check_choice(f, "nan", nan, ("exclude", "error"))
+    check_choice(f, "order", order, ("rank", "original"))
+    check_bool(f, "higher_is_better", higher_is_better)
     bad = np.flatnonzero(m & np.isnan(s))
     if nan == "error" and bad.size:
         raise ConfigError(f"{f} found NaN scores in {bad.size} candidate row(s) (first indices: "
@@ -156,7 +136,7 @@ def top_k(scores, *, k=None, ratio=None, of="all", mask=None, higher_is_better=T
                           "scores, or pass nan='exclude' to leave those rows out.")
     cand = m & ~np.isnan(s)
     size = _base(f, "of", of, {"all": len(s), "passing": cand.sum()})
-    return _ordered(_ranked(s, cand, bool(higher_is_better))[:_budget(k, ratio, size)], order)
+    return _ordered(ranked(s, cand, bool(higher_is_better))[:budget(k, ratio, size)], order)
 
 
 def random_k(n, *, k=None, ratio=None, seed=0) -> np.ndarray:
@@ -164,12 +144,12 @@ def random_k(n, *, k=None, ratio=None, seed=0) -> np.ndarray:
     ``np.random.default_rng(seed).permutation(n)[:count]``, in that permutation order. A ``k``
     larger than ``n`` returns all ``n`` rows."""
     f = "random_k"
-    if not (_is_int(n) and n >= 0):
-        raise _fail(f, "n", "an int >= 0", n)
-    _check_budget(f, k, ratio)
-    if not (_is_int(seed) and seed >= 0):
-        raise _fail(f, "seed", "an int >= 0", seed)
-    count = _budget(k, ratio, n)
+    if not (is_int(n) and n >= 0):
+        raise param_error(f, "n", "an int >= 0", n)
+    check_budget(f, k, ratio)
+    if not (is_int(seed) and seed >= 0):
+        raise param_error(f, "seed", "an int >= 0", seed)
+    count = budget(k, ratio, n)
     return np.random.default_rng(seed).permutation(n)[:count].astype(np.int64, copy=False)
 
 
@@ -183,12 +163,12 @@ def superfiltering_select(ifd, *, ratio=None, k=None, base="pool", filter_below=
     hard-codes the Alpaca size whatever the input. Fewer candidates than that: all of them.
     """
     f = "superfiltering_select"
-    s = _float_array(f, "ifd", ifd)
-    _check_budget(f, k, ratio)
-    _check_real(f, "filter_below", filter_below)
+    s = float_array(f, "ifd", ifd)
+    check_budget(f, k, ratio)
+    check_real(f, "filter_below", filter_below)
     cand = s < filter_below                                  # NaN compares False
     size = _base(f, "base", base, {"pool": len(s), "survivors": cand.sum()})
-    return _ranked(s, cand, descending=True)[:_budget(k, ratio, size)]
+    return ranked(s, cand, descending=True)[:budget(k, ratio, size)]
 
 
 def cherry_ifd_select(ifd, *, ratio=None, k=None, base="survivors", keep_max=1.0,
@@ -206,12 +186,208 @@ def cherry_ifd_select(ifd, *, ratio=None, k=None, base="survivors", keep_max=1.0
     writes it) or "rank" (highest IFD first; on ties, higher index first).
     """
     f = "cherry_ifd_select"
-    s = _float_array(f, "ifd", ifd)
-    _check_budget(f, k, ratio)
-    _check_real(f, "keep_max", keep_max)
-    _check_choice(f, "order", order, ("original", "rank"))
+    s = float_array(f, "ifd", ifd)
+    check_budget(f, k, ratio)
+    check_real(f, "keep_max", keep_max)
+    check_choice(f, "order", order, ("original", "rank"))
     cand = s <= keep_max                                     # NaN compares False
     size = _base(f, "base", base, {"survivors": cand.sum(), "pool": len(s)})
-    asc = _ranked(s, cand, descending=False)                 # sorted((ifd, idx)) of survivors
-    count = min(_budget(k, ratio, size), len(asc))
+    asc = ranked(s, cand, descending=False)                 # sorted((ifd, idx)) of survivors
+    count = min(budget(k, ratio, size), len(asc))
     return _ordered(asc[len(asc) - count:][::-1], order)
+
+
+# ---------------------------------------------------------------------------------------------
+# recipe adapters (thresher.selection.base): score table in, row positions out
+
+
+@dataclass
+class BudgetParams:
+    """Exactly one of ``k`` (rows, an int >= 0) and ``ratio`` (a float in (0, 1])."""
+    k: int | None = None
+    ratio: float | None = None
+
+    def check(self, owner: str) -> None:
+        check_budget(owner, self.k, self.ratio)
+
+
+def check_where(owner: str, where) -> None:
+    """``where``: None or a mapping {column: {lt|le|gt|ge: number, ...}} restricting the candidates."""
+    if where is None:
+        return
+    if not isinstance(where, dict):
+        raise param_error(owner, "where", "a mapping of columns to bounds like {ifd: {lt: 1.0}}", where)
+    for col, bounds in where.items():
+        if not (isinstance(bounds, dict) and bounds and set(bounds) <= set(_BOUNDS)):
+            raise ConfigError(f"The 'where' parameter of {owner} must map a column to bounds like {{lt: 1.0}} "
+                              f"(lt, le, gt, ge). Got {col!r}: {bounds!r}.")
+        for op, v in bounds.items():
+            check_real(f"{owner} (where {col})", op, v)
+
+
+def where_mask(scores, where: dict | None) -> np.ndarray | None:
+    """(N,) bool: the rows of the score table passing every bound of ``where``; None without one."""
+    if not where:
+        return None
+    mask = np.ones(len(scores), dtype=bool)
+    for col, bounds in where.items():
+        mask &= threshold_mask(column_values(scores, col), **bounds)
+    return mask
+
+
+class FullSelector(Selector):
+    """Every row, in dataset order (no parameters)."""
+
+    name = "full"
+    reads_main = False
+
+    def _select(self, scores, main, higher_is_better) -> np.ndarray:
+        return np.arange(len(scores), dtype=np.int64)
+
+
+@dataclass
+class RandomParams(BudgetParams):
+    seed: int = 0
+
+    def check(self, owner: str) -> None:
+        super().check(owner)
+        check_int(owner, "seed", self.seed, 0)
+
+
+class RandomSelector(Selector):
+    """k | ratio rows uniformly without replacement, seeded (random_k)."""
+
+    name = "random"
+    Params = RandomParams
+    reads_main = False
+
+    def _select(self, scores, main, higher_is_better) -> np.ndarray:
+        p = self.params
+        return random_k(len(scores), k=p.k, ratio=p.ratio, seed=p.seed)
+
+
+@dataclass
+class RankParams(BudgetParams):
+    """top_k's options shared by ``top_k`` and ``middle``."""
+    of: str | int = "all"                   # the ratio's base: all | passing | a positive int
+    nan: str = choice("exclude", "exclude", "error")
+    order: str = choice("rank", "rank", "original")
+
+    def check(self, owner: str) -> None:
+        super().check(owner)
+        check_base(owner, "of", self.of, ("all", "passing"))
+
+
+@dataclass
+class TopKParams(RankParams):
+    higher_is_better: bool | None = None    # None: the direction of the stage's main scorer
+    where: dict | None = None               # {column: {lt|le|gt|ge: value}}: restricts the candidates
+
+    def check(self, owner: str) -> None:
+        super().check(owner)
+        check_where(owner, self.where)
+
+
+class TopKSelector(Selector):
+    """The best k | ratio rows of a score column, optionally among the rows passing 'where' (top_k)."""
+
+    name = "top_k"
+    Params = TopKParams
+
+    def inputs(self, main=None) -> tuple[str, ...]:
+        return (*super().inputs(main), *(self.params.where or ()))
+
+    def _select(self, scores, main, higher_is_better) -> np.ndarray:
+        p, col = self.params, self.main_column(main)
+        hib = p.higher_is_better if p.higher_is_better is not None else higher_is_better
+        if hib is None:
+            raise ConfigError(f"Selector 'top_k' on column {col!r}: say which end to keep with "
+                              "higher_is_better: true|false (this score has no fixed direction).")
+        return top_k(column_values(scores, col), k=p.k, ratio=p.ratio, of=p.of, mask=where_mask(scores, p.where),
+                     higher_is_better=hib, nan=p.nan, order=p.order)
+
+
+class MiddleSelector(Selector):
+    """The k | ratio rows closest to the score column's median (top_k on |score - median|)."""
+
+    name = "middle"
+    Params = RankParams
+
+    def _select(self, scores, main, higher_is_better) -> np.ndarray:
+        p, col = self.params, column_values(scores, self.main_column(main))
+        dist = np.abs(col - np.nanmedian(col)) if (~np.isnan(col)).any() else col   # all NaN: none kept
+        return top_k(dist, k=p.k, ratio=p.ratio, of=p.of, higher_is_better=False, nan=p.nan, order=p.order)
+
+
+@dataclass
+class ThresholdParams:
+    lt: float | None = None
+    le: float | None = None
+    gt: float | None = None
+    ge: float | None = None
+
+    def check(self, owner: str) -> None:
+        given = {op: getattr(self, op) for op in _BOUNDS if getattr(self, op) is not None}
+        if not given:
+            raise ConfigError(f"{owner} needs at least one of the 'lt', 'le', 'gt' and 'ge' parameters. Got none.")
+        for op, v in given.items():
+            check_real(owner, op, v)
+
+
+class ThresholdSelector(Selector):
+    """Every row whose score passes the bounds lt | le | gt | ge, in dataset order (threshold_mask)."""
+
+    name = "threshold"
+    Params = ThresholdParams
+
+    def _select(self, scores, main, higher_is_better) -> np.ndarray:
+        bounds = {op: getattr(self.params, op) for op in _BOUNDS}
+        mask = threshold_mask(column_values(scores, self.main_column(main)), **bounds)
+        return np.flatnonzero(mask).astype(np.int64)
+
+
+@dataclass
+class SuperfilteringParams(BudgetParams):
+    base: str | int = "pool"                # the ratio's base: pool | survivors | a positive int (52002)
+    filter_below: float = 1.0
+
+    def check(self, owner: str) -> None:
+        super().check(owner)
+        check_base(owner, "base", self.base, ("pool", "survivors"))
+        check_real(owner, "filter_below", self.filter_below)
+
+
+class SuperfilteringSelector(Selector):
+    """Superfiltering: the highest IFD below filter_below, k | ratio of them (superfiltering_select)."""
+
+    name = "superfiltering"
+    Params = SuperfilteringParams
+
+    def _select(self, scores, main, higher_is_better) -> np.ndarray:
+        p = self.params
+        return superfiltering_select(column_values(scores, self.main_column(main)), k=p.k, ratio=p.ratio,
+                                     base=p.base, filter_below=p.filter_below)
+
+
+@dataclass
+class CherryIFDParams(BudgetParams):
+    base: str | int = "survivors"           # the ratio's base: survivors | pool | a positive int
+    keep_max: float = 1.0
+    order: str = choice("original", "original", "rank")
+
+    def check(self, owner: str) -> None:
+        super().check(owner)
+        check_base(owner, "base", self.base, ("survivors", "pool"))
+        check_real(owner, "keep_max", self.keep_max)
+
+
+class CherryIFDSelector(Selector):
+    """Cherry: the highest-IFD rows with IFD <= keep_max, k | ratio of them (cherry_ifd_select)."""
+
+    name = "cherry_ifd"
+    Params = CherryIFDParams
+
+    def _select(self, scores, main, higher_is_better) -> np.ndarray:
+        p = self.params
+        return cherry_ifd_select(column_values(scores, self.main_column(main)), k=p.k, ratio=p.ratio,
+                                 base=p.base, keep_max=p.keep_max, order=p.order)

@@ -8,11 +8,14 @@ set the base model is briefly trained on before IFD scoring.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
+from thresher.checks import check_int, float_array, is_real, param_error
 from thresher.errors import ConfigError
-from thresher.selection.basic import _fail, _float_array, _is_int, _is_real
+from thresher.selection.base import Selector, column_values
+from thresher.selection.embeddings import stack_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +30,18 @@ def _middle_band_picks(members: np.ndarray, ppl: np.ndarray, per_cluster: int,
     band = members[(p >= lo) & (p <= hi)]                    # still in dataset order
     step = max(1, len(band) // per_cluster)
     return band[::step][:per_cluster]
+
+
+def _check_params(owner: str, n_clusters, per_cluster, low_pct, high_pct, seed) -> None:
+    for name, v in (("n_clusters", n_clusters), ("per_cluster", per_cluster)):
+        check_int(owner, name, v, 1)
+    for name, v in (("low_pct", low_pct), ("high_pct", high_pct)):
+        if not (is_real(v) and 0 <= v <= 100):
+            raise param_error(owner, name, "a float in [0, 100]", v)
+    if low_pct > high_pct:
+        raise ConfigError(f"The 'low_pct' parameter of {owner} must be <= 'high_pct'. "
+                          f"Got low_pct={low_pct!r}, high_pct={high_pct!r}.")
+    check_int(owner, "seed", seed, 0)
 
 
 def cherry_pre_experience(embeddings, ppl, *, n_clusters=100, per_cluster=10, low_pct=25.0,
@@ -47,8 +62,8 @@ def cherry_pre_experience(embeddings, ppl, *, n_clusters=100, per_cluster=10, lo
     defaults in ``data_by_cluster.py`` are 1-99).
     """
     f = "cherry_pre_experience"
-    X = _float_array(f, "embeddings", embeddings, ndim=2)    # (N, d)
-    p = _float_array(f, "ppl", ppl)                          # (N,)
+    X = float_array(f, "embeddings", embeddings, ndim=2)    # (N, d)
+    p = float_array(f, "ppl", ppl)                          # (N,)
     if len(p) != len(X):
         raise ConfigError(f"The 'embeddings' and 'ppl' parameters of {f} must have the same "
                           f"number of rows. Got {len(X)} and {len(p)}.")
@@ -56,17 +71,7 @@ def cherry_pre_experience(embeddings, ppl, *, n_clusters=100, per_cluster=10, lo
         bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
         raise ConfigError(f"The 'embeddings' parameter of {f} must be finite. Got NaN or inf "
                           f"in {bad.size} row(s) (first indices: {bad[:5].tolist()}).")
-    for name, v in (("n_clusters", n_clusters), ("per_cluster", per_cluster)):
-        if not (_is_int(v) and v >= 1):
-            raise _fail(f, name, "an int >= 1", v)
-    for name, v in (("low_pct", low_pct), ("high_pct", high_pct)):
-        if not (_is_real(v) and 0 <= v <= 100):
-            raise _fail(f, name, "a float in [0, 100]", v)
-    if low_pct > high_pct:
-        raise ConfigError(f"The 'low_pct' parameter of {f} must be <= 'high_pct'. "
-                          f"Got low_pct={low_pct!r}, high_pct={high_pct!r}.")
-    if not (_is_int(seed) and seed >= 0):
-        raise _fail(f, "seed", "an int >= 0", seed)
+    _check_params(f, n_clusters, per_cluster, low_pct, high_pct, seed)
     if len(X) == 0:
         return np.empty(0, dtype=np.int64)
     if len(X) < n_clusters:
@@ -82,3 +87,41 @@ def cherry_pre_experience(embeddings, ppl, *, n_clusters=100, per_cluster=10, lo
                                 float(low_pct), float(high_pct))
              for c in np.unique(labels)]
     return np.sort(np.concatenate(picks)).astype(np.int64, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# recipe adapter (thresher.selection.base)
+
+
+@dataclass
+class PreExperienceParams:
+    n_clusters: int = 100
+    per_cluster: int = 10
+    low_pct: float = 25.0
+    high_pct: float = 75.0
+    seed: int = 0
+    embedding: str = "embedding"            # column of (d,) instruction embeddings, one per row
+
+    def check(self, owner: str) -> None:
+        _check_params(owner, self.n_clusters, self.per_cluster, self.low_pct, self.high_pct, self.seed)
+
+
+class PreExperienceSelector(Selector):
+    """Cherry's pre-experience set: k-means on embeddings, middling perplexity per cluster."""
+
+    name = "cherry_pre_experience"
+    Params = PreExperienceParams
+    default_column = "ppl"                  # instruction perplexity (perplexity mode=instruction pool=mean)
+
+    def main_column(self, main: str | None) -> str:
+        return self.column or self.default_column       # perplexity, not the stage's main column
+
+    def inputs(self, main=None) -> tuple[str, ...]:
+        return (self.main_column(main), self.params.embedding)
+
+    def _select(self, scores, main, higher_is_better) -> np.ndarray:
+        p = self.params
+        emb = stack_embeddings(scores[p.embedding])                 # (N, d)
+        ppl = column_values(scores, self.main_column(main))         # (N,)
+        return cherry_pre_experience(emb, ppl, n_clusters=p.n_clusters, per_cluster=p.per_cluster,
+                                     low_pct=p.low_pct, high_pct=p.high_pct, seed=p.seed)

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from thresher.checks import check_choice, check_real, float_array, is_int, is_real, param_error
 from thresher.errors import ConfigError
-from thresher.selection.basic import _check_choice, _check_real, _fail, _float_array, _is_int, _is_real
 
 SCORE_TYPES = ("BOTH", "IFD")
 PLACEMENTS = ("faithful", "window_end")
@@ -62,9 +62,9 @@ def tfidf_greedy(scores, responses, *, k, decay=0.1, ngram_range=(1, 3), score_t
     The reference re-sums all of X per pick: O(k * nnz(X)).
     """
     f = "tfidf_greedy"
-    s = _float_array(f, "scores", scores)
+    s = float_array(f, "scores", scores)
     docs = _responses(f, responses, len(s))
-    _check_params(f, k, decay, ngram_range, score_type, threshold, eos)
+    check_ranking_params(f, k, decay, ngram_range, score_type, threshold, eos)
     cand = np.flatnonzero(s < threshold)                     # (C,) window positions, ascending; NaN out
     by_score = cand[np.argsort(-s[cand], kind="stable")]     # (C,) score descending, stable
     if score_type == "IFD" or k == 0 or cand.size == 0:
@@ -100,11 +100,11 @@ def window_order(prev_order, window_scores, window_responses, *, k, decay=0.1, n
     if order.ndim != 1 or not (order.size == 0 or np.issubdtype(order.dtype, np.integer)):
         raise ConfigError(f"The 'prev_order' parameter of {f} must be a 1-D array of ints. "
                           f"Got an array of dtype {order.dtype} and shape {order.shape}.")
-    s = _float_array(f, "window_scores", window_scores)
+    s = float_array(f, "window_scores", window_scores)
     if len(s) > len(order):
         raise ConfigError(f"{f} got {len(s)} window scores for an ordering of {len(order)} rows; the "
                           "window is the first positions of the ordering and cannot be longer.")
-    _check_choice(f, "placement", placement, PLACEMENTS)
+    check_choice(f, "placement", placement, PLACEMENTS)
     ranked = tfidf_greedy(s, window_responses, k=k, decay=decay, ngram_range=ngram_range,
                           score_type=score_type, threshold=threshold, eos=eos)
     aside = np.flatnonzero(~(s < threshold))                 # score >= threshold or NaN, window order
@@ -174,16 +174,17 @@ def _responses(func: str, responses, n: int) -> list[str]:
     return docs
 
 
-def _check_params(f, k, decay, ngram_range, score_type, threshold, eos) -> None:
-    if not (_is_int(k) and k >= 0):
-        raise _fail(f, "k", "an int >= 0", k)
-    if not (_is_real(decay) and 0 <= decay <= 1):
-        raise _fail(f, "decay", "a float in [0, 1]", decay)
+def check_ranking_params(f, k, decay, ngram_range, score_type, threshold, eos) -> None:
+    """The ranking parameters of ``tfidf_greedy`` (shared with the IterIT sampler); ``f`` names the owner."""
+    if not (is_int(k) and k >= 0):
+        raise param_error(f, "k", "an int >= 0", k)
+    if not (is_real(decay) and 0 <= decay <= 1):
+        raise param_error(f, "decay", "a float in [0, 1]", decay)
     ok = (isinstance(ngram_range, (tuple, list)) and len(ngram_range) == 2
-          and all(_is_int(x) for x in ngram_range) and 1 <= ngram_range[0] <= ngram_range[1])
+          and all(is_int(x) for x in ngram_range) and 1 <= ngram_range[0] <= ngram_range[1])
     if not ok:
-        raise _fail(f, "ngram_range", "a pair of ints (lo, hi) with 1 <= lo <= hi", ngram_range)
-    _check_choice(f, "score_type", score_type, SCORE_TYPES)
-    _check_real(f, "threshold", threshold)
+        raise param_error(f, "ngram_range", "a pair of ints (lo, hi) with 1 <= lo <= hi", ngram_range)
+    check_choice(f, "score_type", score_type, SCORE_TYPES)
+    check_real(f, "threshold", threshold)
     if not isinstance(eos, str):
-        raise _fail(f, "eos", "a string", eos)
+        raise param_error(f, "eos", "a string", eos)

@@ -41,11 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
+from thresher.checks import check_choice, is_int, is_real, param_error
 from thresher.config import did_you_mean
 from thresher.data.spans import SPAN_RULES
 from thresher.errors import ConfigError
-from thresher.selection.basic import _check_budget, _check_choice, _fail, _is_int, _is_real
-from thresher.selection.iterit import PLACEMENTS, _check_params, window_order
+from thresher.selection.basic import check_budget
+from thresher.selection.iterit import PLACEMENTS, check_ranking_params, window_order
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +71,17 @@ class IterITSampler:
                  ids=None, log_dir=None):
         f = "IterITSampler"
         if not callable(rescore):
-            raise _fail(f, "rescore", "a callable rescore(rows, *, model, epoch) -> scores", rescore)
-        _check_budget(f, k, ratio)
+            raise param_error(f, "rescore", "a callable rescore(rows, *, model, epoch) -> scores", rescore)
+        check_budget(f, k, ratio)
         if k is not None and k < 1:
-            raise _fail(f, "k", "an int >= 1", k)
-        if not (_is_real(update_ratio) and update_ratio > 0):
-            raise _fail(f, "update_ratio", "a number > 0", update_ratio)
-        _check_choice(f, "strategy", strategy, STRATEGIES)
-        _check_params(f, 0, decay, ngram_range, score_type, threshold, "" if eos is None else eos)
-        _check_choice(f, "placement", placement, PLACEMENTS)
-        if seed is not None and not (_is_int(seed) and seed >= 0):
-            raise _fail(f, "seed", "None or an int >= 0", seed)
+            raise param_error(f, "k", "an int >= 1", k)
+        if not (is_real(update_ratio) and update_ratio > 0):
+            raise param_error(f, "update_ratio", "a number > 0", update_ratio)
+        check_choice(f, "strategy", strategy, STRATEGIES)
+        check_ranking_params(f, 0, decay, ngram_range, score_type, threshold, "" if eos is None else eos)
+        check_choice(f, "placement", placement, PLACEMENTS)
+        if seed is not None and not (is_int(seed) and seed >= 0):
+            raise param_error(f, "seed", "None or an int >= 0", seed)
         self.rescore, self.k_given, self.ratio = rescore, k, ratio
         self.update_ratio, self.strategy, self.vary_seed = float(update_ratio), strategy, bool(vary_seed)
         self.rank_kw = dict(decay=float(decay), ngram_range=tuple(ngram_range), score_type=score_type,
