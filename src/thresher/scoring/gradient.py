@@ -41,7 +41,7 @@ import numpy as np
 
 from thresher.config import choice
 from thresher.data.table import Dataset
-from thresher.io import sha256_hex
+from thresher.io import file_sha256, sha256_hex
 from thresher.data.fingerprint import row_hashes
 from thresher.errors import ConfigError
 from thresher.scoring.base import Scorer
@@ -205,11 +205,9 @@ class _RunScorer(Scorer):
 
     def param_dict(self) -> dict:
         """Parameters plus the content of the data files they name (a changed file misses the cache)."""
-        from thresher.gradients.pipeline import file_sha
-
         d = super().param_dict()
         for name in self.params.data_params():
-            d[f"{name}_sha"] = [file_sha(p) for p in getattr(self.params, name)]
+            d[f"{name}_sha"] = [file_sha256(p) for p in getattr(self.params, name)]
         return d
 
     # ------------------------------------------------------------------ rendering and gradients
