@@ -296,7 +296,8 @@ def _recorded(entry: dict, method: str, sha: str, *, racy: bool) -> dict:
 
 
 def _hash_file(path: Path, size: int, head_tail: int | None) -> str:
-    if size > 1 << 30 and (head_tail is None or 2 * head_tail > 1 << 30):
+    """SHA-256 (hex) of the file's bytes, or of its head, tail and size (see ``files_sha256``)."""
+    if (size if head_tail is None else min(size, 2 * head_tail)) > 1 << 30:
         log.info("hashing %s (%.1f GB) once; its hash is kept in %s", path, size / 2**30, cache_dir() / SIDE_CACHE)
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -12,11 +12,8 @@ snapshot folder of the hub cache is named by its commit (the cache is laid out b
 folder is named by the SHA-256 of its files (every file but hidden ones and ``*.md``: weights, config,
 tokenizer), not by its path, so an updated model misses the score cache and a copied one hits it.
 
-Hashing a large model takes a while, so a file's SHA-256 is remembered in a side cache,
-``<thresher cache>/file-hashes.json``, keyed by the file's absolute path and valid while its size,
-modification and status-change times (ns) and inode are unchanged (the change time too because a copy
-that keeps times, ``cp -p`` / ``rsync -t``, can give new bytes of the same size the old mtime; only the
-kernel sets ctime); ``stats["hashed_files"]`` counts the files hashed.
+Hashing a large model takes a while, so a file's SHA-256 is remembered in thresher's side cache of file
+hashes (``thresher.io.files_sha256``: valid while the file's size, times and inode are unchanged).
 """
 
 from __future__ import annotations
