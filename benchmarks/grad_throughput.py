@@ -29,8 +29,8 @@ import torch
 from thresher.data import bundled_sharegpt_path, load, split_turns
 from thresher.data.templates import render
 from thresher.gradients import (GradientStore, RademacherProjector, adam_precondition, flat_moments,
-                                gradient_features, make_batch, select_parameters, trainer_param_order,
-                                write_store)
+                                gradient_features, make_batch, select_parameters, write_store)
+from thresher.models.checkpoints import trainer_param_order
 from thresher.models.bundled import converted_model_dir
 from thresher.data.spans import OK, build_spans
 

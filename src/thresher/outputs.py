@@ -23,12 +23,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from thresher.io import read_json_object, write_json
+from thresher.io import atomic_folder, read_json_object, write_json
 from thresher.errors import ConfigError
 
 MARKER = ".thresher-output.json"
@@ -124,18 +123,9 @@ def atomic_dir(path, kind: str, *, inputs=(), flag: str = "--out"):
     a half-written folder is never left in place. ``path`` must pass ``claim_output_dir``'s rule: an
     existing folder is replaced only when it is empty or thresher's own ``kind`` output."""
     claim_output_dir(path, kind, inputs=inputs, flag=flag)
-    path = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    with atomic_folder(path, replace=True) as tmp:
         yield tmp
         write_marker(tmp, kind)
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent)) / "old"
-        os.replace(path, old)                 # both renames are atomic; only the old output is removed
-        os.replace(tmp, path)
-        shutil.rmtree(old.parent, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------- run folders

@@ -4,16 +4,14 @@ notices when it changed (``data_fingerprint(path)``), and the content hash of ea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
-from thresher.io import sha256_hex
+from thresher.io import file_sha256, sha256_hex, sha256_text
 
 FULL_HASH_LIMIT = 256 * 1024 * 1024     # bytes; a larger file is hashed by its head and tail
 _PART = 64 * 1024 * 1024
-_CHUNK = 1024 * 1024
 
 
 def data_fingerprint(path) -> dict | None:
@@ -30,7 +28,8 @@ def data_fingerprint(path) -> dict | None:
       newest. A copied folder (new mtimes) therefore reads as changed.
 
     Compare ``sha256`` (and ``size``) to tell whether the data changed; ``mtime_ns`` alone also changes
-    when a file is touched or copied.
+    when a file is touched or copied. A file's hash is kept in thresher's side cache of file hashes
+    (``thresher.io.files_sha256``), so an unchanged file is not read again by a later run.
     """
     p = Path(os.path.expanduser(str(path)))
     if not p.exists():
@@ -39,19 +38,10 @@ def data_fingerprint(path) -> dict | None:
     if p.is_dir():
         return _dir_fingerprint(p)
     st = p.stat()
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        if st.st_size <= FULL_HASH_LIMIT:
-            _feed(h, fh, st.st_size)
-            hashed = "full"
-        else:
-            _feed(h, fh, _PART)
-            fh.seek(st.st_size - _PART)
-            _feed(h, fh, _PART)
-            h.update(str(st.st_size).encode())
-            hashed = "head+tail+size"
+    full = st.st_size <= FULL_HASH_LIMIT
+    sha = file_sha256(p, head_tail=None if full else _PART)
     return {"abs_path": str(p), "kind": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "sha256": h.hexdigest(), "hashed": hashed}
+            "sha256": sha, "hashed": "full" if full else "head+tail+size"}
 
 
 def same_data(recorded: dict, now: dict | None) -> bool:
@@ -59,23 +49,12 @@ def same_data(recorded: dict, now: dict | None) -> bool:
     return now is not None and all(recorded.get(k) == now.get(k) for k in ("kind", "size", "sha256"))
 
 
-def _feed(h, fh, n: int) -> None:
-    while n > 0:
-        block = fh.read(min(_CHUNK, n))
-        if not block:
-            break
-        h.update(block)
-        n -= len(block)
-
-
 def _dir_fingerprint(p: Path) -> dict:
-    h, total, newest = hashlib.sha256(), 0, 0
     files = sorted((f for f in p.rglob("*") if f.is_file()), key=lambda f: f.relative_to(p).as_posix())
-    for f in files:
-        st = f.stat()
-        total, newest = total + st.st_size, max(newest, st.st_mtime_ns)
-        h.update(f"{f.relative_to(p).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return {"abs_path": str(p), "kind": "dir", "size": total, "mtime_ns": newest, "sha256": h.hexdigest(),
+    stats = [(f.relative_to(p).as_posix(), f.stat()) for f in files]
+    listing = "".join(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n" for name, st in stats)
+    return {"abs_path": str(p), "kind": "dir", "size": sum(st.st_size for _, st in stats),
+            "mtime_ns": max((st.st_mtime_ns for _, st in stats), default=0), "sha256": sha256_text(listing),
             "hashed": "listing"}
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from thresher.data.readers import split_turns
+from thresher.data.records import split_turns
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
 

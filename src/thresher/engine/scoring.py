@@ -31,9 +31,8 @@ import pandas as pd
 
 from thresher.data.fingerprint import row_hashes
 from thresher.data.table import Dataset
-from thresher.io import atomic_path, remove_stale_tmp_files, sha256_hex
 from thresher.errors import ConfigError
-from thresher.models.bundled import cache_dir
+from thresher.io import atomic_path, cache_dir, remove_stale_tmp_files, sha256_hex
 from thresher.models.context import ModelContext
 from thresher.scoring.base import Scorer
 

@@ -7,11 +7,10 @@ its converted float checkpoint (the harness's ``hf`` model cannot load the GGUF 
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from thresher.errors import ConfigError
+from thresher.io import write_json
 
 
 def _import_lm_eval():
@@ -43,9 +42,5 @@ def run_lm_eval(model: str, tasks: list[str], *, out=None, limit: int | float | 
     report = {"model": model, "tasks": list(tasks), "limit": limit, "results": res.get("results", {}),
               "versions": res.get("versions", {}), "n_samples": res.get("n-samples", {})}
     if out is not None:
-        path = Path(out) / "lm_eval.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp, path)
+        write_json(Path(out) / "lm_eval.json", report)
     return report

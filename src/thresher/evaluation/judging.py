@@ -13,7 +13,6 @@ are not used there because they return a verdict ([[A]]/[[B]]/[[C]]), not the tw
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 
@@ -24,12 +23,13 @@ from thresher.evaluation.answers import conversation
 from thresher.evaluation.mtbench import judge_prompts, parse_rating, single_messages
 from thresher.evaluation.stats import pairwise_outcomes
 from thresher.evaluation.store import JsonlStore
+from thresher.io import sha256_text
 from thresher.models.chat import ChatRequest
 from thresher.scoring.prompts import load_prompt, parse_first_number
 
 
 def _digest(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()[:24]
+    return sha256_text(json.dumps(parts, ensure_ascii=False))[:24]
 
 
 def ask(backend, items: list[dict], *, max_tokens: int, out=None, chunk_size: int = 16) -> list[dict]:

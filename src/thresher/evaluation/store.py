@@ -1,17 +1,18 @@
 """A small resumable record store: one JSON object per line, rewritten atomically after each update.
 
 Evaluation runs (answer generation, judging) save what they produced as it is produced; a rerun loads
-the file and skips the finished records. The file is replaced by ``os.replace`` of a fully written
-temporary file, so a killed run leaves either the old or the new file, never a half-written line.
+the file and skips the finished records. The file is replaced by a fully written and fsync'ed temporary
+file (``thresher.io.atomic_path``), so a killed run leaves either the old or the new file, never a
+half-written line.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from thresher.errors import DataError
+from thresher.io import atomic_path
 
 
 class JsonlStore:
@@ -41,11 +42,6 @@ class JsonlStore:
             self.records[self.key_fn(rec)] = rec
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_path(self.path, fsync=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for rec in self.records.values():
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)

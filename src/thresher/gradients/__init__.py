@@ -1,13 +1,13 @@
 """Per-sample gradient features (LoRA), Adam preconditioning, random projection, a resumable feature store,
-and the gradient-based scores over stored features (LESS, CLUES, DataInf). METHODS.md 0.5, 1, 6.3, 6.4."""
+and the gradient-based scores over stored features (LESS, CLUES, DataInf). METHODS.md 0.5, 1, 6.3, 6.4.
+Training checkpoints (moments, learning rates, adapters) are read by ``thresher.models.checkpoints``."""
 
-from thresher.gradients.checkpoint import (adam_precondition, checkpoint_learning_rate, flat_moments,
-                                           load_adapter, load_optimizer_state, trainer_param_order)
+from thresher.gradients.adam import adam_precondition, flat_moments
 from thresher.gradients.features import gradient_features, iter_gradients, write_gradient_store
 from thresher.gradients.persample import (ParamSelection, make_batch, notation_patterns, per_sample_grads,
                                           select_parameters)
 from thresher.gradients.pipeline import (Checkpoint, TrainingRun, adapted_model, checkpoint_moments,
-                                         datainf_streamed, file_sha, gradient_dots, group_means, open_run,
+                                         datainf_streamed, gradient_dots, group_means, open_run,
                                          store_batches, use_checkpoint)
 from thresher.gradients.projection import RademacherProjector
 from thresher.gradients.scores import (clues_domain_weights, clues_scores, datainf_influence, domain_means,
@@ -16,11 +16,10 @@ from thresher.gradients.scores import (clues_domain_weights, clues_scores, datai
 from thresher.gradients.store import GradientStore, write_store
 
 __all__ = [
-    "adam_precondition", "checkpoint_learning_rate", "flat_moments", "load_adapter", "load_optimizer_state",
-    "trainer_param_order", "gradient_features", "write_gradient_store", "ParamSelection", "make_batch",
+    "adam_precondition", "flat_moments", "gradient_features", "write_gradient_store", "ParamSelection", "make_batch",
     "notation_patterns", "per_sample_grads", "select_parameters", "RademacherProjector", "clues_domain_weights",
     "clues_scores", "datainf_influence", "domain_means", "global_threshold", "less_scores", "lr_weights",
     "normalize_rows", "select_above", "selection_metrics", "GradientStore", "write_store", "iter_gradients",
-    "Checkpoint", "TrainingRun", "adapted_model", "checkpoint_moments", "datainf_streamed", "file_sha",
+    "Checkpoint", "TrainingRun", "adapted_model", "checkpoint_moments", "datainf_streamed",
     "gradient_dots", "group_means", "open_run", "store_batches", "use_checkpoint",
 ]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from thresher.data.templates import Rendered
-from thresher.gradients.checkpoint import adam_precondition
+from thresher.gradients.adam import adam_precondition
 from thresher.gradients.persample import ParamSelection, make_batch, per_sample_grads
 from thresher.gradients.projection import RademacherProjector
 from thresher.gradients.store import write_store
@@ -59,7 +59,7 @@ def gradient_features(model, tokenizer, units: list[Rendered], sel: ParamSelecti
                       projector: RademacherProjector | None = None, span_rule: str = "offsets",
                       template: str = "") -> np.ndarray:
     """(N, d) float32 features. ``moments`` = (exp_avg, exp_avg_sq) flat (P,) tensors (see
-    checkpoint.flat_moments) switch on Adam preconditioning; ``projector`` maps P -> d; ``template``
+    adam.flat_moments) switch on Adam preconditioning; ``projector`` maps P -> d; ``template``
     is passed to build_spans (the 'cherry' span rule needs it).
 
     Two batch sizes because the costs differ: forward/backward runs on small length-sorted batches of

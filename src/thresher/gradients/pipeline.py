@@ -3,10 +3,11 @@ with the run's LoRA adapter, and reductions over batched per-sample gradients th
 one chunk of them (inner products with fixed directions, group means, DataInf's statistics).
 
 A training run directory is what ``thresher.training.sft.train`` writes: ``checkpoint-<step>/`` with the
-PEFT adapter, ``optimizer.pt``, ``trainer_state.json`` and ``optimizer_params.json``. Each checkpoint
-provides its learning rate (``checkpoint_learning_rate``: mean LR over the epoch before it), its Adam
-moments, and a content fingerprint (sha256 of the adapter weights and of trainer_state.json), so a
-retrained run in the same directory misses every cache while a copied run hits it.
+PEFT adapter, ``optimizer.pt``, ``trainer_state.json`` and ``optimizer_params.json``, read by
+``thresher.models.checkpoints``. Each checkpoint provides its learning rate (``checkpoint_learning_rate``:
+mean LR over the epoch before it), its Adam moments, and a content fingerprint (sha256 of the adapter
+weights and of trainer_state.json), so a retrained run in the same directory misses every cache while a
+copied run hits it.
 
 The base model is shared with the other scorers of a run (``ModelContext.lm()``): ``adapted_model``
 injects the run's LoRA layers into it for the duration of a ``with`` block and removes them afterwards
@@ -15,8 +16,6 @@ injects the run's LoRA layers into it for the duration of a ``with`` block and r
 
 from __future__ import annotations
 
-import hashlib
-import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,15 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from thresher.io import sha256_hex
 from thresher.errors import ConfigError
-from thresher.gradients.checkpoint import checkpoint_learning_rate, flat_moments, load_adapter, load_optimizer_state
+from thresher.gradients.adam import flat_moments
 from thresher.gradients.persample import ParamSelection
-from thresher.models.checkpoints import list_checkpoints, load_adam_moments
+from thresher.io import sha256_hex
+from thresher.models.checkpoints import (ADAPTER_WEIGHTS, checkpoint_fingerprint, checkpoint_learning_rate,
+                                         has_adapter, list_checkpoints, load_adam_moments, load_adapter, step_of)
 
 WHICH = ("all", "last")
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
-_ADAPTER = "adapter_model.safetensors"
 
 Batches = Callable[[], Iterator[tuple[np.ndarray, torch.Tensor]]]   # a re-iterable stream of (idx, (b, P))
 
@@ -62,28 +60,6 @@ class TrainingRun:
         return sha256_hex(*(f"{c.step}:{c.fingerprint}" for c in self.checkpoints))[:32]
 
 
-
-_FILE_SHA: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha(path: str | Path) -> str:
-    """sha256 of a file's bytes, remembered per (path, size, mtime) so a big adapter is read once per process."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_SHA:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _FILE_SHA[key] = h.hexdigest()
-    return _FILE_SHA[key]
-
-
-def _lora(d: Path) -> bool:
-    return (d / _ADAPTER).is_file() and (d / "adapter_config.json").is_file()
-
-
 def open_run(path, which: str = "all", *, owner: str = "the scorer", param: str = "checkpoints") -> TrainingRun:
     """The complete LoRA checkpoints of a training run directory, oldest step first (``which="last"``: the
     newest only). A checkpoint cut off mid-save is skipped with a warning (thresher runs: no completion
@@ -99,18 +75,16 @@ def open_run(path, which: str = "all", *, owner: str = "the scorer", param: str 
     if not root.is_dir():
         raise ConfigError(f"The {param!r} parameter of {owner} must be a training run directory; {str(root)!r} "
                           f"{'is not a directory' if root.exists() else 'does not exist'}.")
-    found = [(int(_CKPT.match(d.name).group(1)), d) for d in list_checkpoints(root, foreign=True) if _lora(d)]
+    found = [(step_of(d), d) for d in list_checkpoints(root, foreign=True) if has_adapter(d)]
     if not found:
         raise ConfigError(f"The {param!r} parameter of {owner}: {str(root)!r} holds no complete LoRA checkpoint "
-                          f"(checkpoint-<step>/ with {_ADAPTER}, adapter_config.json, optimizer.pt and "
+                          f"(checkpoint-<step>/ with {ADAPTER_WEIGHTS}, adapter_config.json, optimizer.pt and "
                           "trainer_state.json, and for a run of thresher's trainer its thresher_complete.json). "
                           "Train with save_steps > 0 or one checkpoint per epoch, and "
                           "save_total_limit unset.")
     if which == "last":
         found = found[-1:]
-    ckpts = tuple(Checkpoint(d, step, _learning_rate(d),
-                             sha256_hex(file_sha(d / _ADAPTER), file_sha(d / "trainer_state.json"))[:32])
-                  for step, d in found)
+    ckpts = tuple(Checkpoint(d, step, _learning_rate(d), checkpoint_fingerprint(d)) for step, d in found)
     return TrainingRun(root, ckpts)
 
 
@@ -154,10 +128,7 @@ def checkpoint_moments(ckpt: Checkpoint, model: torch.nn.Module, sel: ParamSelec
 
     Names come from the checkpoint's optimizer_params.json (thresher's trainer); a checkpoint of a plain HF
     Trainer falls back to rebuilding the Trainer's parameter order from the model."""
-    if (ckpt.path / "optimizer_params.json").is_file():
-        state = {n: (d["exp_avg"], d["exp_avg_sq"]) for n, d in load_adam_moments(ckpt.path).items()}
-    else:
-        state = load_optimizer_state(ckpt.path, model)
+    state = {n: (d["exp_avg"], d["exp_avg_sq"]) for n, d in load_adam_moments(ckpt.path, model).items()}
     dev = device if device is not None else next(model.parameters()).device
     m, v = flat_moments(state, sel)
     return m.to(dev), v.to(dev)

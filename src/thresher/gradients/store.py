@@ -3,8 +3,8 @@
 Layout of a store directory:
   manifest.json     ids, dim, dtype, shard_size, shard file names, user metadata (seed, checkpoint, ...)
   shard-00000.npy   rows [0, shard_size) as a (rows, dim) array; shard-00001.npy the next rows; ...
-Every file is written to a temporary name, flushed and fsync'ed, then renamed (atomic on POSIX), so a
-shard file that exists is complete. Writing is resumable: after a crash or kill -9, calling
+Every file is written to a temporary name, flushed and fsync'ed, then renamed (``thresher.io.atomic_path``),
+so a shard file that exists is complete. Writing is resumable: after a crash or kill -9, calling
 ``write_store`` again with the same ids and metadata computes only the missing shards. Reading maps
 shards with ``np.load(mmap_mode="r")``: a 100k-sample store never has to fit in RAM.
 Bytes per sample = dim * itemsize (d = 8192: 32 KiB float32, 16 KiB float16) plus the ids in the manifest.
@@ -13,25 +13,22 @@ Bytes per sample = dim * itemsize (d = 8192: 32 KiB float32, 16 KiB float16) plu
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from thresher.errors import ConfigError
+from thresher.io import atomic_path
 
 MANIFEST = "manifest.json"
 DTYPES = ("float32", "float16")
 
 
 def _atomic_write(path: Path, write: Callable) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    """``write(binary file)`` into ``path``, fsync'ed and renamed into place."""
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
         write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def shard_name(i: int) -> str:

@@ -66,7 +66,7 @@ from dataclasses import replace
 
 from thresher.checks import is_int, is_real, param_error
 from thresher.errors import ConfigError
-from thresher.models.bundled import cache_dir
+from thresher.io import cache_dir
 from thresher.models.chat import ChatRequest, ChatResult, ChatStats
 from thresher.keys import check_key_env, scrub_key
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from thresher.errors import ConfigError
+from thresher.io import atomic_folder, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +23,6 @@ BUNDLED_ALIASES = ("bundled", "smollm2", "bundled:smollm2")
 BUNDLED_EMBEDDER = "bundled-minilm"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERTED_VERSION = "1"             # bump when the conversion procedure changes
-
-
-def cache_dir() -> Path:
-    """Root of thresher's caches: $THRESHER_CACHE, else ~/.cache/thresher."""
-    return Path(os.environ.get("THRESHER_CACHE", Path.home() / ".cache" / "thresher"))
 
 
 def package_dir(module: str, pip_name: str) -> Path:
@@ -63,14 +56,11 @@ def converted_model_dir() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        os.replace(tmp, target)          # atomic: a half-written conversion is never used
+        with atomic_folder(target) as tmp:           # a half-written conversion is never used
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").exists():
+        if not (target / "config.json").exists():    # else another process converted it meanwhile
             raise
     return target

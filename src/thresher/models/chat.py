@@ -18,10 +18,11 @@ not final: scorers report it so that the engine does not cache the shard and a r
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
+
+from thresher.io import sha256_text
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class ChatRequest:
         """Cache key: model identity, messages and sampling parameters (no credentials)."""
         blob = json.dumps([model_identity, self.messages, self.max_tokens, self.temperature, self.top_p,
                            self.seed], ensure_ascii=False)
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        return sha256_text(blob)
 
 
 @dataclass

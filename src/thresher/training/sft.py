@@ -30,14 +30,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from thresher.io import write_json
+from thresher.io import atomic_folder, write_json
 from thresher.manifest import base_manifest
 from thresher.outputs import claim_output_dir, read_marker, refuse_special, write_marker
 from thresher.errors import ConfigError
@@ -315,15 +314,8 @@ def _finish(trainer, output, cfg, out: Path, ex, skipped, runtime, resume_from) 
     final_dir = None
     if state.global_step >= state.max_steps:
         final_dir = out / "final"
-        tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
-        try:
+        with atomic_folder(final_dir, replace=True) as tmp:   # a half-written final model is never left in place
             trainer.save_model(str(tmp))
-            if final_dir.exists():
-                shutil.rmtree(final_dir)
-            os.replace(tmp, final_dir)          # a half-written final model is never left in place
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     else:
         log.warning("training stopped at step %d of %d; no final model written (resume continues the run)",
                     state.global_step, state.max_steps)
