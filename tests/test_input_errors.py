@@ -247,11 +247,11 @@ def test_missing_local_path_is_never_sent_to_the_hub(tmp_path, capsys, monkeypat
 
 # --------------------------------------------------------------------------- bugs
 def test_internal_error_is_one_line_with_exit_1_and_the_traceback_only_with_v(tmp_path, capsys, monkeypatch):
-    import thresher.pipeline.run as run
+    import thresher.cli as cli
 
     def broken(*a, **k):
         raise KeyError("boom")
-    monkeypatch.setattr(run, "run_recipe", broken)
+    monkeypatch.setattr(cli, "run_recipe", broken)
     data = write(tmp_path / "d.jsonl", GOOD)
     assert main(score(tmp_path, data)) == 1
     err = capsys.readouterr().err

@@ -20,17 +20,25 @@ from pathlib import Path
 import yaml
 
 from thresher.config import add_flags, describe, given
+from thresher.data.readers import BUNDLED_SHAREGPT
 from thresher.data.templates import TEMPLATES
 from thresher.errors import ConfigError, ThresherError
+from thresher.evaluation import evaluate
 from thresher.evaluation.config import EvalConfig
+from thresher.io import is_disk_full
 from thresher.models.judges import JudgeConfig
 from thresher.pipeline.config import DataConfig, Recipe
-from thresher.pipeline.recipe import PACKAGED
+from thresher.pipeline.recipe import PACKAGED, check_recipe, load_recipe, resolve_recipe_path, set_dotted
+from thresher.pipeline.run import run_recipe
+from thresher.pipeline.select_run import select_from_run
+from thresher.pipeline.summary import failure_line, format_summary
 from thresher.scoring import SCORERS, get_scorer
 from thresher.scoring.ifd import IFDParams
 from thresher.scoring.perplexity import PerplexityParams
 from thresher.selection import SELECTORS
+from thresher.training.cli import add_train_arguments, train_cli
 from thresher.training.config import PRESETS
+from thresher.training.merge import add_merge_arguments, merge_cli
 
 log = logging.getLogger("thresher")
 
@@ -93,7 +101,6 @@ def _argv(args) -> list[str]:
 
 def _print_summary(summary: dict) -> int:
     """Print the summary; the exit status: 2 when more rows failed than max_failed_ratio allows."""
-    from thresher.pipeline.summary import failure_line, format_summary
     print(format_summary(summary))
     failed = summary.get("failed") or {}
     if failed.get("exceeded"):
@@ -104,9 +111,6 @@ def _print_summary(summary: dict) -> int:
 
 # ------------------------------------------------------------------------------------------ commands
 def cmd_run(args) -> int:
-    from thresher.pipeline.recipe import check_recipe, resolve_recipe_path, set_dotted
-    from thresher.pipeline.run import run_recipe
-
     path = resolve_recipe_path(args.recipe)
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(raw, dict):
@@ -137,9 +141,6 @@ _PERPLEXITY_ONLY = ("mode",)
 
 
 def cmd_score(args) -> int:
-    from thresher.pipeline.recipe import check_recipe
-    from thresher.pipeline.run import run_recipe
-
     params = {**_kv(args.param, "--param"), **given(args, IFDParams),
               **given(args, PerplexityParams, only=_PERPLEXITY_ONLY)}
     raw = {"name": f"score-{args.scorer}", "data": {"path": args.data},
@@ -152,8 +153,6 @@ def cmd_score(args) -> int:
 
 
 def cmd_select(args) -> int:
-    from thresher.pipeline.select_run import select_from_run
-
     result = select_from_run(Path(args.run), Path(args.out), selector=args.selector, column=args.column,
                              k=args.top_k, ratio=args.top_ratio, of=args.ratio_of,
                              higher_is_better=args.higher_is_better, where=args.where,
@@ -163,8 +162,6 @@ def cmd_select(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from thresher.evaluation import evaluate
-
     report = evaluate(args.model, against=args.against, judge=given(args, JudgeConfig, prefix="judge") or None,
                       out=Path(args.out), argv=_argv(args), **given(args, EvalConfig))
     print(json.dumps({k: v for k, v in report.items() if k in ("single", "pairwise", "accuracy", "judge")},
@@ -174,10 +171,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from thresher.pipeline.recipe import load_recipe
-
     recipe, data_cfg, stages = load_recipe(args.recipe, _kv(args.set, "--set"))
-    from thresher.data.readers import BUNDLED_SHAREGPT
 
     if data_cfg.path not in BUNDLED_SHAREGPT and not Path(data_cfg.path).exists() \
             and "/" not in data_cfg.path:
@@ -313,8 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="other selector parameters")
     p.set_defaults(func=cmd_select)
 
-    from thresher.training.cli import add_train_arguments, train_cli
-
     p = sub.add_parser("train", help="fine-tune a model on a (selected) dataset: LoRA or full, TRL SFTTrainer",
                        description="Supervised fine-tuning with the same prompt templates and response spans as "
                                    "scoring (loss on response tokens only unless --no-mask-prompt). Checkpoints keep "
@@ -323,8 +315,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     add_flags(p.add_argument_group("data loading"), DataConfig, exclude=("path",))
     p.set_defaults(func=lambda args: train_cli(args, _load_options(args)))
-
-    from thresher.training.merge import add_merge_arguments, merge_cli
 
     p = sub.add_parser("merge", help="merge several clients' LoRA training runs into one adapter (TIES, FedAvg)",
                        description="Combine the final LoRA adapters of `thresher train` runs (CLUES's collaborative "
@@ -410,7 +400,6 @@ _USER_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "operation not p
 
 def _os_error_message(e: OSError) -> str | None:
     """The message of an OSError the user can act on (a full disk, a permission), else None."""
-    from thresher.io import is_disk_full
 
     where = f" while writing {e.filename}" if e.filename else ""
     if is_disk_full(e) or e.errno == getattr(errno, "EDQUOT", None):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from thresher.errors import ConfigError
 from thresher.io import write_json
+from thresher.models.bundled import converted_model_dir
 
 
 def _import_lm_eval():
@@ -34,7 +35,6 @@ def run_lm_eval(model: str, tasks: list[str], *, out=None, limit: int | float | 
                           f"['arc_easy']. Got {tasks!r}.")
     lm_eval = _import_lm_eval()
     if model == "bundled":
-        from thresher.models.bundled import converted_model_dir
         model = str(converted_model_dir())
     res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model},dtype={dtype}", tasks=list(tasks),
                                   num_fewshot=num_fewshot, batch_size=batch_size, device=device, limit=limit,

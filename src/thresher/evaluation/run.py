@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import json
 import logging
-
 import os
 from pathlib import Path
 
 import numpy as np
 
 from thresher.config import build, merged
-from thresher.io import atomic_path
-from thresher.outputs import claim_output_dir, read_marker, refuse_special, write_marker
 from thresher.errors import ConfigError, DataError
 from thresher.evaluation.answers import MTBENCH_TEMPERATURES, generate_answers
 from thresher.evaluation.config import EvalConfig
 from thresher.evaluation.judging import grade_single, judge_accuracy, judge_pairwise
 from thresher.evaluation.mtbench import load_mtbench
 from thresher.evaluation.stats import summarize, summarize_pairwise
-from thresher.models.judges import JudgeConfig
+from thresher.io import atomic_path
+from thresher.manifest import base_manifest
+from thresher.models.hf import HFCausalLM
+from thresher.models.judges import JudgeConfig, make_judge
+from thresher.models.local_judge import LocalChat
+from thresher.outputs import claim_output_dir, read_marker, refuse_special, write_marker
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,6 @@ class _Models:
         self.max_batch_tokens, self.model, self._lms = max_batch_tokens, "bundled", {}
 
     def lm(self, spec: str | None = None):
-        from thresher.models.hf import HFCausalLM
         spec = str(spec or self.model)
         if spec not in self._lms:
             self._lms[spec] = HFCausalLM(spec, device=self.device, dtype=self.dtype, max_batch_size=self.max_batch_size,
@@ -104,7 +105,6 @@ class _Models:
 
     def backend(self, spec):
         """A chat backend from a model path/id/"bundled", a JudgeConfig dict, or a ready backend."""
-        from thresher.models.local_judge import LocalChat
         if hasattr(spec, "chat") and hasattr(spec, "identity"):
             return spec
         if isinstance(spec, (str, os.PathLike)):
@@ -117,7 +117,6 @@ class _Models:
         if cfg.kind == "local":
             return LocalChat(self.lm(cfg.model or "bundled"), max_batch_size=self.max_batch_size,
                              max_batch_tokens=self.max_batch_tokens)
-        from thresher.models.judges import make_judge
         return make_judge(spec, self)
 
 
@@ -186,7 +185,6 @@ def evaluate(model, *, out, against=None, judge: dict | None = None, config: Eva
     percentile-bootstrap CIs (``n_resamples``, ``level``) and the counts of unparseable judge replies,
     failed judge calls and missing answers.
     """
-    from thresher.manifest import base_manifest
 
     cfg = merged(EvalConfig, config, overrides, "evaluate")
     out, bench, judge_max_tokens = Path(out), cfg.bench, cfg.judge_max_tokens

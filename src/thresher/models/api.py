@@ -67,8 +67,9 @@ from dataclasses import replace
 from thresher.checks import is_int, is_real, param_error
 from thresher.errors import ConfigError
 from thresher.io import cache_dir
-from thresher.models.chat import ChatRequest, ChatResult, ChatStats
 from thresher.keys import check_key_env, scrub_key
+from thresher.models.chat import ChatRequest, ChatResult, ChatStats
+from thresher.models.request_cache import RequestCache
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +392,6 @@ class OpenAIChat:
     # ------------------------------------------------------------------ internals
     def _open_cache(self):
         if self._cache is None:
-            from thresher.models.request_cache import RequestCache
             self._cache = RequestCache(self.cache_path)
         return self._cache
 

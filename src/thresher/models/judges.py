@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 from thresher.config import build, choice, option
 from thresher.errors import ConfigError
+from thresher.keys import check_key_env
 from thresher.models.api import check_base_url
 from thresher.registry import Registry
 
@@ -59,7 +60,6 @@ class JudgeConfig:
             raise ConfigError(f"The 'concurrency' parameter of {owner} must be an int >= 1. Got {self.concurrency}.")
         if self.max_retries < 0:
             raise ConfigError(f"The 'max_retries' parameter of {owner} must be an int >= 0. Got {self.max_retries}.")
-        from thresher.keys import check_key_env
         check_key_env(self.api_key_env, owner)             # a pasted key is refused, never echoed
         if self.kind == "api":
             check_base_url(self.base_url, self.allow_http, owner)

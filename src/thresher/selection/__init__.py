@@ -9,13 +9,7 @@ importing pandas.
 from __future__ import annotations
 
 from thresher.selection.alpagasus import alpagasus_select
-from thresher.selection.basic import (
-    cherry_ifd_select,
-    random_k,
-    superfiltering_select,
-    threshold_mask,
-    top_k,
-)
+from thresher.selection.basic import cherry_ifd_select, random_k, superfiltering_select, threshold_mask, top_k
 from thresher.selection.cherry import cherry_pre_experience
 from thresher.selection.clients import global_threshold_select
 from thresher.selection.deita import deita_repr_filter

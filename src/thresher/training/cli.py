@@ -17,6 +17,8 @@ from pathlib import Path
 from thresher.config import add_flags, given
 from thresher.errors import ConfigError
 from thresher.training.config import PRESETS, TrainConfig
+from thresher.training.export import export_merged
+from thresher.training.sft import train
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,7 +41,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def train_cli(args: argparse.Namespace, load_options: dict | None = None) -> int:
     """Handler of ``thresher train``; prints a one-line summary, returns the exit status.
     ``load_options``: ``thresher.data.load`` keywords for reading ``args.data``."""
-    from thresher.training.sft import train
 
     ids = _read_ids(args.ids) if getattr(args, "ids", None) else None
     result = train(args.data, out=args.out, preset=args.preset, cpu_small=args.cpu_small, resume=args.resume,
@@ -50,7 +51,6 @@ def train_cli(args: argparse.Namespace, load_options: dict | None = None) -> int
     print(f"trained {result.n_examples} rows ({result.n_skipped} skipped), step {result.global_step}/"
           f"{result.max_steps}, loss {loss}, {result.samples_per_s:.2f} samples/s -> {where}")
     if getattr(args, "merge", False) and result.final_dir:
-        from thresher.training.export import export_merged
         print(f"merged model -> {export_merged(result.out)}")
     return 0
 

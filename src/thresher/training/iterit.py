@@ -43,8 +43,13 @@ import numpy as np
 
 from thresher.checks import check_choice, is_int, is_real, param_error
 from thresher.config import did_you_mean
+from thresher.data import split_turns
 from thresher.data.spans import SPAN_RULES
 from thresher.errors import ConfigError
+from thresher.io import write_json
+from thresher.models.context import ModelContext
+from thresher.models.hf import HFCausalLM
+from thresher.scoring import make_scorer
 from thresher.selection.basic import check_budget
 from thresher.selection.iterit import PLACEMENTS, check_ranking_params, window_order
 
@@ -99,7 +104,6 @@ class IterITSampler:
     # ---------------------------------------------------------------- hook protocol
     def bind(self, plan) -> None:
         """Take rows, responses, eos, seed, ids and the log directory from the SFT layer's plan."""
-        from thresher.data import split_turns
 
         if self.responses is None:
             # The trained responses (with turns "all": every reply of the row, joined).
@@ -231,7 +235,6 @@ class IterITSampler:
                  epoch, scored, rescore_s, cand, len(rows) - cand, order_s)
         if self.log_dir is None:
             return
-        from thresher.io import write_json
 
         ids = self.ids if self.ids is not None else [str(i) for i in range(self._n())]
         write_json(self.log_dir / f"epoch-{epoch}.json", {
@@ -289,10 +292,6 @@ class IFDRescorer:
         self.plan = plan
 
     def __call__(self, rows, *, model, epoch: int) -> np.ndarray:
-        from thresher.models.hf import HFCausalLM
-        from thresher.scoring import make_scorer
-        from thresher.models.context import ModelContext
-
         if self.plan is None or model is None:
             raise ConfigError("IFDRescorer needs the SFT plan and the live model: use it as the rescore of an "
                               "IterITSampler passed to thresher.training.train(sampler=..., callbacks="

@@ -36,11 +36,14 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from thresher.data import load
+from thresher.data.table import Dataset
+from thresher.errors import ConfigError
 from thresher.io import atomic_folder, write_json
 from thresher.manifest import base_manifest
-from thresher.outputs import claim_output_dir, read_marker, refuse_special, write_marker
-from thresher.errors import ConfigError
 from thresher.models.checkpoints import list_checkpoints
+from thresher.models.hf import HFCausalLM
+from thresher.outputs import claim_output_dir, read_marker, refuse_special, write_marker
 from thresher.training.config import TrainConfig, resolve_config
 from thresher.training.examples import build_examples
 
@@ -88,7 +91,6 @@ def train(data, *, out, config: TrainConfig | None = None, preset: str | None = 
     if ids is not None:
         table = _restrict(table, ids)
 
-    from thresher.models.hf import HFCausalLM
     backend = HFCausalLM(cfg.model)
     tokenizer = backend.tokenizer_only()
     if tokenizer.pad_token_id is None:
@@ -138,10 +140,8 @@ def _claim_run_dir(out: Path, inputs) -> None:
 
 
 def _load_table(data, load_options):
-    from thresher.data.table import Dataset
     if isinstance(data, Dataset):
         return data
-    from thresher.data import load
     return load(data, **(load_options or {}))
 
 
