@@ -413,3 +413,12 @@ def test_module_help():
     assert res.returncode == 0 and "--cache-dir" in res.stdout and "--max-length" in res.stdout
     res = cli("frobnicate", timeout=60)
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error():
+    """`thresher ls | head -1`: the reader closes the pipe before thresher writes; thresher stops quietly
+    (status 141 as for SIGPIPE, nothing on stderr) instead of reporting an internal error."""
+    proc = subprocess.Popen([sys.executable, "-m", "thresher", "ls"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                     # the reader is gone before the first byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err

@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import json
 import logging
+import os
 import re
 import sys
 import traceback
@@ -373,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("thresher: interrupted; finished shards are kept and a re-run resumes from them", file=sys.stderr)
         return 130
+    except BrokenPipeError:          # the reader of our output went away (`thresher ls | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:
         message = _os_error_message(e)
         if message is None:
