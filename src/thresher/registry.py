@@ -8,11 +8,19 @@ of known names (lm-evaluation-harness's registry is the model).
     SCORERS = Registry("scorer")
     SCORERS.register("ifd", "thresher.scoring.ifd:IFDScorer")
     SCORERS.get("ifd")          # -> the class, imported now
+
+Scorers and selectors are found, not listed: ``discover(package)`` reads the source of the package's modules
+(``ast``; nothing is imported) and registers every top-level class whose body sets ``name`` to a non-empty
+string literal (a base class leaves it empty). Adding a scorer or a selector is therefore one file; code outside thresher
+registers its own components with ``register``.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+from pathlib import Path
 
 from thresher.config import did_you_mean
 from thresher.errors import RegistryError
@@ -30,6 +38,18 @@ class Registry:
             raise RegistryError(f"{self.kind.capitalize()} {name!r}: the target must read 'module:attribute'. "
                                 f"Got {target!r}.")
         self._targets[name] = target
+
+    def discover(self, package: str) -> None:
+        """Register the components defined in the modules of ``package`` (an importable package name): each
+        top-level class whose body sets ``name`` to a non-empty string literal. Modules are read, not imported;
+        their order (file name, then position) is the registration order. Two classes of one name: RegistryError."""
+        spec = importlib.util.find_spec(package)
+        for path in sorted(Path(p) for loc in spec.submodule_search_locations for p in Path(loc).glob("*.py")):
+            module = f"{package}.{path.stem}"
+            for node in ast.parse(path.read_text(encoding="utf-8"), str(path)).body:
+                name = _component_name(node)
+                if name:
+                    self.register(name, f"{module}:{node.name}")
 
     def get(self, name: str):
         """The registered object (class or function) of ``name``; its module is imported now."""
@@ -54,3 +74,16 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._targets)
+
+
+def _component_name(node) -> str | None:
+    """The non-empty string literal a top-level class sets ``name`` to (None for anything else)."""
+    if not isinstance(node, ast.ClassDef):
+        return None
+    for stmt in node.body:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
+        value = getattr(stmt, "value", None)
+        if (any(isinstance(t, ast.Name) and t.id == "name" for t in targets) and isinstance(value, ast.Constant)
+                and isinstance(value.value, str) and value.value):
+            return value.value
+    return None
