@@ -1,5 +1,6 @@
-"""Conformance of every registered scorer, generated from SCORERS: a scorer registered without an entry in
-CASES fails here.
+"""Conformance of every registered scorer, generated from SCORERS. A scorer that reads no earlier score column and
+runs on its default parameters with at most the run's model needs nothing here (``default_case``); any other
+scorer registered without an entry in CASES fails here.
 
 For each scorer, on a few short alpaca rows (and the score columns it reads, built here):
   - every produced column has one value per input row;
@@ -105,9 +106,30 @@ CASES: dict[str, Case] = {
 }
 
 
+def default_case(name: str) -> Case | None:
+    """The case of a scorer that needs no special inputs: no required columns, at most the run's language model
+    or embedder, and valid default parameters (``max_length`` shortened where it has one); None otherwise."""
+    cls = SCORERS.get(name)
+    fields = {f.name for f in dataclasses.fields(cls.Params)}
+    try:
+        scorer = cls(**({"max_length": 128} if "max_length" in fields else {}))
+    except ConfigError:
+        return None
+    if scorer.required_columns() or not set(cls.uses) <= {"lm", "embedder"}:
+        return None
+    params = {"max_length": 128} if "max_length" in fields else {}
+    return Case("ctx" if cls.uses else "plain_ctx", lambda env: params, rtol=MODEL_RTOL if cls.uses else 0.0,
+                slow=bool(cls.uses))
+
+
+def _cases() -> dict[str, Case]:
+    return {n: CASES.get(n) or default_case(n) for n in SCORERS.names()}
+
+
 def _scorers(predicate=lambda name: True):
     """Every registered scorer (so that one without a case fails), slow ones marked so."""
-    return [pytest.param(n, marks=[pytest.mark.slow] if n not in CASES or CASES[n].slow else [])
+    cases = _cases()
+    return [pytest.param(n, marks=[pytest.mark.slow] if cases[n] is None or cases[n].slow else [])
             for n in SCORERS.names() if predicate(n)]
 
 
@@ -208,9 +230,10 @@ class _Env(dict):
 
 
 def _case(name: str) -> Case:
-    assert name in CASES, (f"scorer {name!r} is registered but has no conformance case: add one to CASES in "
-                           f"tests/test_scorer_conformance.py")
-    return CASES[name]
+    case = _cases()[name]
+    assert case is not None, (f"scorer {name!r} reads earlier columns, needs a judge or a training run, or has no "
+                              f"valid default parameters: add its case to CASES in tests/test_scorer_conformance.py")
+    return case
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -252,7 +275,9 @@ def _assert_same(got: pd.DataFrame, want: pd.DataFrame, rtol: float, what: str, 
 
 # ------------------------------------------------------------------------------------------------ tests
 def test_every_registered_scorer_has_a_case():
-    assert sorted(CASES) == sorted(SCORERS.names())
+    assert not set(CASES) - set(SCORERS.names()), "CASES names a scorer that is not registered"
+    assert all(_cases().values()), [n for n, c in _cases().items() if c is None]
+    assert default_case("random") is not None and default_case("knn") is None and default_case("judge") is None
 
 
 @pytest.mark.parametrize("name", _scorers())
@@ -280,7 +305,7 @@ def test_lengths_batch_size_and_row_order(name, pool, request, tmp_path):
         assert sorted(map(str, shuffled[col])) == sorted(map(str, ref[col])), col
 
 
-@pytest.mark.parametrize("name", _scorers(lambda n: n not in CASES or CASES[n].inputs is not None))
+@pytest.mark.parametrize("name", _scorers(lambda n: _cases()[n] is None or _cases()[n].inputs is not None))
 def test_a_missing_required_column_is_named(name, pool, request, tmp_path):
     case, env = _case(name), _Env(request)
     scorer = make_scorer(name, **case.params(env))
