@@ -22,7 +22,7 @@ from thresher.checks import (check_bool, check_choice, check_int, check_real, fl
                              param_error)
 from thresher.config import choice, option
 from thresher.errors import ConfigError
-from thresher.selection.base import Selector, column_values
+from thresher.selection.base import Selector, column_values, direction_error
 
 _BOUNDS = ("lt", "le", "gt", "ge")
 
@@ -301,12 +301,14 @@ class TopKSelector(Selector):
     def inputs(self, main=None) -> tuple[str, ...]:
         return (*super().inputs(main), *(self.params.where or ()))
 
+    def needs_direction(self) -> bool:
+        return self.params.higher_is_better is None
+
     def _select(self, scores, main, higher_is_better) -> np.ndarray:
         p, col = self.params, self.main_column(main)
-        hib = p.higher_is_better if p.higher_is_better is not None else higher_is_better
+        hib = higher_is_better if self.needs_direction() else p.higher_is_better
         if hib is None:
-            raise ConfigError(f"Selector 'top_k' on column {col!r}: say which end to keep with "
-                              "higher_is_better: true|false (this score has no fixed direction).")
+            raise direction_error(self.name, col)
         return top_k(column_values(scores, col), k=p.k, ratio=p.ratio, of=p.of, mask=where_mask(scores, p.where),
                      higher_is_better=hib, nan=p.nan, order=p.order)
 
