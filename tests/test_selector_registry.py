@@ -304,11 +304,20 @@ def test_conformance_same_rows_on_a_permuted_table(name):
     assert chosen and chosen == set(shuffled["id"].to_numpy()[_select(sel, shuffled)])
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_conformance_a_missing_input_column_is_named(name):
+    sel = make_selector(name, params=EXAMPLES[name])
+    table = synthetic_table(sel)
+    for col in sel.inputs(MAIN):
+        with pytest.raises(ConfigError, match=f"needs score column {col!r}"):
+            _select(sel, table.drop(columns=col))
+
+
 @pytest.mark.parametrize("name", sorted(set(NAMES) - NEEDS_ANCHOR))
 def test_conformance_the_declared_direction(name):
     """needs_direction() tells the truth: a selector declaring no need ignores the stage's direction; one
     declaring it fails without one (what validate reports early) and follows it."""
-    sel = make_selector(name, params=EXAMPLES[name])
+    sel = make_selector(name, params=EXAMPLES.get(name, {}))
     table = synthetic_table(sel)
     pick = {hib: lambda hib=hib: sel.select(table, main=MAIN, higher_is_better=hib) for hib in (None, True, False)}
     if not sel.needs_direction():
@@ -317,16 +326,7 @@ def test_conformance_the_declared_direction(name):
         return
     with pytest.raises(ConfigError, match="say which end to keep"):
         pick[None]()
-    assert set(pick[True]()).isdisjoint(pick[False]())     # k = 3 of 13 distinct scores: opposite ends
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_conformance_a_missing_input_column_is_named(name):
-    sel = make_selector(name, params=EXAMPLES[name])
-    table = synthetic_table(sel)
-    for col in sel.inputs(MAIN):
-        with pytest.raises(ConfigError, match=f"needs score column {col!r}"):
-            _select(sel, table.drop(columns=col))
+    assert set(pick[True]()).isdisjoint(pick[False]())     # distinct scores, a small budget: opposite ends
 
 
 def test_ls_describes_every_selector(capsys):
