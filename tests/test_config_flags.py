@@ -17,12 +17,14 @@ import yaml
 
 from thresher import cli
 from thresher.cli import main
-from thresher.config import add_flags, build, dest, given, option
+from thresher.config import add_flags, build, describe, dest, given, option
 from thresher.errors import ConfigError
 from thresher.evaluation import EvalConfig, evaluate
 from thresher.models.judges import JudgeConfig
 from thresher.pipeline.recipe import DataConfig, Recipe
 from thresher.registry import Registry
+from thresher.scoring.registry import SCORERS
+from thresher.selection.registry import SELECTORS
 from thresher.training.config import TrainConfig, resolve_config
 
 from samples import ALPACA
@@ -268,6 +270,17 @@ def test_ls_without_a_name_lists_as_before_and_presets_are_listed(capsys):
     out = capsys.readouterr().out
     assert "  cherry " in out and "lora=False" in out
     assert main(["ls", "recipes", "cherry"]) == 2
+
+
+@pytest.mark.parametrize("registry", [SCORERS, SELECTORS], ids=lambda r: r.kind)
+def test_every_parameter_of_every_scorer_and_selector_has_help(registry):
+    """Generated from the registries: a new scorer or selector whose Params field has no help fails here."""
+    missing = [f"{registry.kind} {name}: {p.name}" for name in registry
+               for p in describe(registry.get(name).Params) if not p.help.strip()]
+    assert not missing, "declare these fields with thresher.config.option / choice (help=...): " + ", ".join(missing)
+    for name in registry:                                   # and `thresher ls KIND NAME` shows the help
+        shown = cli.format_params(registry, name)
+        assert all(p.help in shown for p in describe(registry.get(name).Params)), name
 
 
 @dataclasses.dataclass

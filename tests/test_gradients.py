@@ -19,11 +19,12 @@ import torch
 from thresher.data.templates import render
 from thresher.errors import ConfigError
 from thresher.gradients import (GradientStore, RademacherProjector, adam_precondition, clues_scores,
-                                datainf_influence, domain_means, flat_moments, global_threshold, gradient_features,
-                                less_scores, lr_weights, make_batch, per_sample_grads, select_above,
-                                select_parameters, selection_metrics, write_gradient_store, write_store)
+                                datainf_influence, domain_means, flat_moments, gradient_features, less_scores,
+                                lr_weights, make_batch, per_sample_grads, select_parameters, write_gradient_store,
+                                write_store)
 from thresher.models.checkpoints import (checkpoint_learning_rate, load_adam_moments, load_adapter,
                                          trainer_param_order)
+from thresher.selection.clients import global_threshold, select_above, selection_metrics
 from thresher.data.spans import build_spans
 
 PAIRS = [

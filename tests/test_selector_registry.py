@@ -212,15 +212,42 @@ def test_validate_accepts_columns_the_stage_produces():
     _check_stage(_stage("top_k", {"k": 2}, ["length"], column="resp_chars"))
 
 
-def _scoring_only(path) -> bool:
-    """A packaged recipe without training stages (validating those imports the trainer: seconds)."""
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return all("train" not in st for st in raw["stages"])
+def test_validate_rejects_top_k_without_a_direction_before_scoring(tmp_path):
+    """perplexity has no fixed direction (higher_is_better None): top_k on it must say which end to keep."""
+    path = _recipe(tmp_path, _stage("top_k", {"ratio": 0.1}, ["perplexity"]))
+    env = {**os.environ, "THRESHER_CACHE": str(tmp_path / "cache")}
+    res = subprocess.run([sys.executable, "-m", "thresher", "validate", str(path)], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert str(path) in lines[0] and "stage 0: select" in lines[0]
+    assert "Selector 'top_k' on column 'ppl': say which end to keep with higher_is_better: true|false" in lines[0]
+    assert not (tmp_path / "cache" / "models").exists()
 
 
-@pytest.mark.parametrize("recipe", sorted(p.stem for p in PACKAGED.glob("*.yaml") if _scoring_only(p)))
+@pytest.mark.parametrize("stage", [
+    _stage("top_k", {"k": 2}, ["length", "perplexity"]),                # the last scorer is the stage's result
+    _stage("top_k", {"k": 2}, ["perplexity"], column="ppl"),
+])
+def test_validate_rejects_a_ranking_without_a_direction(stage):
+    with pytest.raises(ConfigError, match="say which end to keep"):
+        _check_stage(stage)
+
+
+@pytest.mark.parametrize("stage", [
+    _stage("top_k", {"k": 2, "higher_is_better": False}, ["perplexity"]),   # the recipe gives the direction
+    _stage("top_k", {"k": 2}, ["perplexity", "length"]),                    # the main scorer has one
+    _stage("middle", {"k": 2}, ["perplexity"]),                             # the rule has its own
+    _stage("threshold", {"lt": 20.0}, ["perplexity"]),
+])
+def test_validate_accepts_a_ranking_with_a_direction(stage):
+    _check_stage(stage)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in PACKAGED.glob("*.yaml")))
 def test_packaged_recipes_declare_the_columns_their_selectors_read(recipe):
-    load_recipe(recipe)
+    load_recipe(recipe)                     # columns, values and directions of every stage
 
 
 # ------------------------------------------------------------------------------------ conformance
@@ -299,6 +326,22 @@ def test_conformance_a_missing_input_column_is_named(name):
     for col in sel.inputs(MAIN):
         with pytest.raises(ConfigError, match=f"needs score column {col!r}"):
             _select(sel, table.drop(columns=col))
+
+
+@pytest.mark.parametrize("name", sorted(set(NAMES) - NEEDS_ANCHOR))
+def test_conformance_the_declared_direction(name):
+    """needs_direction() tells the truth: a selector declaring no need ignores the stage's direction; one
+    declaring it fails without one (what validate reports early) and follows it."""
+    sel = make_selector(name, params=EXAMPLES.get(name, {}))
+    table = synthetic_table(sel)
+    pick = {hib: lambda hib=hib: sel.select(table, main=MAIN, higher_is_better=hib) for hib in (None, True, False)}
+    if not sel.needs_direction():
+        np.testing.assert_array_equal(pick[True](), pick[None]())
+        np.testing.assert_array_equal(pick[False](), pick[None]())
+        return
+    with pytest.raises(ConfigError, match="say which end to keep"):
+        pick[None]()
+    assert set(pick[True]()).isdisjoint(pick[False]())     # distinct scores, a small budget: opposite ends
 
 
 def test_ls_describes_every_selector(capsys):

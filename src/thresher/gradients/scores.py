@@ -11,7 +11,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from thresher.errors import ConfigError
-from thresher.selection.clients import THRESHOLD_RULES, global_threshold, select_above, selection_metrics  # noqa: F401
 
 CHUNK = 4096
 

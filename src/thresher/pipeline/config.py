@@ -14,7 +14,7 @@ from thresher.errors import ConfigError, ThresherError
 from thresher.models.hf import DTYPES
 from thresher.scoring import SCORERS
 from thresher.selection import make_selector
-from thresher.selection.base import Selector
+from thresher.selection.base import Selector, direction_error
 
 
 # Stage names (and client names) name folders inside --out: one plain path component, never a path.
@@ -87,13 +87,18 @@ class SelectConfig:
         and ``higher_is_better``: the stage's main column and its direction."""
         return self.make().select(scores, main=main, higher_is_better=higher_is_better)
 
-    def check_inputs(self, produced, main: str | None, owner: str) -> None:
-        """Every column the selector reads is among ``produced``, the columns of the stage's scorers."""
-        missing = [c for c in self.make(owner).inputs(main) if c not in produced]
+    def check_stage(self, produced, main: str | None, higher_is_better: bool | None, owner: str) -> None:
+        """Against the stage's scorers: every column the selector reads is among ``produced`` (the columns they
+        produce), and a selector that ranks by the stage's direction gets one (``higher_is_better`` of the
+        stage's main scorer, which ``apply`` passes it, or its own parameter)."""
+        chosen = self.make(owner)
+        missing = [c for c in chosen.inputs(main) if c not in produced]
         if missing:
             raise ConfigError(f"{owner}: selector {self.selector!r} reads column(s) {', '.join(map(repr, missing))}, "
                               f"which no scorer of the stage produces (stage columns: "
                               f"{', '.join(sorted(produced)) or 'none'}). {_producers_hint(missing)}")
+        if higher_is_better is None and chosen.needs_direction():
+            raise ConfigError(f"{owner}: {direction_error(self.selector, chosen.main_column(main))}")
 
 
 def _producers_hint(columns: list[str]) -> str:

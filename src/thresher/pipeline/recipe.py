@@ -121,7 +121,7 @@ def _stage(raw, i, recipe: Recipe, where: str, earlier: list[ResolvedStage]) -> 
     if st.select is not None:
         sel = build(SelectConfig, st.select, f"{owner}: select")       # checks every parameter
         if scores:
-            sel.check_inputs(produced, scorer.main_column, f"{owner}: select")
+            sel.check_stage(produced, scorer.main_column, scorer.higher_is_better, f"{owner}: select")
     if not scores and (sel is None or sel.selector not in ("full", "random")):
         raise ConfigError(f"{owner}: a stage needs at least one scorer unless it selects 'full' or 'random'.")
     return ResolvedStage(name, model, scores, sel, st.note)

@@ -12,12 +12,11 @@ rendering and caches: thresher.scoring.gradient_base.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from thresher.config import choice
+from thresher.config import choice, option
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
 from thresher.io import sha256_hex
@@ -26,12 +25,16 @@ from thresher.scoring.gradient_base import GradientParams, GradientScorer, file_
 
 @dataclass
 class CluesParams(GradientParams):
-    validation: list = dataclasses.field(default_factory=list)  # data files; one validation domain per file
-    own_domain: str | None = None       # one of the validation files (path or file stem); default the first
-    scoring_weight: float = 1.0         # weight of the other domains (CLUES Compute_score: 1.0; Scoring.sh: 0)
-    precondition: str = choice("adam", "adam", "sgd")
-    proj_dim: int | None = None
-    proj_seed: int = 42
+    validation: list = option(default_factory=list, help="validation data files (required), one domain per file")
+    own_domain: str | None = option(None, help="the client's own domain: one of the validation files (path or file "
+                                               "stem), weight 1; null: the first")
+    scoring_weight: float = option(1.0, help="weight of the other validation domains (CLUES Compute_score: 1.0; "
+                                             "Scoring.sh: 0)")
+    precondition: str = choice("adam", "adam", "sgd", help="adam: Adam-preconditioned pool gradients (CLUES's "
+                                                           "noproj_adam); sgd: raw gradients (noproj)")
+    proj_dim: int | None = option(None, help="random projection of the gradients, an int >= 1 (CLUES's projected "
+                                             "variants: 8192); null: none (CLUES's noproj)")
+    proj_seed: int = option(42, help="seed of the projection (CLUES: 42)")
 
     def data_params(self):
         return ("validation",)

@@ -12,12 +12,11 @@ passes, no disk) or written once to a GradientStore of raw gradients and read ba
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from thresher.config import choice
+from thresher.config import choice, option
 from thresher.data.fingerprint import row_hashes
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
@@ -27,11 +26,18 @@ from thresher.scoring.gradient_base import POOL_SHARD, GradientParams, GradientS
 
 @dataclass
 class DataInfParams(GradientParams):
-    which: str = choice("last", "all", "last")
-    validation: list = dataclasses.field(default_factory=list)
-    lambda_const_param: float = 10.0
-    layers: str = choice("per_param", "per_param", "single")
-    gradients: str = choice("recompute", "recompute", "store")
+    which: str = choice("last", "all", "last", help="checkpoints used: the last, or all (the mean of the influence "
+                                                    "over them)")
+    validation: list = option(default_factory=list, help="validation data files (required); their mean gradient "
+                                                         "is the direction")
+    lambda_const_param: float = option(10.0, help="damping lambda_l = mean squared gradient of layer l / this, a "
+                                                  "float > 0 (DataInf and CLUES: 10)")
+    layers: str = choice("per_param", "per_param", "single",
+                         help="per_param: each LoRA tensor is a layer (DataInf); single: all LoRA gradients as one "
+                              "layer (CLUES's DataInf.py)")
+    gradients: str = choice("recompute", "recompute", "store",
+                            help="recompute: 3 forward/backward passes, no disk; store: 1 pass, the raw gradients "
+                                 "written to disk (n x P x 4 bytes)")
 
     def data_params(self):
         return ("validation",)

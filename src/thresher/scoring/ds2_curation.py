@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thresher.algorithms.ds2_curation import ds2_curate
+from thresher.config import option
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
 from thresher.scoring.base import Scorer
@@ -34,18 +35,22 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DS2CurationParams:
-    rating_column: str = "rating"
-    embedding_column: str = "embedding"
-    num_classes: int = 6
-    confidence_prob: float = 0.5         # DS2: 0.5 (0.4 for LLaMA ratings in the data-scaling runs)
-    keep_low_confidence_flagged: bool = True
-    duplicate_pool: bool = False
-    k: int = 10
-    hoc_rounds: int = 50
-    hoc_steps: int = 1501
-    detect_epochs: int = 51
-    sample_size: int = 50000
-    seed: int = 0
+    rating_column: str = option("rating", help="score column of the compressed 0..num_classes-1 ratings (the judge "
+                                               "scorer with the ds2 prompt)")
+    embedding_column: str = option("embedding", help="score column of (d,) sample embeddings (DS2: bge-large-en-v1.5)")
+    num_classes: int = option(6, help="rating classes 0..num_classes-1, an int >= 1 (DS2: 6)")
+    confidence_prob: float = option(0.5, help="a flagged rating is replaced by the neighbours' vote at this "
+                                              "confidence or above, in [0, 1] (DS2: 0.5; 0.4 for LLaMA ratings)")
+    keep_low_confidence_flagged: bool = option(True, help="true: flagged rows below confidence_prob keep their "
+                                                          "rating (DS2); false: they are dropped (NaN)")
+    duplicate_pool: bool = option(False, help="true: every embedding twice in the k-NN pool, as DS2 loads it; "
+                                              "false: each row once, its neighbours exclude itself")
+    k: int = option(10, help="nearest neighbours of the error vote and of the rareness score, an int >= 1 (DS2: 10)")
+    hoc_rounds: int = option(50, help="rounds of the HOC consensus estimate, an int >= 1 (DS2: 50)")
+    hoc_steps: int = option(1501, help="Adam steps fitting the transition matrix, an int >= 1 (DS2: 1501)")
+    detect_epochs: int = option(51, help="epochs of the SimiFeat-rank error vote, an int >= 1 (DS2: 51)")
+    sample_size: int = option(50000, help="rows drawn per HOC round and vote epoch, an int >= 1 (DS2: 50,000)")
+    seed: int = option(0, help="seed of the draws and of the fit (DS2: 0)")
 
     def check(self, owner):
         if not 0.0 <= self.confidence_prob <= 1.0:

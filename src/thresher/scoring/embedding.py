@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from thresher.config import choice
+from thresher.config import choice, option
 from thresher.data import split_turns
 from thresher.data.table import Dataset
 from thresher.data.templates import instruction_and_input
@@ -27,12 +27,17 @@ from thresher.scoring.base import Scorer
 
 @dataclass
 class EmbeddingParams:
-    backend: str = choice("sentence", "sentence", "lm")
-    model: str | None = None            # sentence backend: a sentence-transformers id/path (default bundled)
-    text: str = choice("whole", "whole", "instruction", "response", "conversation")
-    pool: str = choice("last", "last", "mean")   # lm backend only
-    max_length: int = 256               # tokens per text (all-MiniLM-L6-v2 was trained at 256)
-    turns: str = choice("last", "last", "first")
+    backend: str = choice("sentence", "sentence", "lm",
+                          help="sentence: a sentence-transformers model; lm: the run's causal LM's last hidden layer")
+    model: str | None = option(None, help="sentence backend: a sentence-transformers id or path (null: the bundled "
+                                          "all-MiniLM-L6-v2, as Superfiltering.D; DS2 used bge-large-en-v1.5)")
+    text: str = choice("whole", "whole", "instruction", "response", "conversation",
+                       help="what is embedded: instruction (+ input) + response, one side, or DS2's "
+                            "'###{role}: {content}' conversation text")
+    pool: str = choice("last", "last", "mean", help="lm backend: the last real token's state (DEITA) or the mean "
+                                                    "over tokens (Cherry)")
+    max_length: int = option(256, help="tokens per text; longer texts are cut (all-MiniLM-L6-v2 was trained at 256)")
+    turns: str = choice("last", "last", "first", help="which assistant turn of a multi-turn row is embedded")
 
 
 def sample_text(messages: list[dict], meta: dict, turns: str, view: str) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thresher.config import choice
+from thresher.config import choice, option
 from thresher.data import load
 from thresher.data.fingerprint import row_hashes
 from thresher.data.spans import SPAN_RULES, build_spans
@@ -42,14 +42,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GradientParams:
-    checkpoints: str = ""              # training run directory (required)
-    which: str = choice("all", "all", "last")
-    notation: str | list = "all"       # parameter subset (gradients.persample.select_parameters)
-    template: str | None = None        # None: the training run's own (its config.json), else alpaca
-    max_length: int | None = None      # None: the training run's own, else 512
-    turns: str | None = None           # None: the training run's own, else last
-    batch_size: int = 8
-    span_rule: str = choice("offsets", *SPAN_RULES)
+    checkpoints: str = option("", help="training run directory, what thresher train writes: one "
+                                       "checkpoint-<step>/ per save (required)")
+    which: str = choice("all", "all", "last", help="checkpoints used: all (CLUES: 4, LESS: one per epoch) or the last")
+    notation: str | list = option("all", help="LoRA parameters in the gradient: all, q, k, v, o, A, B, layers.N "
+                                              "(CLUES's output_notation) or a list of name substrings")
+    template: str | None = option(None, help="prompt template; null: the training run's own, else alpaca")
+    max_length: int | None = option(None, help="tokens per sequence, an int >= 8; null: the training run's own, "
+                                               "else 512")
+    turns: str | None = option(None, help="assistant turn scored: last | first; null: the training run's own, "
+                                          "else last")
+    batch_size: int = option(8, help="rows per forward/backward pass, an int >= 1: memory against speed (the "
+                                     "papers use 1)")
+    span_rule: str = choice("offsets", *SPAN_RULES, help="how the response tokens are found: tokenizer offsets, "
+                                                         "or Cherry's prefix re-tokenisation")
 
     def check(self, owner):
         if not isinstance(self.checkpoints, str) or not self.checkpoints.strip():

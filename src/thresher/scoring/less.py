@@ -11,12 +11,11 @@ caches: thresher.scoring.gradient_base.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from thresher.config import choice
+from thresher.config import choice, option
 from thresher.data.fingerprint import row_hashes
 from thresher.data.table import Dataset
 from thresher.io import sha256_hex
@@ -25,10 +24,13 @@ from thresher.scoring.gradient_base import POOL_SHARD, GradientParams, GradientS
 
 @dataclass
 class LessParams(GradientParams):
-    target: list = dataclasses.field(default_factory=list)     # data files; one task per file (or record 'task')
-    proj_dim: int | None = 8192
-    proj_seed: int = 0
-    store_dtype: str = choice("float32", "float32", "float16")
+    target: list = option(default_factory=list, help="target-task data files (required); one task per file, or "
+                                                     "per record 'task' field")
+    proj_dim: int | None = option(8192, help="random (Rademacher) projection of the gradients, an int >= 1 "
+                                             "(LESS: 8192); null: no projection")
+    proj_seed: int = option(0, help="seed of the projection (LESS: 0)")
+    store_dtype: str = choice("float32", "float32", "float16",
+                              help="dtype of the stored pool gradients (LESS stores float16)")
 
     def data_params(self):
         return ("target",)

@@ -27,7 +27,7 @@ import numpy as np
 
 from thresher.algorithms import opencs_tags as T
 from thresher.algorithms.opencs_tags import clusters_from_columns, consecutive_pairs, parse_pair_scores, parse_tags, unique_pairs
-from thresher.config import choice
+from thresher.config import choice, option
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
 from thresher.models.chat import ChatRequest
@@ -38,10 +38,11 @@ from thresher.scoring.prompts import load_prompt, prompt_sha
 
 @dataclass
 class TagParams:
-    prompt: str = "opencs_tag"
-    max_tokens: int = 256
-    temperature: float = 0.0            # reference: 0.6 with gpt-4o-mini; 0 keeps runs reproducible
-    seed: int | None = None
+    prompt: str = option("opencs_tag", help="packaged prompt name or a path to a YAML prompt file (a tags prompt)")
+    max_tokens: int = option(256, help="tokens of each tagger reply (reference: 1024)")
+    temperature: float = option(0.0, help="tagger sampling temperature (reference: 0.6 with gpt-4o-mini; "
+                                          "0 keeps runs reproducible)")
+    seed: int | None = option(None, help="tagger sampling seed")
 
 
 class OpenCSTagScorer(Scorer):
@@ -81,12 +82,14 @@ class OpenCSTagScorer(Scorer):
 
 @dataclass
 class ClusterParams:
-    min_count: int = 20                 # alpha: drop tags seen fewer times (reference: 20)
-    count: str = choice("raw", "raw", "normalised")   # raw: count raw strings first (reference); normalised:
-                                                      # sum the variants of a normalised tag
-    n_clusters: int = 50                # k-means clusters of tags (reference: 50)
-    embedder: str | None = None         # sentence-transformers model for tags (default bundled MiniLM)
-    seed: int = 0
+    min_count: int = option(20, help="alpha: tags seen fewer times are dropped, an int >= 1 (reference: 20)")
+    count: str = choice("raw", "raw", "normalised",
+                        help="raw: count raw tag strings before normalising (reference); normalised: sum the raw "
+                             "variants of a normalised tag")
+    n_clusters: int = option(50, help="k-means clusters of the tags, an int >= 1 (reference: 50)")
+    embedder: str | None = option(None, help="sentence-transformers model embedding the tags (null: the bundled "
+                                             "all-MiniLM-L6-v2; reference: PhraseBERT)")
+    seed: int = option(0, help="k-means random_state")
 
     def check(self, owner):
         if self.min_count < 1 or self.n_clusters < 1:
@@ -138,11 +141,14 @@ class OpenCSClusterScorer(Scorer):
 
 @dataclass
 class PairParams:
-    contrastive: bool = True            # false: the "w/o contrastive score" ablation, one sample per prompt
-    pair_prompt: str = "opencs_pair"
-    single_prompt: str = "opencs_single"
-    max_tokens: int = 512
-    temperature: float = 0.0
+    contrastive: bool = option(True, help="true: two same-cluster samples per judge prompt (OpenCS); false: the "
+                                          "'w/o contrastive score' ablation, one sample per prompt")
+    pair_prompt: str = option("opencs_pair", help="prompt of the pairwise judge (0-100 per sample): packaged name "
+                                                  "or YAML path")
+    single_prompt: str = option("opencs_single", help="prompt of the one-sample judge (contrastive false): packaged "
+                                                      "name or YAML path")
+    max_tokens: int = option(512, help="tokens of each judge reply")
+    temperature: float = option(0.0, help="judge sampling temperature (reference: 0 with gpt-4o)")
 
 
 class OpenCSPairScorer(Scorer):

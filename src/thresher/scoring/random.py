@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from thresher.config import option
 from thresher.data.table import Dataset
 from thresher.scoring.base import Scorer
 
 
 @dataclass
 class RandomParams:
-    seed: int = 0
+    seed: int = option(0, help="seed of the per-row draws; each seed gives an independent uniform ranking")
 
 
 class RandomScorer(Scorer):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thresher.algorithms.knn import knn
+from thresher.config import option
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
 from thresher.scoring.base import Scorer
@@ -19,8 +20,9 @@ from thresher.selection.embeddings import stack_embeddings
 
 @dataclass
 class KNNParams:
-    k: int = 2
-    column: str = "embedding"
+    k: int = option(2, help="nearest other rows averaged, an int >= 1 (DS2's KNN baseline: 2)")
+    column: str = option("embedding", help="score column of (d,) embeddings, one per row (an earlier embedding "
+                                           "scorer's)")
 
     def check(self, owner):
         if self.k < 1:

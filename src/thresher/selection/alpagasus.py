@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thresher.checks import check_int, check_real, float_array
+from thresher.config import option
 from thresher.errors import ConfigError
 from thresher.selection.base import Selector, column_values
 from thresher.selection.basic import budget, check_budget, ranked
@@ -63,10 +64,12 @@ def alpagasus_select(scores, *, threshold=None, k=None, ratio=None, seed=0) -> n
 
 @dataclass
 class AlpagasusParams:
-    threshold: float | None = None          # keep rating >= threshold (AlpaGasus: 4.5 of 5)
-    k: int | None = None                    # a budget, exactly one of k | ratio (with or without threshold)
-    ratio: float | None = None
-    seed: int = 0                           # the boundary bucket's random tie-break
+    threshold: float | None = option(None, help="keep rating >= threshold (AlpaGasus: 4.5 on its 0-5 scale); "
+                                                "give a threshold, a budget, or both")
+    k: int | None = option(None, help="rows to keep, an int >= 0, best rating first (the fixed-budget variant of "
+                                      "DS2 and OpenCS); at most one of k | ratio")
+    ratio: float | None = option(None, help="rows to keep as a fraction in (0, 1] of all rows")
+    seed: int = option(0, help="int >= 0 seeding the random tie-break inside the boundary rating bucket")
 
     def check(self, owner: str) -> None:
         _check_params(owner, self.threshold, self.k, self.ratio, self.seed)

@@ -13,7 +13,10 @@ row indices out. A recipe reaches it through a small adapter class registered by
   ``reads_main`` whether it ranks one score column: ``column`` when the recipe gives one, else the
                  stage's main column (the last scorer's ``main_column``), else ``default_column``;
   ``inputs(main)`` every score column it reads, given the stage's main column. ``thresher validate``
-                 checks them against the columns the stage's scorers produce.
+                 checks them against the columns the stage's scorers produce;
+  ``needs_direction()`` whether it ranks by the stage's direction (``higher_is_better``) because its
+                 parameters give none: ``thresher validate`` rejects it on a stage whose main scorer has no
+                 fixed direction (perplexity, embedding, ...).
 
 The constructor checks everything that needs no data, so a bad value fails at ``thresher validate``,
 before any scoring. ``select(scores, main=, higher_is_better=)`` takes the stage's score table (a pandas
@@ -72,6 +75,10 @@ class Selector:
         """The score columns ``select`` reads, given the stage's main column."""
         return (self.main_column(main),) if self.reads_main else ()
 
+    def needs_direction(self) -> bool:
+        """Whether ``select`` needs the stage's ``higher_is_better`` (False: the rule has its own direction)."""
+        return False
+
     def select(self, scores, *, main: str | None = None, higher_is_better: bool | None = None) -> np.ndarray:
         """(M,) int64 positions of the selected rows of ``scores``, in selection order."""
         for col in self.inputs(main):
@@ -88,6 +95,12 @@ def require_column(scores, name: str, selector: str) -> None:
         have = [c for c in scores.columns if c != "id"]
         raise ConfigError(f"Selector {selector!r} needs score column {name!r}, which the scores do not have "
                           f"(columns: {', '.join(have) or 'none'}).{did_you_mean(name, have)}")
+
+
+def direction_error(selector: str, column: str) -> ConfigError:
+    """The error of a selector that ranks ``column`` and was told neither end to keep."""
+    return ConfigError(f"Selector {selector!r} on column {column!r}: say which end to keep with "
+                       "higher_is_better: true|false (this score has no fixed direction).")
 
 
 def column_values(scores, name: str) -> np.ndarray:

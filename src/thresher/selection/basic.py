@@ -20,9 +20,9 @@ import numpy as np
 
 from thresher.checks import (check_bool, check_choice, check_int, check_real, float_array, is_int, is_real,
                              param_error)
-from thresher.config import choice
+from thresher.config import choice, option
 from thresher.errors import ConfigError
-from thresher.selection.base import Selector, column_values
+from thresher.selection.base import Selector, column_values, direction_error
 
 _BOUNDS = ("lt", "le", "gt", "ge")
 
@@ -204,8 +204,9 @@ def cherry_ifd_select(ifd, *, ratio=None, k=None, base="survivors", keep_max=1.0
 @dataclass
 class BudgetParams:
     """Exactly one of ``k`` (rows, an int >= 0) and ``ratio`` (a float in (0, 1])."""
-    k: int | None = None
-    ratio: float | None = None
+    k: int | None = option(None, help="rows to select, an int >= 0; give exactly one of k | ratio")
+    ratio: float | None = option(None, help="rows to select as a fraction in (0, 1]: int(ratio * base) rows, the "
+                                            "base being all rows unless an 'of' | 'base' parameter says otherwise")
 
     def check(self, owner: str) -> None:
         check_budget(owner, self.k, self.ratio)
@@ -247,7 +248,7 @@ class FullSelector(Selector):
 
 @dataclass
 class RandomParams(BudgetParams):
-    seed: int = 0
+    seed: int = option(0, help="int >= 0 seeding the permutation (DS2's random baseline: 3)")
 
     def check(self, owner: str) -> None:
         super().check(owner)
@@ -269,9 +270,10 @@ class RandomSelector(Selector):
 @dataclass
 class RankParams(BudgetParams):
     """top_k's options shared by ``top_k`` and ``middle``."""
-    of: str | int = "all"                   # the ratio's base: all | passing | a positive int
-    nan: str = choice("exclude", "exclude", "error")
-    order: str = choice("rank", "rank", "original")
+    of: str | int = option("all", help="the ratio's base: all (rows), passing (candidate rows: non-NaN, passing "
+                                      "'where') or a positive int taken as is")
+    nan: str = choice("exclude", "exclude", "error", help="rows with a NaN score: left out, or an error")
+    order: str = choice("rank", "rank", "original", help="order of the selected rows: best first, or dataset order")
 
     def check(self, owner: str) -> None:
         super().check(owner)
@@ -280,8 +282,10 @@ class RankParams(BudgetParams):
 
 @dataclass
 class TopKParams(RankParams):
-    higher_is_better: bool | None = None    # None: the direction of the stage's main scorer
-    where: dict | None = None               # {column: {lt|le|gt|ge: value}}: restricts the candidates
+    higher_is_better: bool | None = option(None, help="true: keep the highest scores, false: the lowest; "
+                                                      "null: the direction of the stage's main scorer")
+    where: dict | None = option(None, help="restricts the candidates to rows passing every bound, "
+                                           "{column: {lt|le|gt|ge: number}}, e.g. {ifd: {lt: 1.0}}")
 
     def check(self, owner: str) -> None:
         super().check(owner)
@@ -297,12 +301,14 @@ class TopKSelector(Selector):
     def inputs(self, main=None) -> tuple[str, ...]:
         return (*super().inputs(main), *(self.params.where or ()))
 
+    def needs_direction(self) -> bool:
+        return self.params.higher_is_better is None
+
     def _select(self, scores, main, higher_is_better) -> np.ndarray:
         p, col = self.params, self.main_column(main)
-        hib = p.higher_is_better if p.higher_is_better is not None else higher_is_better
+        hib = higher_is_better if self.needs_direction() else p.higher_is_better
         if hib is None:
-            raise ConfigError(f"Selector 'top_k' on column {col!r}: say which end to keep with "
-                              "higher_is_better: true|false (this score has no fixed direction).")
+            raise direction_error(self.name, col)
         return top_k(column_values(scores, col), k=p.k, ratio=p.ratio, of=p.of, mask=where_mask(scores, p.where),
                      higher_is_better=hib, nan=p.nan, order=p.order)
 
@@ -321,10 +327,10 @@ class MiddleSelector(Selector):
 
 @dataclass
 class ThresholdParams:
-    lt: float | None = None
-    le: float | None = None
-    gt: float | None = None
-    ge: float | None = None
+    lt: float | None = option(None, help="keep score < lt (give at least one of lt | le | gt | ge)")
+    le: float | None = option(None, help="keep score <= le")
+    gt: float | None = option(None, help="keep score > gt")
+    ge: float | None = option(None, help="keep score >= ge (AlpaGasus: rating >= 4.5)")
 
     def check(self, owner: str) -> None:
         given = {op: getattr(self, op) for op in _BOUNDS if getattr(self, op) is not None}
@@ -348,8 +354,9 @@ class ThresholdSelector(Selector):
 
 @dataclass
 class SuperfilteringParams(BudgetParams):
-    base: str | int = "pool"                # the ratio's base: pool | survivors | a positive int (52002)
-    filter_below: float = 1.0
+    base: str | int = option("pool", help="the ratio's base: pool (all rows), survivors (IFD < filter_below) or "
+                                          "a positive int (Superfiltering hard-codes Alpaca's 52002)")
+    filter_below: float = option(1.0, help="candidates have IFD strictly below this (Superfiltering: 1.0)")
 
     def check(self, owner: str) -> None:
         super().check(owner)
@@ -371,9 +378,11 @@ class SuperfilteringSelector(Selector):
 
 @dataclass
 class CherryIFDParams(BudgetParams):
-    base: str | int = "survivors"           # the ratio's base: survivors | pool | a positive int
-    keep_max: float = 1.0
-    order: str = choice("original", "original", "rank")
+    base: str | int = option("survivors", help="the ratio's base: survivors (IFD <= keep_max; Cherry's "
+                                               "data_by_IFD.py), pool (all rows) or a positive int")
+    keep_max: float = option(1.0, help="candidates have IFD <= keep_max (Cherry discards IFD > 1)")
+    order: str = choice("original", "original", "rank",
+                        help="order of the selected rows: dataset order (as Cherry writes them) or highest IFD first")
 
     def check(self, owner: str) -> None:
         super().check(owner)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thresher.checks import check_int, float_array, is_real, param_error
+from thresher.config import option
 from thresher.errors import ConfigError
 from thresher.selection.base import Selector, column_values
 from thresher.selection.embeddings import stack_embeddings
@@ -95,12 +96,15 @@ def cherry_pre_experience(embeddings, ppl, *, n_clusters=100, per_cluster=10, lo
 
 @dataclass
 class PreExperienceParams:
-    n_clusters: int = 100
-    per_cluster: int = 10
-    low_pct: float = 25.0
-    high_pct: float = 75.0
-    seed: int = 0
-    embedding: str = "embedding"            # column of (d,) instruction embeddings, one per row
+    n_clusters: int = option(100, help="k-means clusters, an int >= 1 (Cherry: 100; fewer rows: one per row)")
+    per_cluster: int = option(10, help="rows taken per cluster, an int >= 1 (Cherry: 10; about n_clusters * "
+                                       "per_cluster rows in all)")
+    low_pct: float = option(25.0, help="lower percentile in [0, 100] of a cluster's perplexity band (Cherry's "
+                                       "script: 25; data_by_cluster.py's default: 1)")
+    high_pct: float = option(75.0, help="upper percentile in [low_pct, 100] of the band (Cherry's script: 75; "
+                                        "data_by_cluster.py's default: 99)")
+    seed: int = option(0, help="k-means random_state, an int >= 0 (Cherry: 0)")
+    embedding: str = option("embedding", help="score column of (d,) instruction embeddings, one per row")
 
     def check(self, owner: str) -> None:
         _check_params(owner, self.n_clusters, self.per_cluster, self.low_pct, self.high_pct, self.seed)

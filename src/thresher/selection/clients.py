@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thresher.checks import is_real, param_error
-from thresher.config import choice
+from thresher.config import choice, option
 from thresher.errors import ConfigError
 from thresher.selection.base import Selector
 
@@ -65,8 +65,10 @@ def global_threshold_select(scores: np.ndarray, anchor_scores: np.ndarray, rule:
 
 @dataclass
 class GlobalThresholdParams:
-    rule: str = choice("min", *THRESHOLD_RULES)     # tau = min | mean | quantile q of the pooled anchor scores
-    q: float | None = None                          # rule quantile: a float in [0, 1]
+    rule: str = choice("min", *THRESHOLD_RULES,
+                       help="tau = the min, mean or q-quantile of the anchor scores pooled over every client "
+                            "(CLUES leaves it open; min is our choice)")
+    q: float | None = option(None, help="the quantile for rule quantile, a float in [0, 1]")
 
     def check(self, owner: str) -> None:
         _check_rule(owner, self.rule, self.q)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thresher.checks import check_bool, check_real, float_array, param_error
+from thresher.config import option
 from thresher.selection.base import Selector, column_values
 from thresher.selection.basic import budget, check_budget, ranked
 from thresher.selection.embeddings import (any_above, check_chunk, embedding_matrix, row_norms,
@@ -104,12 +105,16 @@ def deita_turn_score(turns) -> np.ndarray:
 
 @dataclass
 class DeitaParams:
-    columns: list | None = None             # score columns multiplied into DEITA's score; None: the main column
-    per_turn: bool = False                  # sum over turns of the product (reads the <column>_turns lists)
-    threshold: float = 0.9                  # reject cosine similarity > threshold to an accepted row
-    k: int | None = None                    # budget, at most one of k | ratio; none: filter the whole pool
-    ratio: float | None = None
-    embedding: str = "embedding"            # column of (d,) embeddings, one per row
+    columns: list | None = option(None, help="score columns multiplied into DEITA's score (DEITA: complexity and "
+                                             "quality); null: the stage's main column")
+    per_turn: bool = option(False, help="score = sum over turns of the product of the per-turn values (reads the "
+                                        "<column>_turns lists; DEITA's multi-turn score)")
+    threshold: float = option(0.9, help="reject a row whose cosine similarity to an accepted row is above this, "
+                                        "in [-1, 1] (DEITA: 0.9)")
+    k: int | None = option(None, help="rows to accept, an int >= 0 (DEITA: 6000 or 10000); at most one of k | "
+                                      "ratio, neither: filter the whole pool")
+    ratio: float | None = option(None, help="rows to accept as a fraction in (0, 1] of all rows")
+    embedding: str = option("embedding", help="score column of (d,) embeddings, one per row")
 
     def check(self, owner: str) -> None:
         if self.columns is not None and not (self.columns and all(isinstance(c, str) and c for c in self.columns)):

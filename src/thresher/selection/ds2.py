@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thresher.checks import check_int, check_real, float_array, is_int, is_real, param_error
+from thresher.config import option
 from thresher.errors import ConfigError
 from thresher.selection.base import Selector, column_values
 from thresher.selection.basic import BudgetParams, budget, check_budget, first_unique
@@ -140,7 +141,8 @@ def ds2_diversity_filter(scores, emb, *, k, top=10, max_mean_distance=0.5,
 
 @dataclass
 class BucketParams(BudgetParams):
-    rare: str = "rare"                      # column of the long-tail score breaking the boundary bucket
+    rare: str = option("rare", help="score column of the long-tail (rareness) score that orders the boundary "
+                                    "bucket, higher first (ds2_curation's rare)")
 
 
 class BucketSelector(Selector):
@@ -161,10 +163,11 @@ class BucketSelector(Selector):
 
 @dataclass
 class DiversityParams:
-    k: int | None = None                    # required: rows to accept
-    top: int = 10                           # the largest cosine distances averaged
-    max_mean_distance: float = 0.5
-    embedding: str = "embedding"            # column of (d,) embeddings, one per row
+    k: int | None = option(None, help="rows to accept, an int >= 0 (required)")
+    top: int = option(10, help="how many of the largest cosine distances to the selected rows are averaged, "
+                               "an int >= 1 (DS2: 10)")
+    max_mean_distance: float = option(0.5, help="accept a row when that mean cosine distance is below this (DS2: 0.5)")
+    embedding: str = option("embedding", help="score column of (d,) embeddings, one per row (DS2: bge-large)")
 
     def check(self, owner: str) -> None:
         _check_diversity_params(owner, self.k, self.top, self.max_mean_distance)

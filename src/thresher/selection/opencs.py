@@ -13,7 +13,7 @@ import numpy as np
 
 from thresher.algorithms.opencs_tags import clusters_from_columns
 from thresher.checks import check_choice, check_int, check_real, float_array, is_int, param_error
-from thresher.config import choice
+from thresher.config import choice, option
 from thresher.errors import ConfigError
 from thresher.selection.base import Selector
 from thresher.selection.basic import first_unique
@@ -143,9 +143,13 @@ def opencs_select(scores, clusters, *, per_cluster=20, k=None, order="ascending_
 
 @dataclass
 class OpenCSParams:
-    per_cluster: int = 20                   # members taken per cluster (ascending_size)
-    k: int | None = None                    # cap on the total; required by order global (OpenCS: 1000)
-    order: str = choice("ascending_size", *ORDERS)
+    per_cluster: int = option(20, help="best members taken per cluster with order ascending_size, an int >= 1 "
+                                       "(OpenCS: 20; 50 clusters x 20 = 1,000)")
+    k: int | None = option(None, help="cap on the rows selected, an int >= 0; required with order global "
+                                      "(OpenCS: 1000)")
+    order: str = choice("ascending_size", *ORDERS,
+                        help="ascending_size: clusters from the smallest, per_cluster each (OpenCS's code); "
+                             "global: the k best pair scores overall (its overview figure)")
 
     def check(self, owner: str) -> None:
         _check_params(owner, self.per_cluster, self.k, self.order, None)
