@@ -332,7 +332,7 @@ def test_conformance_a_missing_input_column_is_named(name):
 def test_conformance_the_declared_direction(name):
     """needs_direction() tells the truth: a selector declaring no need ignores the stage's direction; one
     declaring it fails without one (what validate reports early) and follows it."""
-    sel = make_selector(name, params=EXAMPLES.get(name, {}))
+    sel = make_selector(name, params=example(name))
     table = synthetic_table(sel)
     pick = {hib: lambda hib=hib: sel.select(table, main=MAIN, higher_is_better=hib) for hib in (None, True, False)}
     if not sel.needs_direction():
