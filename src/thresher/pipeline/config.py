@@ -76,11 +76,17 @@ class SelectConfig:
         self.make(owner)
 
     def make(self, owner: str = "select") -> Selector:
-        """The selector, every parameter checked (no data needed)."""
-        try:
-            return make_selector(self.selector, self.column, self.params)
-        except ThresherError as e:
-            raise ConfigError(f"{owner}: {e}") from None
+        """The selector, every parameter checked (no data needed); built once, on the first call (the recipe
+        check), and the same object is used by the later checks and the selection."""
+        built = self.__dict__.get("_built")
+        if built is None or built[0] != (self.selector, self.column, self.params):
+            try:
+                selector = make_selector(self.selector, self.column, self.params)
+            except ThresherError as e:
+                raise ConfigError(f"{owner}: {e}") from None
+            built = ((self.selector, self.column, dict(self.params)), selector)
+            self.__dict__["_built"] = built
+        return built[1]
 
     def apply(self, scores, *, main: str | None, higher_is_better: bool | None) -> np.ndarray:
         """(M,) int64 positions of the rows of the score table ``scores`` kept, in selection order; ``main``
