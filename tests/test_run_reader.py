@@ -45,8 +45,8 @@ def _lora_final(final, seed):
 
     final.mkdir(parents=True)
     g = torch.Generator().manual_seed(seed)
-    save_file({A_KEY: torch.randn(2, 4, generator=g),
-               A_KEY.replace("lora_A", "lora_B"): torch.randn(4, 2, generator=g)}, str(final / "adapter_model.safetensors"))
+    save_file({A_KEY: torch.randn(2, 4, generator=g), A_KEY.replace("lora_A", "lora_B"): torch.randn(4, 2, generator=g)},
+              str(final / "adapter_model.safetensors"))
     _write(final / "adapter_config.json", {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"],
                                            "peft_type": "LORA", "base_model_name_or_path": "bundled"})
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
