@@ -29,8 +29,9 @@ from thresher.errors import ConfigError
 from thresher.gradients.adam import flat_moments
 from thresher.gradients.persample import ParamSelection
 from thresher.io import sha256_hex
-from thresher.models.checkpoints import (ADAPTER_WEIGHTS, checkpoint_fingerprint, checkpoint_learning_rate,
-                                         has_adapter, list_checkpoints, load_adam_moments, load_adapter, step_of)
+from thresher.models.checkpoints import (checkpoint_fingerprint, checkpoint_learning_rate, has_adapter,
+                                         list_checkpoints, load_adam_moments, load_adapter, step_of)
+from thresher.models.runs import ADAPTER_WEIGHTS
 
 WHICH = ("all", "last")
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from thresher.errors import ConfigError
 from thresher.io import file_sha256, sha256_hex, write_json
+from thresher.models.runs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TRAIN_IDS
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ SAMPLER_STATE = "sampler_state.json"
 OPTIMIZER_PARAMS = "optimizer_params.json"
 OPTIMIZER = "optimizer.pt"
 TRAINER_STATE = "trainer_state.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 MARKER_VERSION = 1
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 _WEIGHTS = (ADAPTER_WEIGHTS, "model.safetensors", "model.safetensors.index.json")
@@ -94,7 +93,7 @@ def checkpoint_problem(ckpt) -> str | None:
 def is_thresher_run(out) -> bool:
     """True for a run directory written by thresher's trainer (its run records or any marker)."""
     out = Path(out)
-    return (out / "train_ids.json").is_file() or any((d / MARKER).is_file() for _, d in _checkpoint_dirs(out))
+    return (out / TRAIN_IDS).is_file() or any((d / MARKER).is_file() for _, d in _checkpoint_dirs(out))
 
 
 def require_complete(ckpt) -> None:

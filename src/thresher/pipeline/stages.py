@@ -19,10 +19,11 @@ from thresher.engine.scoring import score_dataset
 from thresher.errors import ConfigError
 from thresher.io import atomic_path, write_parquet
 from thresher.models.context import ModelContext
+from thresher.models.runs import TrainingRunFolder
 from thresher.pipeline.config import DataConfig, Recipe, ResolvedStage
 from thresher.pipeline.recipe import resolve_scorer
 from thresher.pipeline.summary import describe_scores
-from thresher.pipeline.train_stage import iterit_trained_ids, run_train_stage, train_rows, trained_model_dir
+from thresher.pipeline.train_stage import run_train_stage, train_rows, trained_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def empty_selection(message: str, strict: bool, summary: dict) -> None:
 def _write_iterit_selection(ds: Dataset, run: Path, st_sum: dict) -> None:
     """An IterIT recipe's result: the rows its last epoch trained on, written like a selection."""
     pos = {rid: i for i, rid in enumerate(ds.ids)}
-    idx = np.array([pos[i] for i in iterit_trained_ids(run)], dtype=np.int64)
+    idx = np.array([pos[i] for i in TrainingRunFolder(run).iterit_selected_ids], dtype=np.int64)
     st_sum.update(write_selection(ds, idx, run))
 
 

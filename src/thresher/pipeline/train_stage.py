@@ -7,7 +7,6 @@ as it is (the SFT layer refuses a changed configuration or changed rows; use a n
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,11 +14,12 @@ import numpy as np
 
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
+from thresher.models.runs import TrainingRunFolder
 from thresher.pipeline.config import Recipe, ResolvedStage, TrainStageConfig
 from thresher.training.config import resolve_config
 from thresher.training.export import export_merged
 from thresher.training.iterit import make_iterit
-from thresher.training.sft import train
+from thresher.training.sft import changed_settings, train
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def run_train_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, rows: np.
     """Train ``model`` on ``ds`` rows ``rows`` into ``out``; returns the stage summary."""
 
     tc = stage.train
-    run = out / stage.name
+    folder = TrainingRunFolder(out / stage.name)
+    run = folder.path
     params = dict(tc.params)
     params.setdefault("device", recipe.device)
     params.setdefault("dtype", recipe.dtype)
@@ -61,55 +62,38 @@ def run_train_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, rows: np.
         if res.final_dir is None:
             raise ConfigError(f"Training stage {stage.name!r} stopped at step {res.global_step} of "
                               f"{res.max_steps}; run the recipe again to resume it.")
-        done = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        done = folder.summary
     summary = {"name": stage.name, "model": model, "note": stage.note, "columns": {},
                "train": {"dir": str(run), "rows": int(len(rows)), "trained": done["n_examples"],
                          "skipped": done["n_skipped"], "steps": done["global_step"], "max_steps": done["max_steps"],
                          "loss": done["train_loss"], "samples_per_s": round(done["samples_per_s"], 3),
                          "checkpoints": done["checkpoints"], "final": done["final"]}}
     if tc.merge:
-        merged = run / "merged"
-        summary["train"]["merged"] = str(merged if (merged / "config.json").exists() else export_merged(run))
+        summary["train"]["merged"] = str(folder.merged_dir if folder.has_merged else export_merged(run))
     if tc.iterit is not None:
-        summary["train"]["iterit_logs"] = str(run / "iterit")
+        summary["train"]["iterit_logs"] = str(folder.iterit_dir)
     return summary
-
-
-_RESUME_FREE = ("logging_steps", "save_total_limit")
 
 
 def finished_run(run: Path, tc: TrainStageConfig, params: dict, row_ids: list[str]) -> dict | None:
     """The saved summary of a finished run with the same settings and rows (a recipe re-run keeps it);
     None when there is nothing finished to reuse. A finished run with other settings or rows is an error:
     retraining over it would silently change the checkpoints later stages read."""
-
-    if not ((run / "final").is_dir() and (run / "summary.json").exists()):
+    folder = TrainingRunFolder(run)
+    if not folder.finished:
         return None
-    saved = json.loads((run / "config.json").read_text(encoding="utf-8"))["config"]
-    now = resolve_config(tc.preset, params, cpu_small=tc.cpu_small).as_dict()
-    diff = sorted(k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k])
-    ids = json.loads((run / "train_ids.json").read_text(encoding="utf-8"))
-    if diff or sorted(ids["ids"] + list(ids["skipped"])) != sorted(row_ids):
-        what = ("settings " + ", ".join(f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in diff)) if diff else "rows"
+    diff = changed_settings(folder.config, resolve_config(tc.preset, params, cpu_small=tc.cpu_small).as_dict())
+    if diff or sorted(folder.ids + list(folder.skipped)) != sorted(row_ids):
+        what = "settings " + ", ".join(diff) if diff else "rows"
         raise ConfigError(f"{run} holds a finished training run with other {what}. Use a new --out, or delete "
                           f"{run} to retrain (later stages read its model and checkpoints).")
-    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    summary = folder.summary
     return summary if summary.get("final") else None
 
 
 def trained_model_dir(run: Path) -> str:
     """The folder a later stage loads as ``model: "@stage"``: merged/ (LoRA) or final/ (full)."""
-    merged, final = run / "merged", run / "final"
-    if (merged / "config.json").exists():
-        return str(merged)
-    if (final / "config.json").exists():
-        return str(final)
-    raise ConfigError(f"{run} holds no loadable model (merged/ or a full-model final/).")
-
-
-def iterit_trained_ids(run: Path) -> list[str]:
-    """Ids trained in the last epoch of an IterIT run, in rank order (the run's final selection)."""
-    logs = sorted((run / "iterit").glob("epoch-*.json"), key=lambda p: int(p.stem.split("-")[1]))
-    if not logs:
-        return []
-    return list(json.loads(logs[-1].read_text(encoding="utf-8"))["selected_ids"])
+    model = TrainingRunFolder(run).model_dir
+    if model is None:
+        raise ConfigError(f"{run} holds no loadable model (merged/ or a full-model final/).")
+    return str(model)

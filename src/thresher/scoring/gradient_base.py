@@ -16,7 +16,6 @@ thresher.gradients imports torch: its imports stay inside the methods, so that t
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from thresher.data.table import Dataset
 from thresher.data.templates import TEMPLATES, render_units
 from thresher.errors import ConfigError
 from thresher.io import atomic_path, cache_dir, file_sha256, sha256_hex
+from thresher.models.runs import TrainingRunFolder
 from thresher.scoring.base import Scorer
 from thresher.scoring.common import row_status
 
@@ -122,8 +122,7 @@ class GradientScorer(Scorer):
     def _fill_from_run(self) -> None:
         """Unset template/max_length/turns take the training run's values, so the gradients are taken on the
         sequences the adapter was trained on (defaults alpaca/512/last for runs without thresher's config)."""
-        cfg_file = Path(self.params.checkpoints) / "config.json"
-        saved = json.loads(cfg_file.read_text(encoding="utf-8")).get("config", {}) if cfg_file.is_file() else {}
+        saved = TrainingRunFolder(self.params.checkpoints).config_or_none() or {}
         for key, default in (("template", "alpaca"), ("max_length", 512), ("turns", "last")):
             if getattr(self.params, key) is None:
                 setattr(self.params, key, saved.get(key, default))

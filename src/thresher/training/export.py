@@ -7,30 +7,28 @@ pre-experienced model and IterIT's trained model are scored this way (``--model 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from thresher.errors import ConfigError
 from thresher.models.hf import HFCausalLM
+from thresher.models.runs import TrainingRunFolder
 from thresher.outputs import atomic_dir
 
 
 def export_merged(run_dir, out=None) -> Path:
     """Write ``out`` (default RUN/merged): base model + the run's final adapter merged, float32 safetensors."""
-    run_dir = Path(run_dir)
-    final = run_dir / "final"
-    if not (final / "adapter_config.json").exists():
-        if (final / "config.json").exists():
-            return final                      # a full fine-tune: final/ already is a plain model folder
-        raise ConfigError(f"{run_dir} has no finished model in final/: the run stopped before its last step "
+    run = TrainingRunFolder(run_dir)
+    if not run.is_lora:
+        if run.is_full:
+            return run.final_dir              # a full fine-tune: final/ already is a plain model folder
+        raise ConfigError(f"{run.path} has no finished model in final/: the run stopped before its last step "
                           "(rerun `thresher train` with the same arguments to resume it).")
-    out = Path(out) if out else run_dir / "merged"
+    out = Path(out) if out else run.merged_dir
     # The run's own model spec (the adapter's recorded base path may be a cache folder long gone), and for
     # a hub model the commit it trained on (its identity "hub:<id>@<commit>").
-    saved = json.loads((run_dir / "config.json").read_text())
-    ident = str(saved.get("model") or "")
+    ident = run.model_identity
     revision = ident.rsplit("@", 1)[1] if ident.startswith("hub:") and "@" in ident else None
-    return fold_adapter(saved["config"]["model"], final, out, revision=revision)
+    return fold_adapter(run.base_model, run.final_dir, out, revision=revision)
 
 
 def fold_adapter(base: str, adapter_dir, out, *, revision: str | None = None) -> Path:

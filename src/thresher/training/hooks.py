@@ -49,6 +49,7 @@ from transformers import TrainerCallback
 from thresher.io import write_json
 from thresher.errors import ConfigError
 from thresher.models.checkpoints import OPTIMIZER_PARAMS, SAMPLER_STATE, mark_complete, rotate
+from thresher.models.runs import EPOCHS
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class EpochSampler(torch.utils.data.Sampler):
             raise ConfigError(f"The sampler's epoch_indices({self.epoch}) must return {self.n} positions in "
                               f"[0, {len(self.ids)}). Got {len(idx)} positions"
                               + (f" in [{idx.min()}, {idx.max()}]." if len(idx) else "."))
-        write_json(self.out / "epochs" / f"epoch-{self.epoch}.json",
+        write_json(self.out / EPOCHS / f"epoch-{self.epoch}.json",
                    {"epoch": self.epoch, "ids": [self.ids[i] for i in idx]})
         return iter(idx.tolist())
 

@@ -49,6 +49,7 @@ from thresher.errors import ConfigError
 from thresher.io import write_json
 from thresher.models.context import ModelContext
 from thresher.models.hf import HFCausalLM
+from thresher.models.runs import ITERIT
 from thresher.scoring import make_scorer
 from thresher.selection.basic import check_budget
 from thresher.selection.iterit import PLACEMENTS, check_ranking_params, window_order
@@ -120,7 +121,7 @@ class IterITSampler:
         if self.ids is None:
             self.ids = list(plan.table.ids)
         if self.log_dir is None:
-            self.log_dir = Path(plan.out) / "iterit"
+            self.log_dir = Path(plan.out) / ITERIT
         if hasattr(self.rescore, "bind"):
             self.rescore.bind(plan)
 

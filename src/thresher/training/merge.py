@@ -34,26 +34,21 @@ from pathlib import Path
 
 from thresher.config import did_you_mean
 from thresher.errors import ConfigError
+from thresher.models.runs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, FINAL, TrainingRunFolder
 from thresher.outputs import atomic_dir, claim_output_dir
 from thresher.training.export import fold_adapter
 from thresher.training.merge_methods import MERGE_METHODS
 
 log = logging.getLogger(__name__)
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-
 
 @dataclass
 class _Run:
     path: Path
+    final: Path               # the run's final/: its adapter and tokenizer
     base: str                 # the run's model spec (TrainConfig.model): "bundled", a path or a hub id
     lora: dict                # final/adapter_config.json
     rows: int | None          # rows trained on (train_ids.json), None when the file is absent
-
-    @property
-    def final(self) -> Path:
-        return self.path / "final"
 
     @property
     def scaling(self) -> float:
@@ -151,22 +146,15 @@ def _check_params(method: str, density: float) -> None:
 
 
 def _read_run(run_dir) -> _Run:
-    path = Path(run_dir)
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{path} is not a thresher training run (no config.json). Pass the --out directories "
-                          "of `thresher train` runs.")
-    cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))["config"]
-    final = path / "final"
-    if not (final / ADAPTER_CONFIG).is_file():
-        if (final / "config.json").is_file() or not cfg.get("lora", True):
-            raise ConfigError(f"Run {path} is a full fine-tune; only LoRA runs can be merged.")
-        raise ConfigError(f"Run {path} has no finished adapter (final/{ADAPTER_CONFIG} is missing): it stopped "
-                          "before its last step. Resume it with `thresher train` and the same arguments, or "
-                          "leave it out.")
-    lora = json.loads((final / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    ids_file = path / "train_ids.json"
-    rows = len(json.loads(ids_file.read_text(encoding="utf-8"))["ids"]) if ids_file.is_file() else None
-    return _Run(path, cfg["model"], lora, rows)
+    run = TrainingRunFolder(run_dir)
+    cfg = run.config                          # a folder without config.json: "is not a thresher training run"
+    if not run.is_lora:
+        if run.is_full or not cfg.get("lora", True):
+            raise ConfigError(f"Run {run.path} is a full fine-tune; only LoRA runs can be merged.")
+        raise ConfigError(f"Run {run.path} has no finished adapter ({FINAL}/{ADAPTER_CONFIG} is missing): it "
+                          "stopped before its last step. Resume it with `thresher train` and the same arguments, "
+                          "or leave it out.")
+    return _Run(run.path, run.final_dir, run.base_model, run.adapter_config, run.rows)
 
 
 def _check_out(out, runs: list[_Run]) -> Path:
@@ -174,7 +162,7 @@ def _check_out(out, runs: list[_Run]) -> Path:
     target = out.resolve()
     for r in runs:
         run = r.path.resolve()
-        if run == target or run.is_relative_to(target) or target.is_relative_to(run / "final"):
+        if run == target or run.is_relative_to(target) or target.is_relative_to(run / FINAL):
             raise ConfigError(f"The output directory {out} would overwrite run {r.path}. Choose a directory "
                               "outside the runs being merged.")
     claim_output_dir(out, "merge")            # before the work: a user's folder is refused, never replaced

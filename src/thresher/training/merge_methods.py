@@ -46,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from thresher.errors import ConfigError
+from thresher.models.runs import TRAIN_IDS
 from thresher.registry import Registry
 
 
@@ -56,7 +57,8 @@ class MergeMethod:
     one scaling per client; it returns the merged (r', in) and (out, r') factors."""
 
     combine: Callable
-    default_weights: Callable            # (runs) -> one weight per run (runs have .path and .rows)
+    default_weights: Callable            # (runs) -> one weight per run (runs have .path and .rows, as
+                                         # thresher.models.runs.TrainingRunFolder)
     uses_density: bool = False           # density (the fraction TIES keeps) applies
     same_rank: bool = True               # every client needs one LoRA rank
     folds_scaling: bool = True           # s_i goes into the factors and the merged adapter has scaling 1
@@ -77,10 +79,11 @@ def uniform(runs) -> list[float]:
 
 
 def training_rows(runs) -> list[int]:
-    """Each run's number of training rows (FedAvg); an error naming the first run that does not record them."""
+    """Each run's number of training rows (FedAvg; ``.rows``, read from its train_ids.json); an error naming
+    the first run that does not record them."""
     missing = [str(r.path) for r in runs if not r.rows]
     if missing:
-        raise ConfigError(f"fedavg weighs runs by their training rows, but {missing[0]} has no train_ids.json "
+        raise ConfigError(f"fedavg weighs runs by their training rows, but {missing[0]} has no {TRAIN_IDS} "
                           "(or no rows in it). Pass weights explicitly.")
     return [r.rows for r in runs]
 

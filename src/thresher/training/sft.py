@@ -11,7 +11,7 @@ What this layer adds to SFTTrainer, and nothing more:
     the names of the optimizer's parameters next to Adam's moments (``checkpoints.load_adam_moments``);
   - resume from the last complete checkpoint, refusing a changed config or changed data.
 
-Run directory ``out``:
+Run directory ``out`` (its format and its one reader: ``thresher.models.runs``):
   config.json        resolved TrainConfig, preset, model identity
   manifest.json      argv, time, package versions (thresher.manifest) + trl/peft/accelerate/datasets
   train_ids.json     ids of the rows trained on (table order) and the dropped rows with their reason
@@ -41,8 +41,9 @@ from thresher.data.table import Dataset
 from thresher.errors import ConfigError
 from thresher.io import atomic_folder, write_json
 from thresher.manifest import base_manifest
-from thresher.models.checkpoints import list_checkpoints
+from thresher.models.checkpoints import list_checkpoints, step_of
 from thresher.models.hf import HFCausalLM
+from thresher.models.runs import FINAL, MANIFEST, SUMMARY, TrainingRunFolder, write_config, write_train_ids
 from thresher.outputs import claim_output_dir, read_marker, refuse_special, write_marker
 from thresher.training.config import TrainConfig, resolve_config
 from thresher.training.examples import build_examples
@@ -50,7 +51,7 @@ from thresher.training.examples import build_examples
 log = logging.getLogger(__name__)
 
 _EXTRA_VERSIONS = ("trl", "peft", "accelerate", "datasets")
-_RESUME_FREE = ("logging_steps", "save_total_limit")     # may change between a run and its resume
+RESUME_FREE = ("logging_steps", "save_total_limit")      # may change between a run and its resume
 
 
 @dataclass
@@ -134,7 +135,7 @@ def _claim_run_dir(out: Path, inputs) -> None:
     """Make ``out`` a training run folder before any work (engine.outputs): a new or empty folder, or an
     earlier training run (resumed); never a user's folder, the data, the model or a folder holding them."""
     refuse_special(out, "--out", inputs)
-    if read_marker(out) is None and (out / "config.json").is_file() and (out / "train_ids.json").is_file():
+    if read_marker(out) is None and TrainingRunFolder(out).has_records:
         write_marker(out, "train")         # a training run written before output folders were marked
     claim_output_dir(out, "train", inputs=inputs)
 
@@ -163,26 +164,30 @@ def _reasons(skipped: dict) -> str:
 
 def _check_run_dir(out: Path, cfg: TrainConfig, ids, resume: bool):
     """The checkpoint to resume from, or None; refuses to mix runs in one directory."""
-    import json
     found = list_checkpoints(out)
     if not found:
         return None
     if not resume:
         raise ConfigError(f"{out} already holds checkpoints ({found[-1].name}). Pass resume=True (--resume) to "
                           "continue that run, or choose an empty output directory.")
-    saved = json.loads((out / "config.json").read_text(encoding="utf-8"))["config"]
-    now = cfg.as_dict()
-    diff = sorted(k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k])
+    run = TrainingRunFolder(out)
+    diff = changed_settings(run.config, cfg.as_dict())
     if diff:
-        raise ConfigError(f"Cannot resume {out}: these settings differ from the saved run: "
-                          + ", ".join(f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in diff)
-                          + ". Use the same settings, or a new output directory.")
-    saved_ids = json.loads((out / "train_ids.json").read_text(encoding="utf-8"))["ids"]
+        raise ConfigError(f"Cannot resume {out}: these settings differ from the saved run: {', '.join(diff)}. "
+                          "Use the same settings, or a new output directory.")
+    saved_ids = run.ids
     if saved_ids != list(ids):
         raise ConfigError(f"Cannot resume {out}: the rows to train on differ from the saved run's "
                           f"({len(saved_ids)} saved, {len(ids)} now). Use the same data and ids, or a new "
                           "output directory.")
     return found[-1]
+
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """"name (saved -> now)" for each TrainConfig field of ``now`` whose value differs from a run's saved
+    config (``TrainingRunFolder.config``), in name order; the RESUME_FREE fields are not compared."""
+    diff = sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now[k])
+    return [f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in diff]
 
 
 def _write_run_records(out, cfg, preset, backend, ids, skipped, argv) -> None:
@@ -192,9 +197,9 @@ def _write_run_records(out, cfg, preset, backend, ids, skipped, argv) -> None:
             manifest["versions"][name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             manifest["versions"][name] = None
-    write_json(out / "config.json", {"config": cfg.as_dict(), "preset": preset, "model": backend.identity()})
-    write_json(out / "manifest.json", manifest)
-    write_json(out / "train_ids.json", {"ids": list(ids), "skipped": skipped})
+    write_config(out, cfg.as_dict(), preset, backend.identity())
+    write_json(out / MANIFEST, manifest)
+    write_train_ids(out, ids, skipped)
 
 
 # ----------------------------------------------------------------------------------- trainer
@@ -313,14 +318,14 @@ def _finish(trainer, output, cfg, out: Path, ex, skipped, runtime, resume_from) 
     state = trainer.state
     final_dir = None
     if state.global_step >= state.max_steps:
-        final_dir = out / "final"
+        final_dir = out / FINAL
         with atomic_folder(final_dir, replace=True) as tmp:   # a half-written final model is never left in place
             trainer.save_model(str(tmp))
     else:
         log.warning("training stopped at step %d of %d; no final model written (resume continues the run)",
                     state.global_step, state.max_steps)
     history = [dict(e) for e in state.log_history]
-    done = state.global_step - (_step_of(resume_from) if resume_from else 0)
+    done = state.global_step - (step_of(resume_from) if resume_from else 0)
     samples = done * cfg.batch_size * cfg.grad_accum
     tokens = trainer.tokens_trained
     result = TrainResult(
@@ -330,7 +335,7 @@ def _finish(trainer, output, cfg, out: Path, ex, skipped, runtime, resume_from) 
         tokens_per_s=tokens / runtime if runtime > 0 else float("nan"),
         n_examples=len(ex), n_skipped=len(skipped), checkpoints=list_checkpoints(out, warn=False), log_history=history,
         model=trainer.model, tokenizer=trainer.processing_class)
-    write_json(out / "summary.json", {
+    write_json(out / SUMMARY, {
         "global_step": result.global_step, "max_steps": result.max_steps, "train_loss": result.train_loss,
         "runtime_s": runtime, "samples_per_s": result.samples_per_s, "tokens_per_s": result.tokens_per_s,
         "n_examples": result.n_examples, "n_skipped": result.n_skipped,
@@ -340,7 +345,3 @@ def _finish(trainer, output, cfg, out: Path, ex, skipped, runtime, resume_from) 
     log.info("trained %d steps in %.1f s (%.2f samples/s); run directory %s", done, runtime,
              result.samples_per_s, out)
     return result
-
-
-def _step_of(ckpt: Path) -> int:
-    return int(Path(ckpt).name.split("-")[-1])
