@@ -245,6 +245,23 @@ def test_validate_accepts_a_ranking_with_a_direction(stage):
     _check_stage(stage)
 
 
+def test_a_ranked_column_takes_the_direction_of_the_scorer_whose_main_column_it_is():
+    """top_k on another scorer's main column follows that scorer's direction, not the stage's last scorer's; on a
+    column that is no scorer's main column (here length's resp_chars) the recipe must say which end to keep."""
+    from thresher.pipeline.config import SelectConfig
+
+    directions = {"resp_tokens": True, "ifd": None}
+    sel = SelectConfig("top_k", column="resp_tokens", params={"k": 2})
+    assert sel.direction("ifd", directions) is True and SelectConfig("top_k", params={"k": 2}).direction(
+        "ifd", directions) is None
+    _check_stage(_stage("top_k", {"k": 2}, ["length", "perplexity"], column="resp_tokens"))
+    with pytest.raises(ConfigError, match="say which end to keep"):
+        _check_stage(_stage("top_k", {"k": 2}, ["perplexity", "length"], column="resp_chars"))
+    scores = {"id": ["a", "b", "c"], "resp_tokens": np.array([5.0, 1.0, 9.0]), "ifd": np.array([0.1, 0.9, 0.5])}
+    assert sel.apply(pd.DataFrame(scores), main="ifd", higher_is_better=sel.direction("ifd", directions)).tolist() \
+        == [2, 0]                                       # the longest two, whatever ifd's direction
+
+
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in PACKAGED.glob("*.yaml")))
 def test_packaged_recipes_declare_the_columns_their_selectors_read(recipe):
     load_recipe(recipe)                     # columns, values and directions of every stage

@@ -93,6 +93,13 @@ class SelectConfig:
         and ``higher_is_better``: the stage's main column and its direction."""
         return self.make().select(scores, main=main, higher_is_better=higher_is_better)
 
+    def direction(self, main: str | None, directions: dict) -> bool | None:
+        """The direction of the column the selector ranks: ``directions`` maps each scorer's main column to its
+        ``higher_is_better``; None when the ranked column is no scorer's main column (the selector's own
+        ``higher_is_better`` parameter must then say which end to keep) or the selector ranks none."""
+        selector = self.make()
+        return directions.get(selector.main_column(main)) if selector.reads_main else None
+
     def check_stage(self, produced, main: str | None, higher_is_better: bool | None, owner: str) -> None:
         """Against the stage's scorers: every column the selector reads is among ``produced`` (the columns they
         produce), and a selector that ranks by the stage's direction gets one (``higher_is_better`` of the

@@ -121,7 +121,9 @@ def _stage(raw, i, recipe: Recipe, where: str, earlier: list[ResolvedStage]) -> 
     if st.select is not None:
         sel = build(SelectConfig, st.select, f"{owner}: select")       # checks every parameter
         if scores:
-            sel.check_stage(produced, scorer.main_column, scorer.higher_is_better, f"{owner}: select")
+            directions = {s.main_column: s.higher_is_better for s in scores}
+            sel.check_stage(produced, scorer.main_column, sel.direction(scorer.main_column, directions),
+                            f"{owner}: select")
     if not scores and (sel is None or sel.selector not in ("full", "random")):
         raise ConfigError(f"{owner}: a stage needs at least one scorer unless it selects 'full' or 'random'.")
     return ResolvedStage(name, model, scores, sel, st.note)

@@ -129,7 +129,8 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
             continue
         # The stage's last scorer is its result (earlier ones feed it: ratings, embeddings).
         main = info[-1]["main_column"] if info else None
-        hib = info[-1]["higher_is_better"] if info else None
+        # the direction of the column the selector ranks (None when it is no scorer's main column)
+        hib = stage.select.direction(main, {rec["main_column"]: rec["higher_is_better"] for rec in info})
         if stage.select.selector == "global_threshold":
             return Pending(ds, stage, scores, main, st_dir, st_sum, ctx, cache_root)
         idx = stage.select.apply(scores, main=main, higher_is_better=hib)
