@@ -209,7 +209,7 @@ def test_validate_accepts_columns_the_stage_produces():
     judges = [{"scorer": "judge", "params": {"prefix": p, "turns": "all"}} for p in ("complexity_", "quality_")]
     deita = _stage("deita", {"columns": ["complexity_rating", "quality_rating"], "per_turn": True, "k": 2}, [])
     _check_stage({**deita, "score": [*judges, {"scorer": "embedding"}]})
-    _check_stage(_stage("top_k", {"k": 2}, ["length"], column="resp_chars"))
+    _check_stage(_stage("top_k", {"k": 2, "higher_is_better": True}, ["length"], column="resp_chars"))
 
 
 def test_validate_rejects_top_k_without_a_direction_before_scoring(tmp_path):
