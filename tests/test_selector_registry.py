@@ -162,17 +162,23 @@ def _check_stage(stage):
     check_recipe({"name": "t", "stages": [stage]}, "<test>")
 
 
-def test_validate_rejects_facility_location_k_minus_1_before_scoring(tmp_path):
-    path = _recipe(tmp_path, _stage("facility_location", {"k": -1}, ["embedding"]))
+def _validate_error(tmp_path, path) -> str:
+    """`thresher validate path` in a fresh process: exit 2, one error line naming the recipe and the stage's
+    selection, no model loaded; returns the line."""
     env = {**os.environ, "THRESHER_CACHE": str(tmp_path / "cache")}
     res = subprocess.run([sys.executable, "-m", "thresher", "validate", str(path)], capture_output=True,
                          text=True, env=env, timeout=120)
     assert res.returncode == 2, res.stdout + res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
-    assert "The 'k' parameter of selector 'facility_location' must be an int >= 0. Got -1." in lines[0]
     assert str(path) in lines[0] and "stage 0: select" in lines[0]
     assert not (tmp_path / "cache" / "models").exists()
+    return lines[0]
+
+
+def test_validate_rejects_facility_location_k_minus_1_before_scoring(tmp_path):
+    line = _validate_error(tmp_path, _recipe(tmp_path, _stage("facility_location", {"k": -1}, ["embedding"])))
+    assert "The 'k' parameter of selector 'facility_location' must be an int >= 0. Got -1." in line
 
 
 @pytest.mark.parametrize("selector, params, scorers, message", [
@@ -214,16 +220,8 @@ def test_validate_accepts_columns_the_stage_produces():
 
 def test_validate_rejects_top_k_without_a_direction_before_scoring(tmp_path):
     """perplexity has no fixed direction (higher_is_better None): top_k on it must say which end to keep."""
-    path = _recipe(tmp_path, _stage("top_k", {"ratio": 0.1}, ["perplexity"]))
-    env = {**os.environ, "THRESHER_CACHE": str(tmp_path / "cache")}
-    res = subprocess.run([sys.executable, "-m", "thresher", "validate", str(path)], capture_output=True,
-                         text=True, env=env, timeout=120)
-    assert res.returncode == 2, res.stdout + res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    assert str(path) in lines[0] and "stage 0: select" in lines[0]
-    assert "Selector 'top_k' on column 'ppl': say which end to keep with higher_is_better: true|false" in lines[0]
-    assert not (tmp_path / "cache" / "models").exists()
+    line = _validate_error(tmp_path, _recipe(tmp_path, _stage("top_k", {"ratio": 0.1}, ["perplexity"])))
+    assert "Selector 'top_k' on column 'ppl': say which end to keep with higher_is_better: true|false" in line
 
 
 @pytest.mark.parametrize("stage", [
