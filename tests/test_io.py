@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +76,40 @@ def test_a_file_changed_within_the_clock_tick_of_its_hashing_is_hashed_again(tmp
 def test_sha256_text_is_the_plain_digest_of_the_utf8_bytes():
     assert tio.sha256_text("chat — 猫") == hashlib.sha256("chat — 猫".encode()).hexdigest()
     assert tio.sha256_hex("chat") != tio.sha256_text("chat")   # sha256_hex ends each part with a NUL
+
+
+_HOLD_FOLDER = """
+import sys, time
+import thresher.io as tio
+with tio.atomic_folder(sys.argv[1]) as tmp:
+    (tmp / "half").write_text("x")
+    print(tmp, flush=True)
+    time.sleep(600)
+"""
+
+
+def _writer(target):
+    """A process inside atomic_folder(target), filling it; returns (process, its temporary folder)."""
+    p = subprocess.Popen([sys.executable, "-c", _HOLD_FOLDER, str(target)], stdout=subprocess.PIPE, text=True)
+    return p, Path(p.stdout.readline().strip())
+
+
+def test_a_killed_writers_folder_is_removed_and_a_live_writers_kept(tmp_path):
+    target = tmp_path / "merged"
+    live, live_tmp = _writer(target)
+    dead, dead_tmp = _writer(target)
+    try:
+        os.kill(dead.pid, signal.SIGKILL)
+        dead.wait()
+        assert dead_tmp.is_dir() and live_tmp.is_dir() and not target.exists()   # kill -9 leaves it behind
+        with tio.atomic_folder(target) as tmp:                 # the next writer cleans up first
+            (tmp / "a").write_text("1")
+        assert not dead_tmp.exists() and live_tmp.is_dir()     # the live writer's folder is untouched
+        assert (target / "a").read_text() == "1"
+    finally:
+        live.kill()
+        live.wait()
+    assert tio.remove_stale_tmp_files(tmp_path) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
 
 
 def test_atomic_folder_appears_whole_or_not_at_all(tmp_path):

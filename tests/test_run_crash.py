@@ -22,7 +22,8 @@ from tiny_model import save_tiny_llama
 # Summary and manifest fields that legitimately differ between two runs of the same command.
 _VOLATILE = {"seconds", "created", "argv", "cache", "dir", "manifest", "selected_file", "final", "merged",
              "checkpoints", "runtime", "train_seconds", "samples_per_second", "path", "outputs", "resumed_from",
-             "resumed", "loss", "versions", "model", "samples_per_s", "seconds_total", "train_runtime"}
+             "resumed", "loss", "versions", "model", "samples_per_s", "seconds_total", "train_runtime",
+             "train_loss"}   # loss, train_loss: the mean over the steps of this call (a resumed run trains fewer)
 
 
 def _recipe(model: Path) -> dict:

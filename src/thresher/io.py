@@ -90,22 +90,50 @@ def atomic_folder(path, *, replace: bool = False):
     ``replace=False``: ``path`` must be absent or an empty folder when the filling is done (else the rename
     raises OSError and the new folder is deleted: e.g. another process finished the same folder first).
     ``replace=True``: a folder at ``path`` is moved aside, then deleted once the new one is in place.
+    The temporary folders are named and locked like ``atomic_path``'s files, so that the folders a killed
+    writer left beside ``path`` are removed (``remove_stale_tmp_files``) before a new one is made.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    remove_stale_tmp_files(path.parent)
+    tmp, lock = _locked_tmp_dir(path)
     try:
         yield tmp
         if replace and path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent))
-            os.replace(path, old / "old")     # both renames are atomic; only the old folder is removed
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            old, old_lock = _locked_tmp_dir(path)
+            try:
+                os.replace(path, old / "old")     # both renames are atomic; only the old folder is removed
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            finally:
+                _close(old_lock)
         else:
             os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _close(lock)
+
+
+def _locked_tmp_dir(path: Path) -> tuple[Path, int | None]:
+    """A new folder ``.<name>.<pid>.<8 hex>.tmp`` beside ``path`` and the fd holding its lock (None: no locks)."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    fd = os.open(tmp, os.O_RDONLY)
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return tmp, fd
+        except OSError:                # a file system without locks: pid and age decide
+            pass
+    os.close(fd)
+    return tmp, None
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 def _lock_new(tmp: Path) -> int | None:
@@ -137,7 +165,8 @@ def is_disk_full(err: BaseException) -> bool:
 
 
 def remove_stale_tmp_files(folder, *, grace_s: float = 60.0, max_age_s: float = 86400.0) -> int:
-    """Delete the temporary files of ``atomic_path`` in ``folder`` that a killed writer left; returns how many.
+    """Delete the temporary files of ``atomic_path`` (and folders of ``atomic_folder``) in ``folder`` that a
+    killed writer left; returns how many.
 
     A file whose lock is held belongs to a live writer and is kept. Where locks are not available, a
     file is stale when its writer's pid is not running here and it is older than ``grace_s`` (a writer
@@ -171,7 +200,10 @@ def _stale_locked(p: Path, fd: int, pid: int, grace_s: float, max_age_s: float) 
     free = _unlocked(fd)
     if free is False or (free is None and not _old_and_orphaned(p, pid, grace_s, max_age_s)):
         return False
-    p.unlink(missing_ok=True)
+    if p.is_dir() and not p.is_symlink():      # a folder of atomic_folder
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
     return True
 
 
