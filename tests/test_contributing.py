@@ -42,8 +42,8 @@ def example(tmp_path, monkeypatch):
     found = Registry("component")
     found.discover("readme_example")                       # read, not imported
     assert found.names() == ["band", "echo"] and "readme_example" not in sys.modules
-    monkeypatch.setattr(SCORERS, "_targets", {**SCORERS._targets, "echo": found.target("echo")})
-    monkeypatch.setattr(SELECTORS, "_targets", {**SELECTORS._targets, "band": found.target("band")})
+    monkeypatch.setitem(SCORERS._all(), "echo", found.target("echo"))        # removed again after the test
+    monkeypatch.setitem(SELECTORS._all(), "band", found.target("band"))
     recipe = tmp_path / "echo.yaml"
     recipe.write_text(blocks["src/thresher/recipes/echo.yaml"])
     yield {"blocks": blocks, "recipe": recipe}
