@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -159,9 +159,10 @@ def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage
     summary = {"recipe": recipe.name, "clients": {}, "stages": []}
     pending = []
     for name, path in zip(client_names(recipe.clients), recipe.clients):
-        ds = load_data(DataConfig(**{**asdict(data_cfg), "path": path, "limit": data_cfg.limit}))
+        cfg = replace(data_cfg, path=path)                # the run's data options, this client's file
+        ds = load_data(cfg)
         c_dir = out / "clients" / name
-        c_man = {"data": data_record(DataConfig(**{**asdict(data_cfg), "path": path}), ds), "stages": []}
+        c_man = {"data": data_record(cfg, ds), "stages": []}
         c_sum = {"recipe": recipe.name, "client": name, "rows": len(ds), "load": ds.report.as_dict(), "stages": []}
         p = run_stages(ds, recipe, stages, c_dir, c_man, c_sum, cache_root=cache_root, argv=argv)
         p.name = name
