@@ -13,6 +13,13 @@ Two extensions:
     with ``rows``); the engine hashes those values into the cache key;
   - ``scope = "dataset"`` marks a scorer that needs the whole pool at once (k-NN rareness, DS2
     curation, tag clustering): the engine calls it once with every row, as one cached unit.
+
+Where the work runs: the engine sets ``scorer.runner`` (the executor's ``ShardRunner``). A dataset-scope
+scorer with an expensive per-shard pass (gradient features, gradient reductions) sends it through
+``self.map_shards(fn, items, **shared)``: ``fn`` is a module-level function ``fn(scorer, item, **shared)``
+run where the executor's workers are (this process for the local executor, Ray actors for the ray one),
+with a copy of this scorer (same name and parameters) already ``setup`` with that worker's models; the
+results come back in the order of ``items``. Items and shared values must pickle (a ``Dataset`` subset, arrays).
 """
 
 from __future__ import annotations
@@ -25,6 +32,15 @@ import numpy as np
 from thresher.config import build
 from thresher.data.table import Dataset
 from thresher.models.context import ModelContext
+
+
+class ShardRunner:
+    """Runs a scorer's per-shard function over items, in this process (the local executor's runner)."""
+
+    def map(self, scorer: "Scorer", fn, items, **shared):
+        """Yields ``fn(scorer, item, **shared)`` for each item, in order."""
+        for item in items:
+            yield fn(scorer, item, **shared)
 
 
 class Scorer:
@@ -41,6 +57,7 @@ class Scorer:
         self.params = build(self.Params, params, f"scorer {self.name!r}")
         self.ctx: ModelContext | None = None
         self.cache_root = None                  # set by the engine: a folder for intermediate stores
+        self.runner = ShardRunner()             # set by the engine: where map_shards runs (see the module doc)
         self.tokens_processed = 0               # read by the engine for tokens/s
         self.transient_failures = 0             # rows whose result is not final (a judge request that got no
                                                 # answer after its retries): the engine does not cache their shard
@@ -72,6 +89,16 @@ class Scorer:
 
     def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def map_shards(self, fn, items, **shared):
+        """``fn(scorer, item, **shared)`` for each item, in order, on the executor's workers (module doc)."""
+        return self.runner.map(self, fn, items, **shared)
+
+    def shards_in_flight(self, shard_size: int) -> int:
+        """How many shards the engine may score at once in this process (threads, each with a shallow copy
+        of this scorer sharing its models): 1 for compute-bound scorers; an API judge returns enough to keep
+        its request concurrency busy across shard boundaries."""
+        return 1
 
     @classmethod
     def describe(cls) -> str:
