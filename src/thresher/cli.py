@@ -23,6 +23,7 @@ import yaml
 from thresher.config import add_flags, describe, given
 from thresher.data.readers import BUNDLED_SHAREGPT
 from thresher.data.templates import TEMPLATES
+from thresher.engine.executors import ExecutorConfig
 from thresher.errors import ConfigError, ThresherError
 from thresher.evaluation import evaluate
 from thresher.evaluation.config import EvalConfig
@@ -68,6 +69,8 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and run (default: the recipe's, else these)")
     add_flags(g, Recipe, only=_RUN_OPTIONS)
     g.add_argument("--cache-dir", default=None, help="score cache root (default $THRESHER_CACHE or ~/.cache/thresher)")
+    add_flags(p.add_argument_group("where the shards run (the scores and the cache are the same either way)"),
+              ExecutorConfig)
     _judge_args(p)
 
 
@@ -126,7 +129,8 @@ def cmd_run(args) -> int:
         set_dotted(raw, key, value)
     recipe, data_cfg, stages = check_recipe(raw, str(path))
     out = Path(args.out or Path("runs") / (recipe.name or path.stem))
-    summary = run_recipe(recipe, data_cfg, stages, out, argv=_argv(args), raw_recipe=raw, cache_root=args.cache_dir)
+    summary = run_recipe(recipe, data_cfg, stages, out, argv=_argv(args), raw_recipe=raw, cache_root=args.cache_dir,
+                         executor=given(args, ExecutorConfig))
     return _print_summary(summary)
 
 
@@ -149,7 +153,7 @@ def cmd_score(args) -> int:
     _apply_common(raw, argparse.Namespace(**{**vars(args), "data": None}))
     recipe, data_cfg, stages = check_recipe(raw, "<command line>")
     summary = run_recipe(recipe, data_cfg, stages, Path(args.out), argv=_argv(args), raw_recipe=raw,
-                         cache_root=args.cache_dir)
+                         cache_root=args.cache_dir, executor=given(args, ExecutorConfig))
     return _print_summary(summary)
 
 

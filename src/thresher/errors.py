@@ -42,3 +42,7 @@ class ConfigError(ThresherError):
 
 class RegistryError(ThresherError):
     """An unknown name was asked of a registry (scorer, selector, recipe, template)."""
+
+
+class WorkerError(ThresherError):
+    """A worker of the ray executor failed (its own error, or it died more often than it is restarted)."""

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +34,12 @@ from thresher.data.fingerprint import row_hashes
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
 from thresher.io import atomic_path, cache_dir, remove_stale_tmp_files, sha256_hex
+from thresher.engine.executors import LocalExecutor, ShardResult, Task, score_shard
 from thresher.models.context import ModelContext
 from thresher.scoring.base import Scorer
 
 log = logging.getLogger(__name__)
 _KEY_META = b"thresher.shard_key"
-
-
 
 
 
@@ -49,9 +49,11 @@ def scorer_key(scorer: Scorer, ctx: ModelContext) -> str:
 
 
 class Progress:
+    """Rows done, rate and ETA, logged at most every PROGRESS_SECONDS and once at the end."""
+
     def __init__(self, label: str, total: int):
         self.label, self.total, self.done, self.tokens = label, total, 0, 0
-        self.t0 = time.perf_counter()
+        self.t0 = self.last = time.perf_counter()
         self.computed = 0
 
     def update(self, n_rows: int, n_tokens: int, computed: bool) -> None:
@@ -59,7 +61,14 @@ class Progress:
         if computed:
             self.computed += n_rows
             self.tokens += n_tokens
-        dt = max(time.perf_counter() - self.t0, 1e-9)
+        if time.perf_counter() - self.last >= PROGRESS_SECONDS:
+            self.log()
+
+    def log(self, final: bool = False) -> None:
+        if final and not self.computed:
+            return
+        self.last = time.perf_counter()
+        dt = max(self.last - self.t0, 1e-9)
         rate = self.computed / dt
         left = self.total - self.done
         eta = f"{left / rate:.0f}s" if rate > 0 else "?"
@@ -71,16 +80,18 @@ def input_hashes(inputs: pd.DataFrame | None, columns: tuple[str, ...], n: int) 
     """Per-row hash of the score columns a scorer reads (empty strings when it reads none)."""
     if not columns:
         return [""] * n
+    check_inputs(inputs, columns)
+    return [sha256_hex(*(_value_text(v) for v in row)) for row in inputs[list(columns)].itertuples(index=False)]
+
+
+def check_inputs(inputs: pd.DataFrame | None, columns: tuple[str, ...]) -> None:
+    """The score columns a scorer reads must be among the earlier scorers' columns."""
     missing = [c for c in columns if inputs is None or c not in inputs.columns]
     if missing:
         have = ", ".join(c for c in (inputs.columns if inputs is not None else []) if c != "id") or "(none)"
         raise ConfigError(f"A scorer needs the score column(s) {', '.join(map(repr, missing))}, which no earlier "
                           f"scorer of this stage produced (columns so far: {have}). Put the scorer that "
                           "produces them earlier in the stage's 'score' list.")
-    out = []
-    for row in inputs[list(columns)].itertuples(index=False):
-        out.append(sha256_hex(*(_value_text(v) for v in row)))
-    return out
 
 
 def _value_text(v) -> str:
@@ -89,55 +100,175 @@ def _value_text(v) -> str:
     return repr(v)
 
 
+COMPACT_ROWS = 1024          # finished shards are merged into one file per this many rows (at most ~980 files
+                             # per million rows), while a crash still loses at most one shard per worker
+PROGRESS_SECONDS = 10.0      # at most one progress line per this many seconds (and one at the end)
+
+
+@dataclass
+class Unit:
+    """One shard: rows [a, b) of the dataset, its cache file, and the compacted group it belongs to."""
+    index: int
+    a: int
+    b: int
+    path: Path
+    group: int
+
+
+@dataclass
+class Group:
+    """Consecutive shards whose finished scores are merged into one file (``path``; None: never merged)."""
+    units: list[Unit]
+    path: Path | None
+
+    @property
+    def a(self) -> int:
+        return self.units[0].a
+
+    @property
+    def b(self) -> int:
+        return self.units[-1].b
+
+
+def plan_shards(n: int, shard_size: int, compact_rows: int, root: Path, hashes) -> list[Group]:
+    """Shards of ``shard_size`` rows, grouped by ``compact_rows // shard_size`` from row 0 (deterministic:
+    any executor, any run, the same files). ``hashes(a, b)``: the per-row content hashes of rows a..b.
+    A trailing group with fewer shards than a full one is never merged (its shards stay single files)."""
+    per_group = max(1, compact_rows // shard_size)
+    groups: list[Group] = []
+    starts = list(range(0, n, shard_size))
+    for g0 in range(0, len(starts), per_group):
+        units = []
+        for i in range(g0, min(g0 + per_group, len(starts))):
+            a, b = starts[i], min(starts[i] + shard_size, n)
+            units.append(Unit(i, a, b, root / f"{sha256_hex(*hashes(a, b))[:32]}.parquet", len(groups)))
+        full = per_group > 1 and len(units) == per_group
+        key = sha256_hex("group", *(u.path.stem for u in units))[:32] if full else None
+        groups.append(Group(units, root / f"g{key}.parquet" if key else None))
+    return groups
+
+
 def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size: int = 64,
                   cache_root: Path | None = None, label: str | None = None,
-                  inputs: pd.DataFrame | None = None) -> pd.DataFrame:
+                  inputs: pd.DataFrame | None = None, executor=None,
+                  compact_rows: int = COMPACT_ROWS) -> pd.DataFrame:
     """Scores of every row, in dataset order, with an ``id`` column first.
 
     ``inputs``: earlier score columns aligned with ``ds`` (needed by scorers with required columns).
+    ``executor``: where shards are scored (``thresher.engine.executors``; default: this process). Only
+    this process reads and writes the cache: each finished shard is written here exactly once.
     """
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise ConfigError(f"The 'shard_size' parameter (rows per cached shard; CLI --shard-size) must be an int "
                           f">= 1. Got {shard_size!r}.")
+    executor = executor or LocalExecutor()
     scorer.cache_root = Path(cache_root or cache_dir())    # where scorers keep intermediate stores
+    key = scorer_key(scorer, ctx)
+    scorer.runner = executor.runner(scorer, ctx, key)
     scorer.setup(ctx)
-    root = scorer.cache_root / "scores" / f"{scorer.name}-{scorer_key(scorer, ctx)}"
+    root = scorer.cache_root / "scores" / f"{scorer.name}-{key}"
     if root.is_dir():
         remove_stale_tmp_files(root)
     need = tuple(scorer.required_columns())
-    hashes = [a + b for a, b in zip(row_hashes(ds), input_hashes(inputs, need, len(ds)))]
+    rh = row_hashes(ds)
+    check_inputs(inputs, need)                             # the missing-column error before any work
+
+    def hashes(a: int, b: int) -> list[str]:
+        part = inputs.iloc[a:b] if need else None
+        return [x + y for x, y in zip(rh[a:b], input_hashes(part, need, b - a))]
+
     if scorer.scope == "dataset":
         shard_size = max(len(ds), 1)          # one unit: the scorer needs the whole pool at once
-    prog = Progress(label or scorer.name, len(ds))
-    frames, stats = [], {"cached": 0, "computed": 0, "rejected_shards": 0, "failed": 0}
-    for a in range(0, len(ds), shard_size):
-        b = min(a + shard_size, len(ds))
-        path = root / f"{sha256_hex(*hashes[a:b])[:32]}.parquet"
-        cached, rejected = read_shard(path, ds.ids[a:b], scorer)
-        stats["rejected_shards"] += rejected
-        if cached is not None:
-            frames.append(cached)
-            stats["cached"] += b - a
-            prog.update(b - a, 0, computed=False)
-            continue
-        before, failed_before = scorer.tokens_processed, scorer.transient_failures
-        rows = ds.subset(range(a, b))
-        if need:
-            cols = scorer.score_batch(rows, inputs.iloc[a:b].reset_index(drop=True))
-        else:
-            cols = scorer.score_batch(rows)
-        frame = _frame(ds.ids[a:b], cols, scorer.name)
-        failed = scorer.transient_failures - failed_before
-        if failed:                            # not final: not cached, a rerun asks again
-            stats["failed"] += failed
-        else:
-            write_shard(path, frame)
-        frames.append(frame)
-        stats["computed"] += b - a
-        prog.update(b - a, scorer.tokens_processed - before, computed=True)
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"id": []})
-    out.attrs["cache"] = {**stats, "dir": str(root)}
+    groups = plan_shards(len(ds), shard_size, compact_rows, root, hashes)
+    run = _Run(ds, scorer, groups, label or scorer.name)
+    todo = run.read_cached()
+    if scorer.scope == "dataset":
+        for unit in todo:                     # on the driver: it needs every row (its passes use the runner)
+            run.finish(unit, score_shard(scorer, ds.subset(range(unit.a, unit.b)), _part(inputs, need, unit)))
+    elif todo:
+        tasks = (Task(u, ds.subset(range(u.a, u.b)), _part(inputs, need, u)) for u in todo)
+        for task, result in executor.run(scorer, ctx, key, tasks, shard_size):
+            run.finish(task.unit, result)
+    run.progress.log(final=True)
+    out = run.frame()
+    out.attrs["cache"] = {**run.stats, "dir": str(root)}
     return out
+
+
+def _part(inputs: pd.DataFrame | None, need: tuple, unit: Unit) -> pd.DataFrame | None:
+    return inputs.iloc[unit.a:unit.b].reset_index(drop=True) if need else None
+
+
+class _Run:
+    """The shards of one score_dataset call: what is cached, what finished, merging finished groups."""
+
+    def __init__(self, ds: Dataset, scorer: Scorer, groups: list[Group], label: str):
+        self.ds, self.scorer, self.groups = ds, scorer, groups
+        self.frames: dict[int, pd.DataFrame] = {}          # first row -> frame (a shard or a merged group)
+        self.final: dict[int, bool] = {}                     # shard index -> its scores are final (cacheable)
+        self.stats = {"cached": 0, "computed": 0, "rejected_shards": 0, "failed": 0}
+        self.progress = Progress(label, len(ds))
+
+    def read_cached(self) -> list[Unit]:
+        """Cached frames in; returns the shards left to score, in dataset order."""
+        todo = []
+        for g in self.groups:
+            if g.path is not None:
+                frame = self._read(g.path, g.a, g.b)
+                if frame is not None:
+                    self.frames[g.a] = frame
+                    self._cached(g.b - g.a)
+                    for u in g.units:                        # leftovers of a run killed while merging
+                        u.path.unlink(missing_ok=True)
+                    continue
+            for u in g.units:
+                frame = self._read(u.path, u.a, u.b)
+                if frame is None:
+                    todo.append(u)
+                    continue
+                self.frames[u.a], self.final[u.index] = frame, True
+                self._cached(u.b - u.a)
+            self._merge(g)                                   # every shard cached but not yet merged
+        return todo
+
+    def _read(self, path: Path, a: int, b: int) -> pd.DataFrame | None:
+        frame, rejected = read_shard(path, self.ds.ids[a:b], self.scorer)
+        self.stats["rejected_shards"] += rejected
+        return frame
+
+    def _cached(self, n: int) -> None:
+        self.stats["cached"] += n
+        self.progress.update(n, 0, computed=False)
+
+    def finish(self, unit: Unit, result: "ShardResult") -> None:
+        """A scored shard: written (once, here) unless some rows failed transiently, then merged if its
+        group is complete."""
+        frame = _frame(self.ds.ids[unit.a:unit.b], result.cols, self.scorer.name)
+        if result.failures:                  # not final: not cached, a rerun asks again
+            self.stats["failed"] += result.failures
+        else:
+            write_shard(unit.path, frame)
+        self.frames[unit.a], self.final[unit.index] = frame, not result.failures
+        self.stats["computed"] += unit.b - unit.a
+        self.scorer.tokens_processed += result.tokens
+        self.scorer.transient_failures += result.failures
+        self.progress.update(unit.b - unit.a, result.tokens, computed=True)
+        self._merge(self.groups[unit.group])
+
+    def _merge(self, g: Group) -> None:
+        """Replace a complete group's shard files by one file (written before the shards are removed)."""
+        if g.path is None or not all(self.final.get(u.index) for u in g.units):
+            return
+        frame = pd.concat([self.frames.pop(u.a) for u in g.units], ignore_index=True)
+        write_shard(g.path, frame)
+        for u in g.units:
+            u.path.unlink(missing_ok=True)
+            self.final.pop(u.index)
+        self.frames[g.a] = frame
+
+    def frame(self) -> pd.DataFrame:
+        frames = [self.frames[a] for a in sorted(self.frames)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"id": []})
 
 
 def _frame(ids: list[str], cols: dict, name: str) -> pd.DataFrame:

@@ -57,6 +57,12 @@ class ModelContext:
             self._emb[spec] = SentenceEmbedder(spec, device=self.device)
         return self._emb[spec]
 
+    def spec(self) -> dict:
+        """Constructor keywords that rebuild this context elsewhere (a Ray worker): models load there."""
+        return {"model": self.model, "device": self.device, "dtype": self.dtype,
+                "max_batch_tokens": self.max_batch_tokens, "max_batch_size": self.max_batch_size,
+                "padding_side": self.padding_side, "embedder": self.embedder_spec, "judge": dict(self.judge_spec)}
+
     def describe(self) -> dict:
         return {"model": self.model, "device": self.device, "dtype": self.dtype,
                 "max_batch_tokens": self.max_batch_tokens, "max_batch_size": self.max_batch_size,

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from thresher.data.table import Dataset
+from thresher.engine.executors import executor_record
 from thresher.errors import ConfigError
 from thresher.io import write_json, write_parquet
 from thresher.manifest import base_manifest
@@ -49,7 +50,7 @@ def score_anchor(p: Pending, recipe: Recipe) -> np.ndarray:
         raise ConfigError("Selector 'global_threshold' needs a trusted anchor set: pass --anchor FILE "
                           "(or set 'anchor' in the recipe).")
     anchor = load_data(DataConfig(path=recipe.anchor))
-    table, info = score_stage(anchor, p.stage, recipe, p.cache_root, p.ctx)
+    table, info = score_stage(anchor, p.stage, recipe, p.cache_root, p.ctx, p.executor)
     write_parquet(p.st_dir / "anchor_scores.parquet", table)
     return table[info[-1]["main_column"]].to_numpy(dtype=np.float64)
 
@@ -150,12 +151,13 @@ def client_names(paths: list[str]) -> list[str]:
 
 
 def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
-                argv=None, raw_recipe: dict | None = None, cache_root=None) -> dict:
+                argv=None, raw_recipe: dict | None = None, cache_root=None, executor=None) -> dict:
     t0 = time.perf_counter()
     if stages[-1].is_train or stages[-1].select is None or stages[-1].select.selector != "global_threshold":
         raise ConfigError(f"Recipe {recipe.name!r} runs per client (--clients) but its last stage does not select "
                           "with 'global_threshold': clients share nothing but that threshold.")
-    manifest = {**base_manifest(argv), "recipe": raw_recipe or asdict(recipe), "seed": recipe.seed, "clients": {}}
+    manifest = {**base_manifest(argv), "recipe": raw_recipe or asdict(recipe), "seed": recipe.seed,
+                "executor": executor_record(executor), "clients": {}}
     summary = {"recipe": recipe.name, "clients": {}, "stages": []}
     pending = []
     for name, path in zip(client_names(recipe.clients), recipe.clients):
@@ -164,7 +166,7 @@ def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage
         c_dir = out / "clients" / name
         c_man = {"data": data_record(cfg, ds), "stages": []}
         c_sum = {"recipe": recipe.name, "client": name, "rows": len(ds), "load": ds.report.as_dict(), "stages": []}
-        p = run_stages(ds, recipe, stages, c_dir, c_man, c_sum, cache_root=cache_root, argv=argv)
+        p = run_stages(ds, recipe, stages, c_dir, c_man, c_sum, cache_root=cache_root, argv=argv, executor=executor)
         p.name = name
         p.anchor_scores = score_anchor(p, recipe)       # the only thing that leaves the client
         pending.append(p)

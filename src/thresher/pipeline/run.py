@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from thresher.engine.executors import executor_record, open_executor
 from thresher.io import atomic_path, write_json
 from thresher.manifest import base_manifest
 from thresher.outputs import claim_output_dir, clear_results, finish_run_folder, output_lock
@@ -32,27 +33,31 @@ def run_inputs(recipe: Recipe, data_cfg: DataConfig) -> list[str]:
 
 
 def run_recipe(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
-               argv=None, raw_recipe: dict | None = None, cache_root=None) -> dict:
+               argv=None, raw_recipe: dict | None = None, cache_root=None, executor=None) -> dict:
     """Run every stage into the run folder ``out`` (thresher.outputs: claimed, locked, the earlier
-    run's results cleared first); with ``recipe.clients`` once per client (thresher.pipeline.clients)."""
+    run's results cleared first); with ``recipe.clients`` once per client (thresher.pipeline.clients).
+    ``executor``: where the scoring shards run: None (this process), an ExecutorConfig or its fields as a
+    dict (``{"executor": "ray", "workers": 4}``; started and stopped here), or an open executor."""
     out = Path(out)
     claim_output_dir(out, "run", inputs=run_inputs(recipe, data_cfg))
-    with output_lock(out):
+    with output_lock(out), open_executor(executor) as ex:
         clear_results(out)
         if recipe.clients:
             return run_clients(recipe, data_cfg, stages, out, argv=argv, raw_recipe=raw_recipe,
-                               cache_root=cache_root)
-        return _run_one(recipe, data_cfg, stages, out, argv=argv, raw_recipe=raw_recipe, cache_root=cache_root)
+                               cache_root=cache_root, executor=ex)
+        return _run_one(recipe, data_cfg, stages, out, argv=argv, raw_recipe=raw_recipe, cache_root=cache_root,
+                        executor=ex)
 
 
 def _run_one(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
-             argv=None, raw_recipe: dict | None = None, cache_root=None) -> dict:
+             argv=None, raw_recipe: dict | None = None, cache_root=None, executor=None) -> dict:
     t0 = time.perf_counter()
     ds = load_data(data_cfg)
     manifest = {**base_manifest(argv), "recipe": raw_recipe or asdict(recipe), "seed": recipe.seed,
-                "data": data_record(data_cfg, ds), "stages": []}
+                "data": data_record(data_cfg, ds), "executor": executor_record(executor), "stages": []}
     summary = {"recipe": recipe.name, "rows": len(ds), "load": ds.report.as_dict(), "stages": []}
-    pending = run_stages(ds, recipe, stages, out, manifest, summary, cache_root=cache_root, argv=argv)
+    pending = run_stages(ds, recipe, stages, out, manifest, summary, cache_root=cache_root, argv=argv,
+                         executor=executor)
     summary["failed"] = failure_summary([summary], recipe.max_failed_ratio)
     if pending is not None:                   # a global threshold: this dataset is the only client
         summary["global_threshold"] = finish_global_threshold([pending], recipe, stages[-1])

@@ -39,6 +39,7 @@ class Pending:
     st_sum: dict
     ctx: object
     cache_root: object
+    executor: object = None               # where the anchor set's shards run (as the client's)
     name: str = ""
     anchor_scores: np.ndarray | None = None
     selected: np.ndarray | None = None    # row positions kept under the global threshold
@@ -65,13 +66,14 @@ def load_data(cfg: DataConfig) -> Dataset:
 
 
 def score_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, cache_root=None,
-                ctx: ModelContext | None = None) -> tuple[pd.DataFrame, list]:
-    """All of a stage's scorers over ``ds``, joined on row order; returns (scores, scorer records)."""
+                ctx: ModelContext | None = None, executor=None) -> tuple[pd.DataFrame, list]:
+    """All of a stage's scorers over ``ds``, joined on row order; returns (scores, scorer records).
+    ``executor``: where the shards run (thresher.engine.executors; default: this process)."""
     ctx = ctx or stage_context(stage, recipe)
     table, info = pd.DataFrame({"id": ds.ids}), []
     for scorer in stage.scores:
         frame = score_dataset(ds, scorer, ctx, shard_size=recipe.shard_size, cache_root=cache_root,
-                              label=f"{stage.name}:{scorer.name}", inputs=table)
+                              label=f"{stage.name}:{scorer.name}", inputs=table, executor=executor)
         clash = [c for c in frame.columns if c != "id" and c in table.columns]
         if clash:
             frame = frame.rename(columns={c: f"{scorer.name}.{c}" for c in clash})
@@ -89,7 +91,7 @@ def stage_context(stage: ResolvedStage, recipe: Recipe) -> ModelContext:
 
 
 def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Path, manifest: dict,
-               summary: dict, *, cache_root=None, argv=None):
+               summary: dict, *, cache_root=None, argv=None, executor=None):
     """Run the stages over ``ds`` into ``out``, filling ``manifest`` and ``summary``.
 
     Returns None, or, when the last stage selects by a global threshold, what the threshold step needs
@@ -112,7 +114,7 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
         stage = replace(stage, model=model,
                         scores=[resolve_scorer(sc, recipe, train_dirs) for sc in stage.scores])
         ctx = stage_context(stage, recipe)
-        scores, info = score_stage(ds, stage, recipe, cache_root, ctx)
+        scores, info = score_stage(ds, stage, recipe, cache_root, ctx, executor)
         st_dir = out / stage.name
         write_parquet(st_dir / "scores.parquet", scores)
         st_sum = {"name": stage.name, "model": stage.model, "note": stage.note, **describe_scores(scores, info)}
@@ -132,7 +134,7 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
         # the direction of the column the selector ranks (None when it is no scorer's main column)
         hib = stage.select.direction(main, {rec["main_column"]: rec["higher_is_better"] for rec in info})
         if stage.select.selector == "global_threshold":
-            return Pending(ds, stage, scores, main, st_dir, st_sum, ctx, cache_root)
+            return Pending(ds, stage, scores, main, st_dir, st_sum, ctx, cache_root, executor)
         idx = stage.select.apply(scores, main=main, higher_is_better=hib)
         if not len(idx):
             empty_selection(f"stage {stage.name!r}: the selection ({stage.select.selector}) kept 0 of {len(ds)} "
