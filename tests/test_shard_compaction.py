@@ -4,14 +4,25 @@ shard per worker; the merged files are checked like shards and serve every later
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from test_cache_integrity import CharScorer, ds64  # noqa: F401  (fixture)
+from test_cache_integrity import CharScorer
+from test_engine import ALPACA
+from thresher.data import load
 from thresher.engine.scoring import COMPACT_ROWS, plan_shards, score_dataset
 from thresher.models.context import ModelContext
+
+
+@pytest.fixture
+def ds64(tmp_path):
+    records = [{**ALPACA[i % len(ALPACA)], "id": f"r{i:02d}", "instruction": f"task {i}"} for i in range(64)]
+    path = tmp_path / "d64.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return load(path)
 
 
 def _files(cache: Path) -> list[Path]:
@@ -45,7 +56,7 @@ def test_finished_groups_are_merged_and_serve_later_runs(tmp_path, ds64):
     pd.testing.assert_frame_equal(again, first)
     # The unmerged 4-row shards of an earlier layout hit too: a run with no merging reuses nothing of the
     # merged files (other keys) but its own shards are then merged by a run that groups them.
-    unmerged, _ = _run(ds64, tmp_path / "plain", shard_size=4, compact_rows=4)
+    _run(ds64, tmp_path / "plain", shard_size=4, compact_rows=4)
     assert len(_files(tmp_path / "plain")) == 16
     regrouped, sc3 = _run(ds64, tmp_path / "plain", shard_size=4, compact_rows=32)
     assert sc3.calls == [] and len(_files(tmp_path / "plain")) == 2

@@ -23,7 +23,7 @@ import yaml
 from thresher.config import add_flags, describe, given
 from thresher.data.readers import BUNDLED_SHAREGPT
 from thresher.data.templates import TEMPLATES
-from thresher.engine.executors import ExecutorConfig
+from thresher.engine.base import ExecutorConfig
 from thresher.errors import ConfigError, ThresherError
 from thresher.evaluation import evaluate
 from thresher.evaluation.config import EvalConfig

@@ -45,4 +45,12 @@ class RegistryError(ThresherError):
 
 
 class WorkerError(ThresherError):
-    """A worker of the ray executor failed (its own error, or it died more often than it is restarted)."""
+    """A worker of the ray executor failed (its own error, or it died more often than it is restarted);
+    ``worker_traceback``: the worker's traceback text, when there is one."""
+
+    def __init__(self, message: str, worker_traceback: str = ""):
+        super().__init__(message)
+        self.worker_traceback = worker_traceback
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.worker_traceback))

@@ -25,13 +25,15 @@ import logging
 import os
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from thresher.engine.executors import ExecutorConfig, ShardResult, Task, default_threads, score_shard
+from thresher.engine.base import ExecutorConfig, ShardResult, Task, default_threads, score_shard
 from thresher.errors import ConfigError, ThresherError, WorkerError
 from thresher.models.context import ModelContext
 from thresher.scoring.base import Scorer, ShardRunner
@@ -68,10 +70,24 @@ class _Worker:
         return sc
 
     def score(self, key: str, cls: type, params: dict, rows, inputs) -> ShardResult:
-        return score_shard(self._scorer(key, cls, params), rows, inputs)
+        with _portable_errors():
+            return score_shard(self._scorer(key, cls, params), rows, inputs)
 
     def call(self, key: str, cls: type, params: dict, fn, item, shared: dict):
-        return fn(self._scorer(key, cls, params), item, **shared)
+        with _portable_errors():
+            return fn(self._scorer(key, cls, params), item, **shared)
+
+
+@contextmanager
+def _portable_errors():
+    """A worker's own error as one that unpickles on the driver: a ThresherError as it is, anything else as
+    a WorkerError with its type, message and traceback text (third-party exceptions often do not unpickle)."""
+    try:
+        yield
+    except ThresherError:
+        raise
+    except Exception as err:
+        raise WorkerError(f"{type(err).__name__}: {err}", traceback.format_exc()) from None
 
 
 class RayExecutor:
@@ -219,11 +235,15 @@ def _get(ref, actor_index: int, what: str):
         return ray.get(ref)
     except RayTaskError as err:
         cause = err.cause if isinstance(getattr(err, "cause", None), BaseException) else None
+        if isinstance(cause, WorkerError):
+            log.debug("ray worker %d traceback:\n%s", actor_index, cause.worker_traceback)
+            raise WorkerError(f"A ray worker ({actor_index}) failed while running {what}: {cause} (its traceback "
+                              "is logged with -v). Finished shards are cached; a rerun resumes from them.",
+                              cause.worker_traceback) from None
         if isinstance(cause, ThresherError):          # the user's to fix (a bad model path): as it was raised
             raise cause from None
-        detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(err).splitlines()[0]
-        raise WorkerError(f"A ray worker ({actor_index}) failed while running {what}: {detail}. Rerun with -v for "
-                          "its traceback; finished shards are cached and a rerun resumes from them.") from err
+        raise WorkerError(f"A ray worker ({actor_index}) failed while running {what}: "
+                          f"{str(err).splitlines()[0]}") from None
     except RayActorError as err:
         raise WorkerError(f"A ray worker ({actor_index}) died {MAX_RESTARTS + 1} times while running {what} "
                           f"(killed, or out of memory: {str(err).splitlines()[0]}). Finished shards are cached; "

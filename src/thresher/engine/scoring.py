@@ -34,7 +34,7 @@ from thresher.data.fingerprint import row_hashes
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
 from thresher.io import atomic_path, cache_dir, remove_stale_tmp_files, sha256_hex
-from thresher.engine.executors import LocalExecutor, ShardResult, Task, score_shard
+from thresher.engine.base import LocalExecutor, ShardResult, Task, score_shard
 from thresher.models.context import ModelContext
 from thresher.scoring.base import Scorer
 
