@@ -12,13 +12,13 @@ from thresher.gradients.pipeline import (Checkpoint, TrainingRun, adapted_model,
 from thresher.gradients.projection import RademacherProjector
 from thresher.gradients.scores import (clues_domain_weights, clues_scores, datainf_influence, domain_means,
                                        less_scores, lr_weights, normalize_rows)
-from thresher.gradients.store import GradientStore, write_store
+from thresher.gradients.store import GradientStore, StoreWriter, write_store
 
 __all__ = [
     "adam_precondition", "flat_moments", "gradient_features", "write_gradient_store", "ParamSelection", "make_batch",
     "notation_patterns", "per_sample_grads", "select_parameters", "RademacherProjector", "clues_domain_weights",
     "clues_scores", "datainf_influence", "domain_means", "less_scores", "lr_weights",
-    "normalize_rows", "GradientStore", "write_store", "iter_gradients",
+    "normalize_rows", "GradientStore", "StoreWriter", "write_store", "iter_gradients",
     "Checkpoint", "TrainingRun", "adapted_model", "checkpoint_moments", "datainf_streamed",
     "gradient_dots", "group_means", "open_run", "store_batches", "use_checkpoint",
 ]

@@ -67,12 +67,26 @@ def gradient_features(model, tokenizer, units: list[Rendered], sel: ParamSelecti
     dominated by drawing R once per call, runs on ``project_batch`` samples at a time
     (memory: project_batch x P floats, 64 x 460,800 x 4 B = 118 MB for LoRA r=8 on q,v of SmolLM2).
     """
-    out = np.full((len(units), feature_dim(sel, projector)), np.nan, dtype=np.float32)
-    for idx, feats in iter_gradients(model, tokenizer, units, sel, max_length=max_length, batch_size=batch_size,
-                                     project_batch=project_batch, moments=moments, projector=projector,
-                                     span_rule=span_rule, template=template):
+    return collect_features(iter_gradients(model, tokenizer, units, sel, max_length=max_length,
+                                           batch_size=batch_size, project_batch=project_batch, moments=moments,
+                                           projector=projector, span_rule=span_rule, template=template),
+                            len(units), feature_dim(sel, projector))
+
+
+def collect_features(stream: Iterator[tuple[np.ndarray, torch.Tensor]], n: int, dim: int) -> np.ndarray:
+    """(n, dim) float32 rows of a gradient stream (``iter_gradients``) in unit order; NaN rows for units it
+    never yields (unscorable)."""
+    out = np.full((n, dim), np.nan, dtype=np.float32)
+    for idx, feats in stream:
         out[idx] = feats.cpu().numpy()
     return out
+
+
+def store_meta(sel: ParamSelection, projector: RademacherProjector | None, preconditioned: bool,
+               meta: dict | None = None) -> dict:
+    """The manifest metadata of a gradient feature store: what decides its features, plus ``meta``."""
+    return {"params": sel.names, "P": sel.dim, "proj_seed": projector.seed if projector is not None else None,
+            "preconditioned": preconditioned, **(meta or {})}
 
 
 def write_gradient_store(path: str | Path, ids: list[str], model, tokenizer, units: list[Rendered],
@@ -80,8 +94,6 @@ def write_gradient_store(path: str | Path, ids: list[str], model, tokenizer, uni
                          meta: dict | None = None, **kw) -> Path:
     """Resumable store of ``gradient_features`` (keyword args as there), one shard at a time."""
     proj = kw.get("projector")
-    meta = {"params": sel.names, "P": sel.dim,
-            "proj_seed": proj.seed if proj is not None else None,
-            "preconditioned": kw.get("moments") is not None, **(meta or {})}
     return write_store(path, ids, lambda rows: gradient_features(model, tokenizer, [units[i] for i in rows], sel, **kw),
-                       feature_dim(sel, proj), shard_size=shard_size, dtype=dtype, meta=meta)
+                       feature_dim(sel, proj), shard_size=shard_size, dtype=dtype,
+                       meta=store_meta(sel, proj, kw.get("moments") is not None, meta))

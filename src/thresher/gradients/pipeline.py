@@ -148,18 +148,97 @@ def gradient_dots(batches: Iterator[tuple[np.ndarray, torch.Tensor]], n: int, di
     return out
 
 
-def group_means(batches: Iterator[tuple[np.ndarray, torch.Tensor]], groups: np.ndarray, n_groups: int,
-                dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean gradient of each group from a stream: ((G, d) float64 means, (G,) counts of scored units).
-    groups: (n,) group index of each unit. A group with no scored unit gets a NaN mean."""
+def group_sums(batches: Iterator[tuple[np.ndarray, torch.Tensor]], groups: np.ndarray, n_groups: int,
+               dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Summed gradient of each group from a stream: ((G, d) float64 sums, (G,) counts of scored units).
+    groups: (n,) group index of each unit. Partial sums of disjoint streams add up to the whole's."""
     sums, counts = np.zeros((n_groups, dim)), np.zeros(n_groups, dtype=np.int64)
     for idx, g in batches:
         gi = torch.as_tensor(groups[idx], device=g.device)
         s = torch.zeros(n_groups, g.shape[1], dtype=torch.float64, device=g.device).index_add_(0, gi, g.double())
         sums += s.cpu().numpy()
         counts += np.bincount(groups[idx], minlength=n_groups)
+    return sums, counts
+
+
+def group_means(batches: Iterator[tuple[np.ndarray, torch.Tensor]], groups: np.ndarray, n_groups: int,
+                dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean gradient of each group from a stream: ((G, d) float64 means, (G,) counts of scored units).
+    groups: (n,) group index of each unit. A group with no scored unit gets a NaN mean."""
+    sums, counts = group_sums(batches, groups, n_groups, dim)
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums / counts[:, None], counts
+
+
+def layer_index(layers: list[slice], dim: int) -> torch.Tensor:
+    """(dim,) long: the layer (index into ``layers``, contiguous slices) of each coordinate."""
+    layer_of = torch.zeros(dim, dtype=torch.long)
+    for l, sl in enumerate(layers):
+        layer_of[sl] = l
+    return layer_of
+
+
+def datainf_layer_stats(batches: Iterator[tuple[np.ndarray, torch.Tensor]], n: int, val_mean: np.ndarray,
+                        layers: list[slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DataInf pass 1 over a gradient stream: ((n, L) a_il = g_il . v_l, (n, L) s_il = |g_il|^2, (n,) bool
+    seen); rows the stream never yields stay 0 and unseen. Shards of the units concatenate to the whole's."""
+    v = torch.as_tensor(np.asarray(val_mean, dtype=np.float64))
+    layer_of = layer_index(layers, v.shape[0])
+    a, s2, seen = np.zeros((n, len(layers))), np.zeros((n, len(layers))), np.zeros(n, dtype=bool)
+    for idx, g in batches:
+        if v.device != g.device:
+            v, layer_of = v.to(g.device), layer_of.to(g.device)
+        g = g.double()
+        zeros = torch.zeros(g.shape[0], len(layers), dtype=torch.float64, device=g.device)
+        a[idx] = zeros.index_add(1, layer_of, g * v).cpu().numpy()
+        s2[idx] = zeros.index_add(1, layer_of, g * g).cpu().numpy()
+        seen[idx] = True
+    return a, s2, seen
+
+
+def datainf_coefficients(a: np.ndarray, s2: np.ndarray, seen: np.ndarray, layers: list[slice],
+                         lambda_const_param: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """From pass 1's statistics of every unit: ((n, L) c_il = a_il / (lambda_l + s_il), (L,) lambda_l =
+    sum_i s_il / (m P_l) / lambda_const_param, m = the number of scored units)."""
+    m = int(seen.sum())
+    if m == 0:
+        raise ConfigError("DataInf: no training sample could be scored (every span was empty or truncated).")
+    sizes = np.array([sl.stop - sl.start for sl in layers], dtype=np.float64)
+    lam = s2[seen].sum(axis=0) / (m * sizes) / lambda_const_param
+    if (lam <= 0).any():
+        raise ConfigError("A DataInf layer has all-zero training gradients (a fresh LoRA adapter has B = 0 and "
+                          "zero A-gradients); use a warmed-up adapter (a later checkpoint).")
+    return a / (lam + s2), lam, m
+
+
+def datainf_weighted_sum(batches: Iterator[tuple[np.ndarray, torch.Tensor]], c: np.ndarray, layers: list[slice],
+                         dim: int) -> np.ndarray:
+    """DataInf pass 2 over a gradient stream: (dim,) float64 S = sum_i c_i(layer) * g_i, c: (n, L) the
+    stream's units' coefficients. Partial sums of disjoint streams add up to the whole's."""
+    layer_of = layer_index(layers, dim)
+    S = torch.zeros(dim, dtype=torch.float64)
+    for idx, g in batches:
+        layer_of = layer_of.to(g.device)                                         # once: a no-op afterwards
+        ci = torch.as_tensor(c[idx], device=g.device)                            # (b, L)
+        S += (ci[:, layer_of] * g.double()).sum(dim=0).cpu()
+    return S.numpy()
+
+
+def datainf_direction(val_mean: np.ndarray, S: np.ndarray, m: int, lam: np.ndarray,
+                      layers: list[slice]) -> np.ndarray:
+    """(P,) float64 h_l = (v_l - S_l / m) / lambda_l, from the whole stream's S."""
+    v = np.asarray(val_mean, dtype=np.float64)
+    return (v - S / m) / lam[layer_index(layers, v.shape[0]).numpy()]
+
+
+def datainf_dots(batches: Iterator[tuple[np.ndarray, torch.Tensor]], n: int, h: np.ndarray) -> np.ndarray:
+    """DataInf pass 3 over a gradient stream: (n,) I_k = -h . g_k (float64); NaN for units never yielded."""
+    out = np.full(n, np.nan)
+    hh = torch.as_tensor(np.asarray(h, dtype=np.float64))
+    for idx, g in batches:
+        hh = hh.to(g.device)
+        out[idx] = -(g.double() @ hh).cpu().numpy()
+    return out
 
 
 def datainf_streamed(batches: Batches, n: int, val_mean: np.ndarray, layers: list[slice],
@@ -173,51 +252,13 @@ def datainf_streamed(batches: Batches, n: int, val_mean: np.ndarray, layers: lis
       pass 3: I_k = -sum_l h_l . g_kl = -h . g_k
     Equal to ``scores.datainf_influence`` on the same gradients (which needs all of them in memory).
     ``batches()`` yields (idx, (b, P)) chunks, each sample once; samples never yielded get NaN and do not
-    count in n. Returns (n,) I: more negative = more beneficial.
+    count in n. Returns (n,) I: more negative = more beneficial. Each pass is a function of its own
+    (datainf_layer_stats, datainf_weighted_sum, datainf_dots) that a sharded run applies to row shards.
     """
-    v = torch.as_tensor(np.asarray(val_mean, dtype=np.float64))
-    P = v.shape[0]
-    layer_of = torch.zeros(P, dtype=torch.long)                 # (P,) layer index of each coordinate
-    sizes = torch.zeros(len(layers), dtype=torch.float64)
-    for l, sl in enumerate(layers):
-        layer_of[sl] = l
-        sizes[l] = sl.stop - sl.start
-    a, s2 = np.zeros((n, len(layers))), np.zeros((n, len(layers)))
-    seen = np.zeros(n, dtype=bool)
-    dev_cache: dict = {}
-
-    def on(dev):                                                # v and layer_of on the stream's device
-        if dev not in dev_cache:
-            dev_cache[dev] = (v.to(dev), layer_of.to(dev))
-        return dev_cache[dev]
-
-    for idx, g in batches():                                     # pass 1: per-layer dots and squared norms
-        vd, lo = on(g.device)
-        g = g.double()
-        zeros = torch.zeros(g.shape[0], len(layers), dtype=torch.float64, device=g.device)
-        a[idx] = zeros.index_add(1, lo, g * vd).cpu().numpy()
-        s2[idx] = zeros.index_add(1, lo, g * g).cpu().numpy()
-        seen[idx] = True
-    m = int(seen.sum())
-    if m == 0:
-        raise ConfigError("DataInf: no training sample could be scored (every span was empty or truncated).")
-    lam = s2[seen].sum(axis=0) / (m * sizes.numpy()) / lambda_const_param          # (L,)
-    if (lam <= 0).any():
-        raise ConfigError("A DataInf layer has all-zero training gradients (a fresh LoRA adapter has B = 0 and "
-                          "zero A-gradients); use a warmed-up adapter (a later checkpoint).")
-    c = a / (lam + s2)                                                            # (n, L)
-    S = torch.zeros(P, dtype=torch.float64)
-    for idx, g in batches():                                     # pass 2: S = sum_i c_i(layer) * g_i
-        _, lo = on(g.device)
-        ci = torch.as_tensor(c[idx], device=g.device)                            # (b, L)
-        S += (ci[:, lo] * g.double()).sum(dim=0).cpu()
-    h = (v - S / m) / torch.as_tensor(lam)[layer_of]                             # (P,)
-    out = np.full(n, np.nan)
-    hd: dict = {}
-    for idx, g in batches():                                     # pass 3: I_k = -h . g_k
-        hh = hd.setdefault(g.device, h.to(g.device))
-        out[idx] = -(g.double() @ hh).cpu().numpy()
-    return out
+    a, s2, seen = datainf_layer_stats(batches(), n, val_mean, layers)
+    c, lam, m = datainf_coefficients(a, s2, seen, layers, lambda_const_param)
+    S = datainf_weighted_sum(batches(), c, layers, len(val_mean))
+    return datainf_dots(batches(), n, datainf_direction(val_mean, S, m, lam, layers))
 
 
 def store_batches(store) -> Batches:

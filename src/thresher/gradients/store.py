@@ -5,7 +5,8 @@ Layout of a store directory:
   shard-00000.npy   rows [0, shard_size) as a (rows, dim) array; shard-00001.npy the next rows; ...
 Every file is written to a temporary name, flushed and fsync'ed, then renamed (``thresher.io.atomic_path``),
 so a shard file that exists is complete. Writing is resumable: after a crash or kill -9, calling
-``write_store`` again with the same ids and metadata computes only the missing shards. Reading maps
+``write_store`` again with the same ids and metadata computes only the missing shards (``StoreWriter``
+is the same for a writer whose shards are computed elsewhere, e.g. on an executor's workers). Reading maps
 shards with ``np.load(mmap_mode="r")``: a 100k-sample store never has to fit in RAM.
 Bytes per sample = dim * itemsize (d = 8192: 32 KiB float32, 16 KiB float16) plus the ids in the manifest.
 """
@@ -42,35 +43,55 @@ def write_store(path: str | Path, ids: list[str], compute: Callable[[np.ndarray]
     ``meta`` (JSON-serialisable: seed, checkpoint, notation, ...) is recorded in the manifest; resuming
     with different ids, dim, dtype, shard_size or meta raises instead of mixing features.
     """
-    if dtype not in DTYPES:
-        raise ConfigError(f"The 'dtype' parameter must be one of {', '.join(DTYPES)}. Got {dtype!r}.")
-    if not isinstance(shard_size, int) or shard_size < 1:
-        raise ConfigError(f"The 'shard_size' parameter must be an int >= 1. Got {shard_size!r}.")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    n_shards = -(-len(ids) // shard_size)
-    manifest = {"ids": [str(i) for i in ids], "dim": int(dim), "dtype": dtype, "shard_size": shard_size,
-                "shards": [shard_name(i) for i in range(n_shards)], "meta": meta or {}}
-    mpath = path / MANIFEST
-    if mpath.exists():
-        old = json.loads(mpath.read_text())
-        if old != manifest:
-            diff = [k for k in manifest if old.get(k) != manifest[k]]
-            raise ConfigError(f"{mpath} describes a different store (differs in: {', '.join(diff)}). "
-                              "Use a new directory or delete this one.")
-    else:
-        _atomic_write(mpath, lambda f: f.write(json.dumps(manifest).encode()))
-    for i in range(n_shards):
-        out = path / shard_name(i)
-        if out.exists():                     # complete by construction (atomic rename)
-            continue
-        rows = np.arange(i * shard_size, min((i + 1) * shard_size, len(ids)))
-        feats = np.asarray(compute(rows), dtype=dtype)
-        if feats.shape != (len(rows), dim):
-            raise ConfigError(f"The feature function returned shape {feats.shape} for {len(rows)} rows; "
-                              f"expected ({len(rows)}, {dim}).")
-        _atomic_write(out, lambda f: np.save(f, feats))
-    return path
+    store = StoreWriter(path, ids, dim, shard_size=shard_size, dtype=dtype, meta=meta)
+    for i in store.missing():
+        store.write(i, compute(store.rows(i)))
+    return store.path
+
+
+class StoreWriter:
+    """Write side of a store, for a writer that computes shards elsewhere (``write_store``, or workers whose
+    features the driver writes): opening writes the manifest, or checks that an existing one describes the
+    same store; ``missing()`` lists the shards still to write; ``write(i, feats)`` writes shard i atomically."""
+
+    def __init__(self, path: str | Path, ids: list[str], dim: int, *, shard_size: int = 1024,
+                 dtype: str = "float32", meta: dict | None = None):
+        if dtype not in DTYPES:
+            raise ConfigError(f"The 'dtype' parameter must be one of {', '.join(DTYPES)}. Got {dtype!r}.")
+        if not isinstance(shard_size, int) or shard_size < 1:
+            raise ConfigError(f"The 'shard_size' parameter must be an int >= 1. Got {shard_size!r}.")
+        self.path, self.n, self.dim, self.dtype, self.shard_size = Path(path), len(ids), int(dim), dtype, shard_size
+        self.path.mkdir(parents=True, exist_ok=True)
+        n_shards = -(-len(ids) // shard_size)
+        manifest = {"ids": [str(i) for i in ids], "dim": int(dim), "dtype": dtype, "shard_size": shard_size,
+                    "shards": [shard_name(i) for i in range(n_shards)], "meta": meta or {}}
+        self.shards = manifest["shards"]
+        mpath = self.path / MANIFEST
+        if mpath.exists():
+            old = json.loads(mpath.read_text())
+            if old != manifest:
+                diff = [k for k in manifest if old.get(k) != manifest[k]]
+                raise ConfigError(f"{mpath} describes a different store (differs in: {', '.join(diff)}). "
+                                  "Use a new directory or delete this one.")
+        else:
+            _atomic_write(mpath, lambda f: f.write(json.dumps(manifest).encode()))
+
+    def rows(self, i: int) -> np.ndarray:
+        """Row indices of shard i: [i * shard_size, min((i + 1) * shard_size, n))."""
+        return np.arange(i * self.shard_size, min((i + 1) * self.shard_size, self.n))
+
+    def missing(self) -> list[int]:
+        """Indices of the shards not yet written (a shard file that exists is complete: atomic rename)."""
+        return [i for i, name in enumerate(self.shards) if not (self.path / name).exists()]
+
+    def write(self, i: int, feats: np.ndarray) -> None:
+        """Write shard i: ``feats`` (rows of shard i, dim), cast to the store's dtype."""
+        feats = np.asarray(feats, dtype=self.dtype)
+        n = len(self.rows(i))
+        if feats.shape != (n, self.dim):
+            raise ConfigError(f"The feature function returned shape {feats.shape} for {n} rows; "
+                              f"expected ({n}, {self.dim}).")
+        _atomic_write(self.path / self.shards[i], lambda f: np.save(f, feats))
 
 
 class GradientStore:

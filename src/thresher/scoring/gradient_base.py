@@ -10,6 +10,13 @@ a parameter names (target or validation files), rendering, the settings key of a
 moments, and small arrays cached in memory and under ``<cache_root>/grads``.
 Rows that cannot be scored (prompt fills max_length, no assistant turn) get NaN and a ``status`` reason.
 
+Where the gradients are taken: the dataset-scope scorers (less, datainf) send every pass over gradients
+through ``Scorer.map_shards`` in shards of ``POOL_SHARD`` units (rendered units and the run's ``Checkpoint``s
+travel to the workers; the module-level functions here and in less.py / datainf.py run there, on the
+worker's model), and combine the per-shard results on the driver in shard order. The driver renders and
+tokenises (tokenizer only: it never loads the model's weights) and writes every cache file: stores,
+target features, validation means. clues is row scope: the engine runs all of it on the workers.
+
 thresher.gradients imports torch: its imports stay inside the methods, so that the scorer classes load
 (for ``thresher validate`` and ``thresher ls``) without torch.
 """
@@ -17,6 +24,7 @@ thresher.gradients imports torch: its imports stay inside the methods, so that t
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,10 +111,12 @@ class GradientScorer(Scorer):
         self._sets: dict[str, list[tuple[str, Dataset]]] = {}
         self._memo: dict[str, np.ndarray] = {}
         self._moments: dict[tuple, tuple] = {}
+        self._layout = None
 
     # ------------------------------------------------------------------ run, data, identity
     def setup(self, ctx) -> None:
         super().setup(ctx)
+        self._layout = None                   # the parameter layout of this context's model (layout())
         self.run()
         for name in self.params.data_params():
             self.data_sets(name)
@@ -216,6 +226,107 @@ class GradientScorer(Scorer):
                 self._memo[name] = arr
         return self._memo[name]
 
+    def is_cached(self, kind: str, key: str) -> bool:
+        """Whether ``cached(kind, key, ...)`` would return without computing."""
+        name = f"{kind}-{key[:32]}"
+        return name in self._memo or (self.grads_dir() / f"{name}.npy").is_file()
+
+    def cached_per_checkpoint(self, kind: str, keys: list[str], compute) -> list[np.ndarray]:
+        """``cached(kind, keys[c], ...)`` for each checkpoint c of the run; those not cached are computed together
+        by ``compute(checkpoints) -> [array per checkpoint]`` (one pass over the executor's workers for all)."""
+        cks = self.run().checkpoints
+        todo = [c for c, key in enumerate(keys) if not self.is_cached(kind, key)]
+        fresh = dict(zip(todo, compute([cks[c] for c in todo]))) if todo else {}
+        return [self.cached(kind, key, lambda c=c: fresh[c]) for c, key in enumerate(keys)]
+
+    # ------------------------------------------------------------------ passes on the executor's workers
+    @contextmanager
+    def adapted(self):
+        """(this process's model with the run's LoRA layers, its tokenizer, the selected parameters) for the
+        duration of a ``with`` block: the worker side of the per-shard functions."""
+        from thresher.gradients import select_parameters
+        from thresher.gradients.pipeline import adapted_model
+
+        lm = self.ctx.lm().setup()
+        with adapted_model(lm.model, self.run()) as model:
+            yield model, lm.tokenizer, select_parameters(model, self.params.notation)
+
+    def local_checkpoint(self, ck):
+        """This process's checkpoint of the run with the step and content of ``ck`` (the driver's)."""
+        for mine in self.run().checkpoints:
+            if (mine.step, mine.fingerprint) == (ck.step, ck.fingerprint):
+                return mine
+        raise ConfigError(f"The 'checkpoints' parameter of scorer {self.name!r}: checkpoint-{ck.step} of "
+                          f"{self.params.checkpoints!r} is missing or has other content on this worker than on "
+                          "the driver. Give every worker the same copy of the training run directory.")
+
+    def layout(self):
+        """The selected parameters' names and shapes (a ``ParamSelection`` without modules: ``dim``,
+        ``offsets``, ``names``), asked of a worker, so that the driver never loads the model's weights."""
+        from thresher.gradients.persample import ParamSelection
+
+        if self._layout is None:
+            names, shapes = list(self.map_shards(selection_layout, [None]))[0]
+            self._layout = ParamSelection(list(names), [tuple(x) for x in shapes], [])
+        return self._layout
+
+    @staticmethod
+    def shard_spans(n: int) -> list[slice]:
+        """Consecutive shards of ``POOL_SHARD`` units out of n, in order."""
+        return [slice(s, min(s + POOL_SHARD, n)) for s in range(0, n, POOL_SHARD)]
+
+    def shard_items(self, units, checkpoints) -> list[tuple]:
+        """Items of the per-shard functions, one per ``shard_spans``: (its units, the checkpoints to use)."""
+        return [(units[sl], tuple(checkpoints)) for sl in self.shard_spans(len(units))]
+
+    def features(self, units, checkpoints, *, adam: bool) -> list[np.ndarray]:
+        """Per checkpoint, the (len(units), d) float32 features of ``units`` (at least one; Adam-preconditioned if
+        ``adam``, projected if the scorer projects; NaN rows: unscorable), computed shard by shard on the workers."""
+        parts = list(self.map_shards(shard_features, self.shard_items(units, checkpoints), adam=adam,
+                                     dtype="float32"))
+        return [np.concatenate([part[k] for part in parts]) for k in range(len(checkpoints))]
+
+    def fill_stores(self, paths: list[Path], ids: list[str], units, sel, *, adam: bool, dtype: str, meta) -> list:
+        """One resumable GradientStore per checkpoint of the run (``paths[c]``) of the units' features (as
+        ``features``), ``POOL_SHARD`` rows per store shard. The shards missing from any store are computed on
+        the workers (one item per shard, for every checkpoint that lacks it) and written here, each once and
+        atomically, as they come back; complete shards are skipped (resume). ``meta(checkpoint)``: the
+        manifest metadata of its store."""
+        from thresher.gradients import GradientStore, StoreWriter
+        from thresher.gradients.features import feature_dim, store_meta
+
+        cks, proj = self.run().checkpoints, self.projector(sel)
+        writers = [StoreWriter(path, ids, feature_dim(sel, proj), shard_size=POOL_SHARD, dtype=dtype,
+                               meta=store_meta(sel, proj, adam, meta(ck))) for path, ck in zip(paths, cks)]
+        todo: dict[int, list[int]] = {}                       # shard -> checkpoints whose store lacks it
+        for c, w in enumerate(writers):
+            for i in w.missing():
+                todo.setdefault(i, []).append(c)
+        shards = sorted(todo)
+        items = [([units[j] for j in writers[0].rows(i)], tuple(cks[c] for c in todo[i])) for i in shards]
+        for i, feats in zip(shards, self.map_shards(shard_features, items, adam=adam, dtype=dtype)):
+            for c, f in zip(todo[i], feats):
+                writers[c].write(i, f)
+        return [GradientStore(path) for path in paths]
+
+    def per_checkpoint(self, units, checkpoints, reduce, *, adam: bool = False) -> list:
+        """``[reduce(k, stream, dim) for each checkpoint k]`` on this process's model (worker side): ``stream``
+        yields (unit indices, (b, dim) features) of ``units`` at checkpoint k (Adam-preconditioned if ``adam``,
+        projected if the scorer projects), each scorable unit once."""
+        from thresher.gradients.features import feature_dim, iter_gradients
+        from thresher.gradients.pipeline import use_checkpoint
+
+        out = []
+        with self.adapted() as (model, tok, sel):
+            proj, kw = self.projector(sel), self.grad_kw(sel)
+            for k, ck in enumerate(checkpoints):
+                ck = self.local_checkpoint(ck)
+                use_checkpoint(model, ck)
+                moments = self.moments(ck, model, sel) if adam else None
+                out.append(reduce(k, iter_gradients(model, tok, units, sel, moments=moments, projector=proj, **kw),
+                                  feature_dim(sel, proj)))
+        return out
+
     def labelled_units(self, name: str, tokenizer, task_field: str | None = None):
         """Units of every file of a data-file parameter, their group index, the group names, and a
         content hash. Groups are files, or the records' ``task_field`` value where a record has one."""
@@ -248,3 +359,20 @@ class GradientScorer(Scorer):
         out = np.full(n_rows, np.nan)
         out[owner] = values
         return out
+
+
+# ---------------------------------------------------------------- per-shard functions (run on the workers)
+def selection_layout(scorer: GradientScorer, item) -> tuple[list[str], list[tuple[int, ...]]]:
+    """(names, shapes) of the parameters the scorer's ``notation`` selects on the adapted model."""
+    with scorer.adapted() as (_, _, sel):
+        return sel.names, sel.shapes
+
+
+def shard_features(scorer: GradientScorer, item, *, adam: bool, dtype: str) -> list[np.ndarray]:
+    """item = (units, checkpoints): per checkpoint, (len(units), d) features in ``dtype`` (NaN rows:
+    unscorable units)."""
+    from thresher.gradients.features import collect_features
+
+    units, checkpoints = item
+    return scorer.per_checkpoint(units, checkpoints, lambda k, stream, dim:
+                                 collect_features(stream, len(units), dim).astype(dtype), adam=adam)

@@ -4,9 +4,11 @@
 Pool: Adam-preconditioned, projected (``proj_dim`` 8192, ``proj_seed`` 0), stored per checkpoint in a
 resumable GradientStore under ``cache_root/grads/less-pool-<key>``; the key covers the model, the
 checkpoint's content, the gradient settings and the pool rows but not the target, so another target
-reuses the store. Target: plain SGD gradients of each target file (one task per file, or per ``task``
-field of the records). Range [-1, 1]; higher = closer to some target task (keep). The run, rendering and
-caches: thresher.scoring.gradient_base.
+reuses the store. The store's shards are computed on the executor's workers and written by the driver
+(``GradientScorer.fill_stores``), then read back shard by shard on the driver to score. Target: plain SGD
+gradients of each target file (one task per file, or per ``task`` field of the records), also computed on
+the workers. Range [-1, 1]; higher = closer to some target task (keep). The run, rendering and caches:
+thresher.scoring.gradient_base.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from thresher.config import choice, option
 from thresher.data.fingerprint import row_hashes
 from thresher.data.table import Dataset
 from thresher.io import sha256_hex
-from thresher.scoring.gradient_base import POOL_SHARD, GradientParams, GradientScorer
+from thresher.scoring.gradient_base import GradientParams, GradientScorer
 
 
 @dataclass
@@ -53,31 +55,22 @@ class LessScorer(GradientScorer):
         return sha256_hex(self.settings_key(), ckpt.step, ckpt.fingerprint, self.params.store_dtype, pool_hash)[:24]
 
     def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
-        from thresher.gradients import GradientStore, gradient_features, less_scores, select_parameters
-        from thresher.gradients import write_gradient_store
-        from thresher.gradients.pipeline import adapted_model, use_checkpoint
+        from thresher.gradients import less_scores
 
-        p, lm, run = self.params, self.ctx.lm().setup(), self.run()
-        tok = lm.tokenizer
+        p, run = self.params, self.run()
+        tok = self.ctx.lm().tokenizer_only()
         units, owner = self.units(rows, tok)
         t_units, t_task, tasks, t_hash = self.labelled_units("target", tok, task_field="task")
         pool_hash = sha256_hex(*row_hashes(rows))
-        stores, targets = [], []
-        with adapted_model(lm.model, run) as model:
-            sel = select_parameters(model, p.notation)
-            proj, kw = self.projector(sel), self.grad_kw(sel)
-            for ck in run.checkpoints:
-                use_checkpoint(model, ck)
-                key = self.pool_store_key(ck, pool_hash)
-                path = self.grads_dir() / f"less-pool-{key}"
-                if not (path.is_dir() and GradientStore(path).complete):
-                    write_gradient_store(path, [rows.ids[o] for o in owner], model, tok, units, sel,
-                                         shard_size=POOL_SHARD, dtype=p.store_dtype,
-                                         meta={"step": ck.step, "checkpoint": ck.fingerprint, "notation": p.notation},
-                                         moments=self.moments(ck, model, sel), projector=proj, **kw)
-                stores.append(GradientStore(path))
-                targets.append(self.cached("less-target", sha256_hex(self.settings_key(), ck.fingerprint, t_hash),
-                                           lambda: gradient_features(model, tok, t_units, sel, projector=proj, **kw)))
+        sel = self.layout()
+        stores = self.fill_stores([self.grads_dir() / f"less-pool-{self.pool_store_key(ck, pool_hash)}"
+                                   for ck in run.checkpoints], [rows.ids[o] for o in owner], units, sel,
+                                  adam=True, dtype=p.store_dtype,
+                                  meta=lambda ck: {"step": ck.step, "checkpoint": ck.fingerprint,
+                                                   "notation": p.notation})
+        targets = self.cached_per_checkpoint(
+            "less-target", [sha256_hex(self.settings_key(), ck.fingerprint, t_hash) for ck in run.checkpoints],
+            lambda cks: self.features(t_units, cks, adam=False))
         ok = np.all([np.isfinite(t).all(axis=1) for t in targets], axis=0)          # (M,) scorable targets
         self.require_scored("target", np.bincount(t_task[ok], minlength=len(tasks)), tasks)
         targets = [t[ok] for t in targets]
