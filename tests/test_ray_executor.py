@@ -91,7 +91,8 @@ def test_local_and_ray_finish_each_others_runs(ds, ctx, rex, local_scores, tmp_p
 
 
 def test_a_killed_worker_is_restarted_and_the_scores_do_not_change(ds, ctx, rex, local_scores, tmp_path):
-    result, before = {}, rex.worker_pids()
+    score_dataset(ds.subset(range(SHARD)), make_scorer("length"), ctx, cache_root=tmp_path / "warm", executor=rex)
+    result, before = {}, rex.worker_pids()            # the actors of this context, started by the warm-up
 
     def run():
         result["out"] = score_dataset(ds, make_scorer("ifd", **SCORERS["ifd"]), ctx, shard_size=2,
@@ -133,6 +134,38 @@ def test_api_judge_on_ray_matches_local(ds, rex, tmp_path):
              for m, meta in zip(ds.messages, ds.meta)]
     np.testing.assert_array_equal(on_ray["rating"].to_numpy(), [float(rating_of(u)) for u in users])
     pd.testing.assert_frame_equal(on_ray, local)
+
+
+def test_less_gradient_passes_on_ray_match_local(rex, tmp_path, monkeypatch):
+    """LESS's pool feature store is built from per-shard gradient features computed on the Ray workers
+    (Scorer.map_shards), written by the driver: the same scores as the local run."""
+    pytest.importorskip("peft")
+    from test_gradient_shards import ALPACA, LONG, store_shards, write_jsonl
+    from tiny_model import save_tiny_llama
+    from thresher.data import load
+    from thresher.scoring import gradient_base
+    from thresher.training.sft import train
+
+    monkeypatch.setattr(gradient_base, "POOL_SHARD", 3)           # three store shards for the 9-row pool
+    model = save_tiny_llama(tmp_path / "model")
+    train(write_jsonl(tmp_path / "train.jsonl", ALPACA), out=tmp_path / "run", model=str(model), lora_r=4,
+          lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], template="alpaca", add_eos=False,
+          max_length=128, max_steps=4, save_steps=2, batch_size=4, logging_steps=1, lr=5e-3, device="cpu",
+          dtype="float32", seed=0)
+    pool = load(write_jsonl(tmp_path / "pool.jsonl", ALPACA[:4] + [LONG] + ALPACA[4:8]))
+    target = write_jsonl(tmp_path / "t.jsonl", ALPACA[8:10])
+    tctx = ModelContext(str(model), device="cpu", dtype="float32")
+
+    def less():
+        return make_scorer("less", checkpoints=str(tmp_path / "run"), target=[target], proj_dim=64, max_length=128)
+
+    on_ray = score_dataset(pool, less(), tctx, cache_root=tmp_path / "r", executor=rex)
+    local = score_dataset(pool, less(), tctx, cache_root=tmp_path / "l")
+    _same(on_ray, local)
+    ray_store, local_store = store_shards(tmp_path / "r"), store_shards(tmp_path / "l")
+    assert len(ray_store) == 6 and ray_store.keys() == local_store.keys()     # 2 checkpoints x 3 shards
+    for name, path in ray_store.items():
+        np.testing.assert_allclose(np.load(path), np.load(local_store[name]), rtol=1e-5, atol=1e-6)
 
 
 def test_a_worker_that_cannot_load_its_model_stops_the_run(ds, rex, tmp_path):
@@ -192,3 +225,4 @@ def test_without_ray_the_error_names_the_extra(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert p.returncode == 2, p.stderr
     assert "pip install 'thresher[ray]'" in p.stderr and "Traceback" not in p.stderr
+

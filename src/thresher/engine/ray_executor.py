@@ -19,10 +19,12 @@ appears nowhere else in thresher.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 import traceback
@@ -64,7 +66,7 @@ class _Worker:
         sc = self.scorers.get(key)
         if sc is None:
             sc = cls(**params)
-            sc.cache_root = Path(tempfile.mkdtemp(prefix="thresher-worker-"))   # worker-local stores only
+            sc.cache_root = _scratch()                   # worker-local stores only: the driver's cache is its own
             sc.setup(self.ctx)
             self.scorers[key] = sc
         return sc
@@ -76,6 +78,29 @@ class _Worker:
     def call(self, key: str, cls: type, params: dict, fn, item, shared: dict):
         with _portable_errors():
             return fn(self._scorer(key, cls, params), item, **shared)
+
+
+def _scratch() -> Path:
+    """A worker-local folder for a scorer's intermediate stores, removed when this worker exits; folders of
+    workers that died without exiting (SIGKILL) are removed by the next worker on the machine."""
+    tmp = Path(tempfile.gettempdir())
+    for old in tmp.glob("thresher-worker-*"):
+        pid = old.name.split("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"thresher-worker-{os.getpid()}-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)              # no signal: only whether the process exists (PermissionError: it does)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 @contextmanager
@@ -204,9 +229,10 @@ class RayExecutor:
                 load[i] -= 1
                 yield tag, _get(ref, i, what)
                 fill(i)
-        finally:
-            for ref in inflight:
-                ray.cancel(ref, force=False)
+        finally:                                            # stopped early (an error): drop the queued shards
+            if ray.is_initialized():
+                for ref in inflight:
+                    ray.cancel(ref, force=False)
 
 
 class _RayRunner(ShardRunner):
