@@ -204,6 +204,10 @@ def main(argv=None) -> int:
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         print("--device cuda but torch sees no CUDA device; use --tiny for the CPU smoke run", file=sys.stderr)
         return 2
+    if torch.device(args.device).type == "cpu" and args.arch != "tiny":
+        print(f"--arch {args.arch} on the CPU would need tens of GB and hours (no CUDA device seen); "
+              "use --arch tiny (--tiny) there", file=sys.stderr)
+        return 2
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device {name}; torch {torch.__version__}; arch {args.arch}; {args.dtype}; tokenizer {args.tokenizer}; "
