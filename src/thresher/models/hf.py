@@ -194,13 +194,14 @@ class HFCausalLM:
 
     def _pad(self, seqs: list[np.ndarray], torch):
         """Pad a batch; returns input_ids, attention_mask, position_ids (B, L) and per-row offsets."""
-        width = max(len(s) for s in seqs)
+        lens = np.array([len(s) for s in seqs], dtype=np.int64)
+        width = int(lens.max())
+        offs = width - lens if self.padding_side == "left" else np.zeros(len(seqs), dtype=np.int64)
+        col = np.arange(width)
+        real = (col >= offs[:, None]) & (col < (offs + lens)[:, None])       # (B, L) real-token cells
         ids = np.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(seqs), width), dtype=np.int64)
-        offs = np.zeros(len(seqs), dtype=np.int64)
-        for r, s in enumerate(seqs):
-            off = width - len(s) if self.padding_side == "left" else 0
-            ids[r, off: off + len(s)], mask[r, off: off + len(s)], offs[r] = s, 1, off
+        ids[real] = np.concatenate(seqs)      # row-major order of the real cells = the rows, concatenated
+        mask = real.astype(np.int64)
         pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
         return self._to_device(ids, torch), self._to_device(mask, torch), self._to_device(pos, torch), offs
 
@@ -283,8 +284,8 @@ class HFCausalLM:
         starts = np.array([s for s, _ in spans], dtype=np.int64)
         counts = np.array([max(e - s, 0) for s, e in spans], dtype=np.int64)
         rows = np.repeat(np.arange(len(seqs)), counts)                        # (M,)
-        tok = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts)]) if counts.sum() else \
-            np.zeros(0, dtype=np.int64)
+        first = np.repeat(np.cumsum(counts) - counts, counts)                  # (M,) index of a row's first target
+        tok = np.repeat(starts, counts) + np.arange(counts.sum()) - first     # (M,) target column, unpadded
         cols = tok + offs[rows]                                                # padded column of each target
         r_t, c_t = self._to_device(rows, torch), self._to_device(cols, torch)
         states = hidden[r_t, c_t - 1]                                          # (M, H) predictors
@@ -319,7 +320,10 @@ class HFCausalLM:
         parts = []
         for a in range(0, states.shape[0], rows):
             x, y = states[a: a + rows], targets[a: a + rows]
-            target_logit = (x * w[y]).sum(1)                                           # (m,)
+            # float32 product and sum: rounding the target's logit to bfloat16 (~0.03 at a logit of 10) would
+            # add to the NLL's error; measured on the bundled model, bfloat16 vs float32 max |loss_cond| difference
+            # 0.016 -> 0.012, median 0.0035 -> 0.0026 (48 ShareGPT pairs, CPU). A no-op in float32.
+            target_logit = (x.float() * w[y].float()).sum(1)                           # (m,) float32
             if bias is not None:
                 target_logit = target_logit + bias[y]
             target_logit = self._logits(target_logit.float())
