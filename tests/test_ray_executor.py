@@ -165,7 +165,7 @@ def test_less_gradient_passes_on_ray_match_local(rex, tmp_path, monkeypatch):
     ray_store, local_store = store_shards(tmp_path / "r"), store_shards(tmp_path / "l")
     assert len(ray_store) == 6 and ray_store.keys() == local_store.keys()     # 2 checkpoints x 3 shards
     for name, path in ray_store.items():
-        np.testing.assert_allclose(np.load(path), np.load(local_store[name]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.load(path), np.load(local_store[name]), rtol=1e-4, atol=1e-5)  # threads differ
 
 
 def test_a_worker_that_cannot_load_its_model_stops_the_run(ds, rex, tmp_path):
