@@ -110,11 +110,6 @@ class StreamedDataset(Dataset):
     raw = property(lambda self: self.materialised().raw)
     meta = property(lambda self: self.materialised().meta)
 
-    def __eq__(self, other) -> bool:
-        return self is other
-
-    __hash__ = object.__hash__
-
     def __repr__(self) -> str:
         return (f"StreamedDataset({len(self)} rows of {self.source!r}, {self.fmt}, {self.container}, "
                 f"read by {type(self.rows).__name__})")
