@@ -4,11 +4,14 @@ notices when it changed (``data_fingerprint(path)``), and the content hash of ea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from thresher.io import file_sha256, sha256_hex, sha256_text
+from thresher.data.table import StreamedDataset
+from thresher.io import file_sha256, sha256_text
 
 FULL_HASH_LIMIT = 256 * 1024 * 1024     # bytes; a larger file is hashed by its head and tail
 _PART = 64 * 1024 * 1024
@@ -58,7 +61,17 @@ def _dir_fingerprint(p: Path) -> dict:
             "hashed": "listing"}
 
 
-def row_hashes(ds) -> list[str]:
-    """Content hash of each row: what any scorer may read of it."""
-    return [sha256_hex(json.dumps([i, m, meta.get("instruction"), meta.get("input")], ensure_ascii=False))
-            for i, m, meta in zip(ds.ids, ds.messages, ds.meta)]
+def row_digest(row_id: str, messages, meta: dict) -> bytes:
+    """SHA-256 (32 bytes) of what any scorer may read of one row; ``.hex()`` is its ``row_hashes`` entry."""
+    text = json.dumps([row_id, messages, meta.get("instruction"), meta.get("input")], ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8") + b"\0").digest()     # as thresher.io.sha256_hex(text)
+
+
+def row_hashes(ds) -> Sequence[str]:
+    """Content hash of each row (64 hex characters): what any scorer may read of it.
+
+    A streamed dataset computed them while loading (``StreamedDataset.hashes``: nothing is read again).
+    """
+    if isinstance(ds, StreamedDataset):
+        return ds.hashes
+    return [row_digest(i, m, meta).hex() for i, m, meta in zip(ds.ids, ds.messages, ds.meta)]

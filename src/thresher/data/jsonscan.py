@@ -6,7 +6,9 @@ records are wanted or when the whole parse failed and the failure must be locate
 is read line by line. Both recognise a file cut off at its end (``CutOff``: the complete records before
 the cut can be kept) apart from one malformed in the middle (a ``DataError`` naming line and column).
 
-Records are yielded as ``(index, line or None, record)``.
+Records are yielded as ``(index, line or None, record, position)``: ``position`` is where the record is in the
+file, for reading it again without the rest (``thresher.data.sources``): the byte offset of its line in JSON
+Lines, the byte span ``(start, end)`` of its text when a JSON array is decoded lazily, None when parsed whole.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ def _ends_early(text: str, err: json.JSONDecodeError) -> bool:
 # --------------------------------------------------------------------------------------------
 
 def iter_json_array(path: Path, *, lazy: bool,
-                    lenient: bool = False) -> Iterator[tuple[int, None, object]]:
+                    lenient: bool = False) -> Iterator[tuple[int, None, object, tuple[int, int] | None]]:
     """Records of a JSON array: parsed whole when all are wanted, else decoded one by one."""
     if lazy:
         yield from _ArrayScanner(path, _chunk_reader(path)).records()
@@ -136,7 +138,7 @@ def iter_json_array(path: Path, *, lazy: bool,
     if not isinstance(data, list):
         raise _not_an_array(path, data)
     for index, record in enumerate(data):
-        yield index, None, record
+        yield index, None, record, None
 
 
 def _rescan(path: Path, text: str, lenient: bool):
@@ -189,7 +191,8 @@ class _ArrayScanner:
     """Decodes a JSON array record by record, reading more text only when it is needed.
 
     Consumed text is dropped from the buffer, with the lines and bytes it held counted, so
-    error positions stay exact for a file of any size.
+    error positions stay exact for a file of any size. Each record's byte span in the file is
+    counted as it is decoded (each character's bytes once: ``_byte_at``).
     """
 
     def __init__(self, path: Path, more, text: str = ""):
@@ -197,6 +200,8 @@ class _ArrayScanner:
         self.eof = more is None
         self.pos, self.n = 0, 0
         self.line_base, self.byte_base, self.col_base = 0, 0, 0
+        self.mark_char, self.mark_byte = 0, 0       # a buffer position and its byte offset in the file
+        self.span = (0, 0)                          # byte span of the record decoded last
         self.decoder = json.JSONDecoder()
 
     def records(self):
@@ -207,7 +212,7 @@ class _ArrayScanner:
                 record = self._next_record()
                 if record is _END:
                     return
-                yield self.n, None, record
+                yield self.n, None, record, self.span
                 self.n += 1
         finally:
             if self.more is not None:
@@ -234,6 +239,17 @@ class _ArrayScanner:
         self.col_base = len(done) - done.rfind("\n") - 1 if newlines else self.col_base + len(done)
         self.byte_base += len(done.encode("utf-8"))
         self.buf, self.pos = self.buf[self.pos:], 0
+        self.mark_char, self.mark_byte = 0, self.byte_base
+
+    def _byte_at(self, pos: int) -> int:
+        """Byte offset in the file of buffer position ``pos`` (positions asked for in increasing order)."""
+        if self.buf.isascii():              # O(1) in CPython: one byte per character
+            return self.byte_base + pos
+        if pos < self.mark_char:
+            self.mark_char, self.mark_byte = 0, self.byte_base
+        self.mark_byte += len(self.buf[self.mark_char:pos].encode("utf-8"))
+        self.mark_char = pos
+        return self.mark_byte
 
     def _skip_ws(self) -> str:
         """The next non-whitespace character ('' at the end of the file)."""
@@ -254,9 +270,22 @@ class _ArrayScanner:
         if first != "[":
             if first == "{":
                 raise _not_an_array(self.path, {})
-            raise self._malformed(self.pos, f"expected '[' but found {first!r}")
+            raise self._not_an_array_or_malformed(first)
         self.pos += 1
         return True
+
+    def _not_an_array_or_malformed(self, first: str) -> DataError:
+        """The error for a file whose first value is no array: named by its type when the file holds just
+        that one JSON value (as a whole parse names it), else the position where it stops being an array."""
+        while self._fill():
+            pass
+        try:
+            value, end = self.decoder.raw_decode(self.buf, self.pos)
+        except (json.JSONDecodeError, RecursionError):
+            value, end = None, -1
+        if end >= 0 and not self.buf[end:].strip(" \t\r\n"):
+            return _not_an_array(self.path, value)
+        return self._malformed(self.pos, f"expected '[' but found {first!r}")
 
     def _next_record(self):
         nxt = self._skip_ws()
@@ -299,6 +328,7 @@ class _ArrayScanner:
             if end == len(self.buf) and self._fill():
                 start = self.pos
                 continue
+            self.span = (self._byte_at(start), self._byte_at(end))
             self.pos = end
             return record
 
@@ -333,8 +363,8 @@ _END = object()
 # JSON Lines
 # --------------------------------------------------------------------------------------------
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, int, object]]:
-    """One record per non-blank line; ``line`` is 1-based."""
+def iter_jsonl(path: Path) -> Iterator[tuple[int, int, object, int]]:
+    """One record per non-blank line; ``line`` is 1-based; ``position`` is the line's byte offset."""
     index, start = 0, 0
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):
@@ -342,7 +372,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, int, object]]:
             start += len(raw)
             text = line.decode()
             if text.strip():
-                yield index, number, line.parse(text)
+                yield index, number, line.parse(text), line.start
                 index += 1
 
 

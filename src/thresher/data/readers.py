@@ -2,7 +2,9 @@
 
 Three record shapes (alpaca, sharegpt, messages; ``thresher.data.records``) in four containers (JSON
 array, JSON Lines: ``thresher.data.jsonscan``; Parquet, Hugging Face datasets) are normalised to one
-conversation form. Every problem with the
+conversation form. ``load(..., stream=True)`` makes the same validating pass but keeps only the ids, the
+row hashes and where each row is (a ``StreamedDataset``: shards read their rows when they are scored, and
+``write_records`` reads the kept records once more), so memory stays flat in the pool size. Every problem with the
 input becomes a ``DataError`` that names the file, the line or record, the field, what was
 expected and what to do, because the people running this are usually looking at someone else's
 dataset and need to know exactly where it breaks.
@@ -17,9 +19,17 @@ import os
 import re
 from pathlib import Path
 
+from array import array
+
+import numpy as np
+
+from thresher.data.columns import HexDigests, StringsBuilder
+from thresher.data.fingerprint import row_digest
 from thresher.data.jsonscan import CutOff, iter_json_array, iter_jsonl
-from thresher.data.records import FORMATS, NORMALISERS, Invalid, check_values, content_hash, detect_format, record_id
-from thresher.data.table import Dataset, LoadReport
+from thresher.data.records import (FORMATS, NORMALISERS, Invalid, check_values, content_hash, detect_format,
+                                   occurrence_renames, record_id)
+from thresher.data.sources import HFRows, JsonArrayRows, JsonlRows, ParquetRows
+from thresher.data.table import Dataset, LoadReport, StreamedDataset
 from thresher.errors import ConfigError, DataError
 from thresher.io import atomic_path
 
@@ -44,32 +54,45 @@ _MAX_EXAMPLES = 5
 
 def load(path, fmt: str = "auto", *, on_invalid: str = "fail", lenient: bool = False,
          limit: int | None = None, split: str = "train",
-         max_record_chars: int | None = MAX_RECORD_CHARS) -> Dataset:
+         max_record_chars: int | None = MAX_RECORD_CHARS, stream: bool = False) -> Dataset:
     """Read ``path`` (file, save_to_disk directory or hub name) into a validated ``Dataset``.
 
     ``on_invalid="skip"`` drops unusable records and counts them by reason; ``lenient`` keeps
     the complete records of a cut-off file; ``limit`` stops after that many valid records;
     ``max_record_chars``: a record with a longer text field is invalid (0 or None: no limit).
+    ``stream``: return a ``StreamedDataset`` that keeps no records (same rows, ids, errors and report).
     """
     _check_options(fmt, on_invalid, limit, max_record_chars)
     try:
-        source, container, records = _open_source(path, limit, split, lenient)
+        source, container, records, origin = _open_source(path, limit, split, lenient,
+                                                          lazy=stream or limit is not None)
         report = LoadReport(path=source, fmt="" if fmt == "auto" else fmt,
                             container=container, limit=limit)
+        rows = _StreamedRows(container, origin) if stream else _HeldRows()
         builder = _Builder(source, None if fmt == "auto" else fmt, on_invalid, report,
-                           max_record_chars or None)
-        _consume(records, builder, limit, lenient)
+                           max_record_chars or None, rows)
+        # A JSON array read whole reports its own defects before any record's (see jsonscan._rescan).
+        _consume(records, builder, limit, lenient, file_first=stream and container == "json" and limit is None)
+        return builder.finish(container)
     except OSError as err:      # unreadable file, permissions, a disk error: no traceback
         raise DataError(path, f"cannot be read ({err.strerror or err}).") from None
-    return builder.finish(container)
 
 
-def _consume(records, builder: "_Builder", limit: int | None, lenient: bool) -> None:
-    """Feeds records to the builder until the end, ``limit`` valid rows, or a cut."""
+def _consume(records, builder: "_Builder", limit: int | None, lenient: bool, file_first: bool = False) -> None:
+    """Feeds records to the builder until the end, ``limit`` valid rows, or a cut.
+
+    ``file_first``: when a record is rejected, read the rest of the file first and raise its own defect
+    (malformed, not UTF-8, cut off without ``lenient``) instead, if it has one.
+    """
     try:
-        for index, line, record in records:
-            builder.add(index, line, record)
-            if limit is not None and len(builder.ids) >= limit:
+        for index, line, record, position in records:
+            try:
+                builder.add(index, line, record, position)
+            except DataError:
+                if file_first:
+                    _raise_file_defect(records, lenient)
+                raise
+            if limit is not None and builder.n_kept >= limit:
                 break
     except CutOff as cut:
         _handle_cut_off(cut, lenient, builder.report)
@@ -77,15 +100,32 @@ def _consume(records, builder: "_Builder", limit: int | None, lenient: bool) -> 
         records.close()   # release the file when stopping early at ``limit``
 
 
+def _raise_file_defect(records, lenient: bool) -> None:
+    """Reads the remaining records; raises the file's own error if it has one (a lenient cut is none)."""
+    try:
+        for _ in records:
+            pass
+    except CutOff as cut:
+        if not lenient:
+            raise cut.error() from None
+    except DataError as err:
+        raise err from None
+
+
 def write_records(ds: Dataset, indices, out_path, *, container: str | None = None) -> Path:
-    """Write ``ds.raw[i]`` for ``i`` in ``indices``, unchanged and in order; atomic."""
+    """Write ``ds.raw[i]`` for ``i`` in ``indices``, unchanged and in order; atomic.
+
+    A ``StreamedDataset`` reads the records from its source again (JSON and JSON Lines output is written as it
+    is read; Parquet output, one table, holds the selected records).
+    """
     out = Path(out_path)
     kind = _output_container(out, container, ds.container)
-    records = [ds.raw[int(i)] for i in indices]
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    records = ds.iter_records(idx) if isinstance(ds, StreamedDataset) else (ds.raw[i] for i in idx.tolist())
     # Readers of the output never see a half-written selection.
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         _WRITERS[kind](records, fh)
-    logger.info("wrote %d records to %s (%s)", len(records), out, kind)
+    logger.info("wrote %d records to %s (%s)", len(idx), out, kind)
     return out
 
 
@@ -129,23 +169,29 @@ def _check_options(fmt, on_invalid, limit, max_record_chars=None) -> None:
                           "an integer >= 1, or 0 or None for no limit.")
 
 
-def _open_source(path, limit, split, lenient=False):
-    """Returns (source name, container, iterator of (index, line or None, record))."""
+def _open_source(path, limit, split, lenient=False, lazy=False):
+    """Returns (source name, container, iterator of (index, line or None, record, position), origin).
+
+    ``origin``: the file's path, or the Hugging Face ``datasets.Dataset``; ``lazy``: decode a JSON array
+    record by record (with byte spans) instead of parsing it whole.
+    """
     p = Path(path)
     if p.is_dir():
-        return str(p), "hf", _iter_hf(_load_from_disk(p, split))
+        table = _load_from_disk(p, split)
+        return str(p), "hf", _iter_hf(table), table
     if p.is_file():
         container = _file_container(p)
-        open_reader = {"json": lambda: iter_json_array(p, lazy=limit is not None, lenient=lenient),
+        open_reader = {"json": lambda: iter_json_array(p, lazy=lazy, lenient=lenient),
                        "jsonl": lambda: iter_jsonl(p), "parquet": lambda: _iter_parquet(p)}
-        return str(p), container, open_reader[container]()
+        return str(p), container, open_reader[container](), p
     _check_missing_link(p)
     if _looks_local(str(path)):
         raise DataError(path, "file not found.",
                         hint="Check the path. It looks like a local path, so it was not looked up on the "
                              "Hugging Face hub (a hub dataset is named owner/name).")
     if _looks_like_hub_name(str(path)):
-        return str(path), "hf", _iter_hf(_load_from_hub(str(path), split))
+        table = _load_from_hub(str(path), split)
+        return str(path), "hf", _iter_hf(table), table
     raise DataError(path, "file not found.",
                     hint="Check the path; a Hugging Face hub dataset is named owner/name.")
 
@@ -226,7 +272,7 @@ def _iter_parquet(path: Path, batch_rows: int = 1024):
     # Batches keep memory flat and let ``limit`` stop reading early.
     for batch in reader.iter_batches(batch_size=batch_rows):
         for record in batch.to_pylist():
-            yield index, None, record
+            yield index, None, record, index
             index += 1
 
 
@@ -278,7 +324,7 @@ def _iter_hf(table, batch_rows: int = 1024):
     for batch in table.iter(batch_size=batch_rows):
         columns = list(batch)
         for values in zip(*(batch[c] for c in columns)):
-            yield index, None, dict(zip(columns, values))
+            yield index, None, dict(zip(columns, values)), index
             index += 1
 
 
@@ -292,18 +338,22 @@ def _first_line(err: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 
 class _Builder:
-    """Collects valid rows, counts rejected ones and keeps ids unique."""
+    """Collects valid rows (into ``rows``: held or streamed), counts rejected ones and keeps ids unique."""
 
     def __init__(self, source: str, fmt: str | None, on_invalid: str, report: LoadReport,
-                 max_chars: int | None = MAX_RECORD_CHARS):
+                 max_chars: int | None = MAX_RECORD_CHARS, rows: "_HeldRows | _StreamedRows | None" = None):
         self.source, self.fmt, self.on_invalid, self.report = source, fmt, on_invalid, report
         self.max_chars = max_chars
-        self.ids, self.messages, self.raw, self.meta = [], [], [], []
-        self.seen: set[str] = set()
-        self.occurrences: dict[str, int] = {}
-        self.n_renamed = 0
+        self.rows = rows if rows is not None else _HeldRows()
+        self.ids = StringsBuilder()       # each kept row's own id, before repeats are renamed
+        self.id_keys = array("q")          # hash() of each id: repeats are found among equal keys
+        self.marked = array("q")           # rows whose id holds '#' (could collide with a renamed repeat)
 
-    def add(self, index: int, line: int | None, record) -> None:
+    @property
+    def n_kept(self) -> int:
+        return len(self.ids)
+
+    def add(self, index: int, line: int | None, record, position=None) -> None:
         self.report.n_read += 1
         where = f"line {line}" if line is not None else f"record {index}"
         if self.fmt is None:
@@ -315,13 +365,12 @@ class _Builder:
         except Invalid as bad:
             self._reject(bad, where)
             return
-        self._keep(index, line, record, messages, extra)
-
-    def _keep(self, index: int, line: int | None, record, messages, extra) -> None:
-        self.ids.append(self._unique(record_id(record) or content_hash(record)))
-        self.messages.append(messages)
-        self.raw.append(record)
-        self.meta.append({"index": index, "line": line, **extra})
+        rid = record_id(record) or content_hash(record)
+        if "#" in rid:
+            self.marked.append(len(self.ids))
+        self.ids.append(rid)
+        self.id_keys.append(hash(rid))
+        self.rows.keep(index, line, record, position, messages, extra, rid)
 
     def _reject(self, bad: Invalid, where: str) -> None:
         err = bad.error(self.source, where, failing=self.on_invalid == "fail")
@@ -332,44 +381,90 @@ class _Builder:
         if len(self.report.examples) < _MAX_EXAMPLES:
             self.report.examples.append(str(err))
 
-    def _unique(self, rid: str) -> str:
-        """First occurrence keeps its id; later ones get '#2', '#3', ... in file order."""
-        count = self.occurrences.get(rid, 0) + 1
-        self.occurrences[rid] = count
-        candidate = rid
-        while candidate in self.seen:
-            candidate = f"{rid}#{count}"
-            count += 1
-        if candidate != rid:
-            self.n_renamed += 1
-        self.seen.add(candidate)
-        return candidate
-
     def finish(self, container: str) -> Dataset:
         report = self.report
         if report.n_read == 0:
             raise DataError(self.source, "no records" + (f" ({report.truncated})"
                                                         if report.truncated else "") + ".",
                             hint="Check that this is the right file and that it is not empty.")
-        if not self.ids:
+        if not self.n_kept:
             raise DataError(self.source, f"no valid records: all {report.n_read} were invalid "
                             f"({_reasons(report.skipped)}).", hint="See the first: "
                             + (report.examples[0] if report.examples else "?"))
-        self._note_renamed()
-        report.n_kept = len(self.ids)
+        ids = self.ids.build()
+        renamed = occurrence_renames(ids, np.frombuffer(self.id_keys, dtype=np.int64),
+                                     np.frombuffer(self.marked, dtype=np.int64) if self.marked else ())
+        self._note_renamed(len(renamed))
+        report.n_kept = self.n_kept
         if report.skipped:
             logger.warning("%s: skipped %d invalid records (%s)", self.source,
                            sum(report.skipped.values()), _reasons(report.skipped))
-        return Dataset(ids=self.ids, messages=self.messages, raw=self.raw, meta=self.meta,
-                       fmt=self.fmt, container=container, source=self.source, report=report)
+        return self.rows.dataset(ids.replaced(renamed), renamed, fmt=self.fmt, container=container,
+                                 source=self.source, report=report)
 
-    def _note_renamed(self) -> None:
-        if not self.n_renamed:
+    def _note_renamed(self, n_renamed: int) -> None:
+        if not n_renamed:
             return
-        note = (f"{self.n_renamed} records repeated an earlier id and were given the suffix "
+        note = (f"{n_renamed} records repeated an earlier id and were given the suffix "
                 "#2, #3, ... by occurrence")
         logger.warning("%s: %s", self.source, note)
         self.report.examples.append(note)
+
+
+class _HeldRows:
+    """Every kept record, its conversation and meta in lists: an ordinary ``Dataset``."""
+
+    def __init__(self):
+        self.messages, self.raw, self.meta = [], [], []
+
+    def keep(self, index, line, record, position, messages, extra, rid) -> None:
+        self.messages.append(messages)
+        self.raw.append(record)
+        self.meta.append({"index": index, "line": line, **extra})
+
+    def dataset(self, ids, renamed, **info) -> Dataset:
+        return Dataset(ids=list(ids), messages=self.messages, raw=self.raw, meta=self.meta, **info)
+
+
+class _StreamedRows:
+    """Where each kept row is in its source, its meta index and line, and its row hash: a ``StreamedDataset``.
+
+    Per row: 8 bytes of position (16 for a JSON array's byte span), 16 of index and line, 32 of hash.
+    """
+
+    def __init__(self, container: str, origin):
+        self.container, self.origin = container, origin
+        self.index, self.line, self.starts, self.ends = array("q"), array("q"), array("q"), array("q")
+        self.digests = bytearray()
+
+    def keep(self, index, line, record, position, messages, extra, rid) -> None:
+        self.index.append(index)
+        self.line.append(-1 if line is None else line)
+        if self.container == "json":
+            self.starts.append(position[0])
+            self.ends.append(position[1])
+        else:
+            self.starts.append(position)
+        self.digests += row_digest(rid, messages, extra)
+
+    def dataset(self, ids, renamed, **info) -> StreamedDataset:
+        starts = np.frombuffer(self.starts, dtype=np.int64)
+        if self.container == "json":
+            rows = JsonArrayRows(self.origin, starts, np.frombuffer(self.ends, dtype=np.int64))
+        elif self.container == "hf":
+            rows = HFRows(self.origin, starts, info["source"])
+        else:
+            rows = {"jsonl": JsonlRows, "parquet": ParquetRows}[self.container](self.origin, starts)
+        line = np.frombuffer(self.line, dtype=np.int64) if self.container == "jsonl" else None
+        ds = StreamedDataset(ids, HexDigests(np.frombuffer(self.digests, dtype=np.uint8)),
+                             np.frombuffer(self.index, dtype=np.int64), line, rows, **info)
+        if renamed:                        # a renamed row's hash covers its new id: hash those rows again
+            changed = sorted(renamed)
+            rows_again = ds.subset(changed)
+            for k, i in enumerate(changed):
+                ds.hashes.digests[i] = np.frombuffer(row_digest(rows_again.ids[k], rows_again.messages[k],
+                                                                rows_again.meta[k]), dtype=np.uint8)
+        return ds
 
 
 def _reasons(skipped: dict[str, int]) -> str:
@@ -401,22 +496,28 @@ def _output_container(out: Path, container: str | None, input_container: str) ->
     return "jsonl" if input_container == "hf" else input_container
 
 
-def _write_json(records: list, fh) -> None:
-    fh.write(json.dumps(records, indent=2, ensure_ascii=False).encode("utf-8"))
-    fh.write(b"\n")
+def _write_json(records, fh) -> None:
+    """A JSON array written record by record, byte for byte ``json.dumps(list(records), indent=2)`` + newline
+    (an item of that array is its own indented dump shifted right by two spaces: strings hold no raw newline)."""
+    sep = b"[\n  "
+    for record in records:
+        fh.write(sep)
+        fh.write(json.dumps(record, indent=2, ensure_ascii=False).replace("\n", "\n  ").encode("utf-8"))
+        sep = b",\n  "
+    fh.write(b"[]\n" if sep == b"[\n  " else b"\n]\n")
 
 
-def _write_jsonl(records: list, fh) -> None:
+def _write_jsonl(records, fh) -> None:
     for record in records:
         fh.write(json.dumps(record, ensure_ascii=False).encode("utf-8"))
         fh.write(b"\n")
 
 
-def _write_parquet(records: list, fh) -> None:
+def _write_parquet(records, fh) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pylist(records), fh)
+    pq.write_table(pa.Table.from_pylist(list(records)), fh)
 
 
 _WRITERS = {"json": _write_json, "jsonl": _write_jsonl, "parquet": _write_parquet}

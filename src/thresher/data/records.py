@@ -13,6 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
+
+import numpy as np
 
 from thresher.data.jsonscan import type_name
 from thresher.errors import ConfigError, DataError
@@ -316,3 +319,56 @@ def content_hash(record) -> str:
     """Stable id from content alone, so it survives reordering, renaming and re-exports."""
     text = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+_SUFFIX = re.compile(r"[1-9][0-9]*")        # the occurrence number a renamed repeat gets after its '#'
+
+
+def occurrence_renames(ids, keys: np.ndarray, marked) -> dict[int, str]:
+    """{row: new id} for the rows whose id repeats an earlier row's: the first occurrence keeps its id, later
+    ones get '#2', '#3', ... by occurrence, skipping any id already taken (``x``, ``x``, ``x#2`` becomes
+    ``x``, ``x#2``, ``x#2#1``): the same result as checking every row in file order against a set of all
+    ids given so far, but without holding that set for every row.
+
+    ``ids``: each row's own id (a sequence of str); ``keys``: int64 ``hash()`` of each id (equal ids have
+    equal keys); ``marked``: the rows whose id contains '#'. Only rows whose id is repeated, or is such a
+    repeat's renamed form (``x#2``, transitively), can be renamed or collide with a renamed one, so only
+    they are checked in order; every other id is unique and never equals a new name (new names hold '#').
+    """
+    order = np.argsort(keys, kind="stable")
+    same = keys[order][1:] == keys[order][:-1]
+    suspects = np.unique(np.concatenate([order[1:][same], order[:-1][same]]))
+    repeated = {text for text, n in Counter(ids[i] for i in suspects.tolist()).items() if n > 1}
+    if not repeated:
+        return {}
+    involved, rows = set(repeated), {i for i in suspects.tolist() if ids[i] in repeated}
+    grown = True
+    while grown:                       # "x#2" is involved when "x" is; "x#2#1" when "x#2" is
+        grown = False
+        for i in np.asarray(marked, dtype=np.int64).tolist():
+            text = ids[i]
+            base, _, number = text.rpartition("#")
+            if text not in involved and _SUFFIX.fullmatch(number) and base in involved:
+                involved.add(text)
+                grown = True
+    rows.update(i for i in np.asarray(marked, dtype=np.int64).tolist() if ids[i] in involved)
+    return _rename_in_order(ids, sorted(rows))
+
+
+def _rename_in_order(ids, rows: list[int]) -> dict[int, str]:
+    """The sequential rule over ``rows`` (file order): a taken id gets the next free '#count' suffix."""
+    seen: set[str] = set()
+    occurrences: dict[str, int] = {}
+    renamed = {}
+    for i in rows:
+        rid = ids[i]
+        count = occurrences.get(rid, 0) + 1
+        occurrences[rid] = count
+        candidate = rid
+        while candidate in seen:
+            candidate = f"{rid}#{count}"
+            count += 1
+        seen.add(candidate)
+        if candidate != rid:
+            renamed[i] = candidate
+    return renamed

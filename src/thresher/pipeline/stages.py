@@ -61,8 +61,9 @@ def data_record(cfg: DataConfig, ds: Dataset) -> dict:
 
 
 def load_data(cfg: DataConfig) -> Dataset:
+    """The run's data, streamed: shards read their rows when scored (memory flat in the pool size)."""
     return load(data_source(cfg.path), cfg.format, on_invalid=cfg.on_invalid, lenient=cfg.lenient, limit=cfg.limit, split=cfg.split,
-                max_record_chars=cfg.max_record_chars)
+                max_record_chars=cfg.max_record_chars, stream=True)
 
 
 def score_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, cache_root=None,
