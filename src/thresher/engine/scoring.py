@@ -183,8 +183,8 @@ def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size:
     run = _Run(ds, scorer, groups, label or scorer.name)
     todo = run.read_cached()
     if scorer.scope == "dataset":
-        for unit in todo:                     # on the driver: it needs every row (its passes use the runner)
-            run.finish(unit, score_shard(scorer, ds.subset(range(unit.a, unit.b)), _part(inputs, need, unit)))
+        for unit in todo:                     # on the driver, over the whole (streamed) pool: it reads the rows it
+            run.finish(unit, score_shard(scorer, ds, _part(inputs, need, unit)))   # needs; its passes use the runner
     elif todo:
         tasks = (Task(u, ds.subset(range(u.a, u.b)), _part(inputs, need, u)) for u in todo)
         for task, result in executor.run(scorer, ctx, key, tasks, shard_size):
