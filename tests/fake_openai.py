@@ -29,6 +29,9 @@ hash, attempt, kind, status (None while pending or for a hang), ``billed``, the 
 sent, arrival and reply times on the ``time.monotonic`` clock (system-wide on Linux) and the reply's
 wall-clock time. ``billed`` counts well-formed 200 completions per prompt hash. With ``log_path``
 (always in subprocess mode) each completed record is appended to a JSON-lines file.
+``inflight`` (in process) is the number of requests in flight over time: a ``(time.monotonic(), count)``
+pair at every change, a request counting from the moment its headers are read until its reply (or, for a
+hang, its silence) ends; ``inflight_timeline()`` returns a copy.
 
 In process::
 
@@ -114,6 +117,7 @@ class FakeOpenAI:
         self.records: list[dict] = []
         self.billed: Counter = Counter()
         self.attempts: Counter = Counter()
+        self.inflight: list[tuple[float, int]] = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self._port = port
@@ -176,6 +180,17 @@ class FakeOpenAI:
                     return kind
         return None
 
+    def track(self, change: int) -> None:
+        """One request more (+1) or fewer (-1) in flight, timestamped."""
+        with self.lock:
+            now = (self.inflight[-1][1] if self.inflight else 0) + change
+            self.inflight.append((time.monotonic(), now))
+
+    def inflight_timeline(self) -> list[tuple[float, int]]:
+        """(time.monotonic(), requests in flight from then on), at every change, in time order."""
+        with self.lock:
+            return list(self.inflight)
+
     def arrive(self, rec: dict) -> None:
         """Record a request on arrival (so a test sees it even while the reply is pending)."""
         with self.lock:
@@ -227,6 +242,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        self.server_state.track(+1)
+        try:
+            self._answer()
+        finally:
+            self.server_state.track(-1)
+
+    def _answer(self) -> None:
         fake = self.server_state
         t_arrival = time.monotonic()
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
