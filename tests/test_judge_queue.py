@@ -155,10 +155,10 @@ def test_judge_scorer_asks_for_enough_shards_in_flight(tmp_path):
     sc.setup(ModelContext("bundled", device="cpu"))
     assert sc.shards_in_flight(3) == 1                        # local judge: one shard at a time
     sc.setup(ModelContext("bundled", device="cpu", judge={"kind": "api", "model": "m", "concurrency": 64}))
-    assert [sc.shards_in_flight(s) for s in (1, 64, 512, 100)] == [64, 2, 2, 2]
+    assert [sc.shards_in_flight(s) for s in (1, 64, 512, 100, 128, 127)] == [64, 3, 2, 3, 2, 3]
     tags = make_scorer("opencs_tags")
     tags.setup(ModelContext("bundled", device="cpu", judge={"kind": "api", "model": "m", "concurrency": 8}))
-    assert tags.shards_in_flight(3) == 4
+    assert tags.shards_in_flight(3) == 7
 
 
 def test_threaded_shards_keep_the_queue_full_across_shard_boundaries(tmp_path):
@@ -168,7 +168,7 @@ def test_threaded_shards_keep_the_queue_full_across_shard_boundaries(tmp_path):
         sc = make_scorer("judge", prompt=prompt_file, mode="generate")
         sc.setup(_ctx(srv, tmp_path, "threaded"))
         k = sc.shards_in_flight(shard)
-        assert k == 4
+        assert k == 7
         shards = ((i, ds.subset(range(a, a + shard)), None) for i, a in enumerate(range(0, len(ds), shard)))
         out = list(score_shards_threaded(sc, shards, k))
         check_queue(srv, 96)
