@@ -5,7 +5,8 @@ answers every request after ``latency`` seconds (``--jitter J``: drawn uniformly
 as a real API's replies vary; ``--fault-rate``: HTTP 500 on that share of first attempts, retried after a
 backoff), so the best a client can do with ``concurrency`` C is about C / latency rows per second. A shard
 that waits for its slowest request loses little when every request takes the same time and the shard size
-is a multiple of C; it loses the spread of the latencies and every retry's wait at each shard otherwise. For each concurrency and shard size, the same rows are rated by the
+is a multiple of C; it loses the spread of the latencies and every retry's wait at each shard otherwise.
+For each concurrency and shard size, `--rows` rows (prompts new to the server in every run) are rated by the
 ``judge`` scorer with a fresh request cache and a fresh shard cache (every row pays one request):
 
   engine   ``thresher.engine.scoring.score_dataset`` as it is (with the engine scoring
@@ -14,7 +15,8 @@ is a multiple of C; it loses the spread of the latencies and every retry's wait 
            without the engine's shard cache (what the engine's loop adds is the difference)
 
 Printed per run: seconds, rows/s, the ratio to C / latency (issue 15 asks for >= 0.9 whatever the shard
-size), the shards in flight and the mean number of requests in flight at the server over its busy time.
+size), the shards in flight (k), the mean number of requests in flight at the server over its busy time
+and the HTTP requests it saw (retries included).
 
     python benchmarks/judge_queue.py                              # 512 rows, latency 0.3 s, C 8 32 64
     python benchmarks/judge_queue.py --jitter 0.5 --fault-rate 0.02

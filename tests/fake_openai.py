@@ -96,7 +96,8 @@ def _unit(seed: int, h: str, attempt: int) -> float:
 
 
 class FakeOpenAI:
-    def __init__(self, *, latency: float = 0.0, jitter: float = 0.0, faults: dict | None = None, rates: dict | None = None,
+    def __init__(self, *, latency: float = 0.0, jitter: float = 0.0, faults: dict | None = None,
+                 rates: dict | None = None,
                  rate_attempts: int = 2, seed: int = 0, retry_after: float = 1.0, hang_seconds: float = 5.0,
                  nonnumeric=(), api_key: str | None = None, log_path=None, port: int = 0, reply_fn=None,
                  echo_key_at: int | None = None, huge_bytes: int = 1 << 20, trickle_seconds: float = 0.1):
