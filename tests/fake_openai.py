@@ -1,5 +1,7 @@
 """A fault-injecting fake OpenAI-compatible chat server on 127.0.0.1 (tests and benchmarks).
 
+Every reply waits ``latency`` seconds; with ``jitter`` j, a wait drawn per (seed, prompt, attempt)
+uniformly from [latency * (1 - j), latency * (1 + j)] (mean ``latency``), as a real API's replies vary.
 The reply to a request is a deterministic function of its last user message (``reply_for``): a
 rating 1..10 from a SHA-256 of the prompt on the first line, then a short explanation, with usage
 counts (prompt tokens = whitespace-separated words of all messages, completion tokens = words of
@@ -29,6 +31,9 @@ hash, attempt, kind, status (None while pending or for a hang), ``billed``, the 
 sent, arrival and reply times on the ``time.monotonic`` clock (system-wide on Linux) and the reply's
 wall-clock time. ``billed`` counts well-formed 200 completions per prompt hash. With ``log_path``
 (always in subprocess mode) each completed record is appended to a JSON-lines file.
+``inflight`` (in process) is the number of requests in flight over time: a ``(time.monotonic(), count)``
+pair at every change, a request counting from the moment its headers are read until its reply (or, for a
+hang, its silence) ends; ``inflight_timeline()`` returns a copy.
 
 In process::
 
@@ -91,7 +96,8 @@ def _unit(seed: int, h: str, attempt: int) -> float:
 
 
 class FakeOpenAI:
-    def __init__(self, *, latency: float = 0.0, faults: dict | None = None, rates: dict | None = None,
+    def __init__(self, *, latency: float = 0.0, jitter: float = 0.0, faults: dict | None = None,
+                 rates: dict | None = None,
                  rate_attempts: int = 2, seed: int = 0, retry_after: float = 1.0, hang_seconds: float = 5.0,
                  nonnumeric=(), api_key: str | None = None, log_path=None, port: int = 0, reply_fn=None,
                  echo_key_at: int | None = None, huge_bytes: int = 1 << 20, trickle_seconds: float = 0.1):
@@ -102,7 +108,10 @@ class FakeOpenAI:
         for k in rates or {}:
             if k.split(":")[0] not in KINDS:
                 raise ValueError(f"unknown fault kind {k!r}; known: {', '.join(KINDS)}")
-        self.latency, self.rate_attempts, self.seed = float(latency), int(rate_attempts), int(seed)
+        if not 0.0 <= jitter <= 1.0:
+            raise ValueError(f"jitter must be in [0, 1]; got {jitter}")
+        self.latency, self.jitter = float(latency), float(jitter)
+        self.rate_attempts, self.seed = int(rate_attempts), int(seed)
         self.faults = {prompt_hash(p): list(v) for p, v in (faults or {}).items()}
         self.rates = dict(rates or {})
         self.retry_after, self.hang_seconds = retry_after, float(hang_seconds)
@@ -114,6 +123,7 @@ class FakeOpenAI:
         self.records: list[dict] = []
         self.billed: Counter = Counter()
         self.attempts: Counter = Counter()
+        self.inflight: list[tuple[float, int]] = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self._port = port
@@ -164,6 +174,10 @@ class FakeOpenAI:
             return self.reply_fn(prompt)
         return reply_for(prompt, self.nonnumeric)
 
+    def latency_for(self, h: str, attempt: int) -> float:
+        """Seconds before the reply: ``latency``, spread by ``jitter`` reproducibly per prompt and attempt."""
+        return self.latency * (1.0 + self.jitter * (2.0 * _unit(self.seed, "latency:" + h, attempt) - 1.0))
+
     def fault_for(self, h: str, attempt: int) -> str | None:
         planned = self.faults.get(h)
         if planned is not None and attempt < len(planned):
@@ -175,6 +189,17 @@ class FakeOpenAI:
                 if u < acc:
                     return kind
         return None
+
+    def track(self, change: int) -> None:
+        """One request more (+1) or fewer (-1) in flight, timestamped."""
+        with self.lock:
+            now = (self.inflight[-1][1] if self.inflight else 0) + change
+            self.inflight.append((time.monotonic(), now))
+
+    def inflight_timeline(self) -> list[tuple[float, int]]:
+        """(time.monotonic(), requests in flight from then on), at every change, in time order."""
+        with self.lock:
+            return list(self.inflight)
 
     def arrive(self, rec: dict) -> None:
         """Record a request on arrival (so a test sees it even while the reply is pending)."""
@@ -227,6 +252,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        self.server_state.track(+1)
+        try:
+            self._answer()
+        finally:
+            self.server_state.track(-1)
+
+    def _answer(self) -> None:
         fake = self.server_state
         t_arrival = time.monotonic()
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -257,7 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
         rec.update(attempt=attempt, kind=kind, status=None)
         fake.arrive(rec)
         if fake.latency:
-            fake.stopping.wait(fake.latency)
+            fake.stopping.wait(fake.latency_for(h, attempt))
         base = kind.split(":")[0]
         if base == "hang":
             fake.stopping.wait(fake.hang_seconds)
@@ -397,6 +429,7 @@ def main(argv=None) -> None:
     ap.add_argument("--port-file", required=True, help="the bound port is written here once serving")
     ap.add_argument("--log-file", help="JSON-lines record of every request")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")
+    ap.add_argument("--jitter", type=float, default=0.0, help="latency spread: uniform in latency * (1 +- J)")
     ap.add_argument("--rate", action="append", default=[], metavar="KIND=P",
                     help=f"fault rate for attempts below --rate-attempts; KIND in {', '.join(KINDS)}")
     ap.add_argument("--rate-attempts", type=int, default=2)
@@ -408,7 +441,7 @@ def main(argv=None) -> None:
     ap.add_argument("--huge-bytes", type=int, default=1 << 20)
     a = ap.parse_args(argv)
     rates = {k: float(v) for k, v in (r.split("=", 1) for r in a.rate)}
-    srv = FakeOpenAI(latency=a.latency, rates=rates, rate_attempts=a.rate_attempts, seed=a.seed,
+    srv = FakeOpenAI(latency=a.latency, jitter=a.jitter, rates=rates, rate_attempts=a.rate_attempts, seed=a.seed,
                      retry_after=a.retry_after, hang_seconds=a.hang_seconds, api_key=a.api_key,
                      echo_key_at=a.echo_key_at, huge_bytes=a.huge_bytes,
                      log_path=a.log_file, port=a.port).start()

@@ -5,9 +5,14 @@
 
 * ``chat(requests)`` first serves every request it can from the on-disk request cache
   (``cached=True``, no HTTP call, not paid again), merges identical requests (one HTTP call, the
-  result is shared), then sends the rest through a thread pool with at most ``concurrency``
-  requests in flight. Each success is committed to the cache as soon as it arrives, so a killed
-  run loses only the requests in flight.
+  result is shared), then sends the rest through the backend's request gate: one first-in first-out
+  queue served by ``concurrency`` worker threads, shared by every ``chat`` call running at the same
+  time (e.g. the engine scoring several shards at once). So the requests in flight never exceed
+  ``concurrency``, and stay at it while any call has requests waiting: a call's slowest request does
+  not hold the next call's requests back. A request that another running call is already sending (same
+  cache key) is not sent again: the later call waits for that answer (counted in ``deduplicated``).
+  Each success is committed to the cache as soon as it arrives, so a killed run loses only the
+  requests in flight.
 * Transient failures are retried up to ``max_retries`` times with exponential backoff and full
   jitter (a wait drawn uniformly from [0, min(backoff_max, backoff_base * 2**attempt)]): HTTP 408,
   409, 425, 429 and 5xx, timeouts, connection errors, and 200 replies whose body is truncated, not
@@ -41,7 +46,8 @@ contain it. An ``http://`` base URL to a host other than loopback would send the
 is refused (``ConfigError``, before any connection) unless ``allow_http=True``.
 
 ``timeout`` bounds each socket operation (connect, send, each read); ``deadline`` the whole attempt.
-Connections are kept alive and reused within one ``chat`` call; ``HTTPS_PROXY`` / ``HTTP_PROXY`` /
+Connections are kept alive and reused while any ``chat`` call is sending (the worker threads and the
+connections are released when the last running call ends); ``HTTPS_PROXY`` / ``HTTP_PROXY`` /
 ``NO_PROXY`` from the environment are honoured (never for loopback addresses).
 """
 
@@ -61,7 +67,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import replace
 
 from thresher.checks import is_int, is_real, param_error
@@ -196,7 +202,7 @@ class _Watchdog:
 
 
 class _Connections:
-    """Keep-alive HTTP(S) connections for one ``chat`` call, each used by one thread at a time."""
+    """Keep-alive HTTP(S) connections of the backend's request gate, each used by one thread at a time."""
 
     def __init__(self, url: urllib.parse.SplitResult, timeout: float):
         self.https = url.scheme == "https"
@@ -329,17 +335,21 @@ class OpenAIChat:
                    price_input_per_1m=cfg.price_input_per_1m, price_output_per_1m=cfg.price_output_per_1m,
                    allow_http=cfg.allow_http, max_response_bytes=cfg.max_response_bytes, deadline=cfg.deadline)
 
+    _RUNTIME = ("_lock", "_stats", "_cache", "_pause_until", "_rng", "_gate", "_sending", "_inflight")
+
     def _init_runtime(self) -> None:
         self._lock = threading.Lock()
         self._stats = ChatStats(extra={"deduplicated": 0})
         self._cache = None
         self._pause_until = 0.0               # time.monotonic() before which nothing is sent (429)
         self._rng = random.Random()
+        self._gate = None                     # (worker pool, connections) while a call is sending, else None
+        self._sending = 0                     # chat calls holding the gate
+        self._inflight: dict[str, Future] = {}   # request key -> its result, while a call is getting it
 
-    # Picklable for worker processes: locks, the SQLite connection and the RNG are rebuilt.
+    # Picklable for worker processes: locks, the SQLite connection, the RNG and the gate are rebuilt.
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()
-                if k not in ("_lock", "_stats", "_cache", "_pause_until", "_rng")}
+        return {k: v for k, v in self.__dict__.items() if k not in self._RUNTIME}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -359,9 +369,10 @@ class OpenAIChat:
 
     def close(self) -> None:
         """Close the request cache (it is reopened by the next ``chat``)."""
-        if self._cache is not None:
-            self._cache.close()
-            self._cache = None
+        with self._lock:
+            cache, self._cache = self._cache, None
+        if cache is not None:
+            cache.close()
 
     def chat(self, requests) -> list[ChatResult]:
         """Results in the order of ``requests``; a request that fails is ``text=None`` plus ``error``."""
@@ -373,27 +384,87 @@ class OpenAIChat:
         ident = self.identity()
         keys = [r.key(ident) for r in requests]
         unique = dict(zip(keys, requests))                   # first request per key, in order
-        found = self._open_cache().get_many(unique) if self.cache_path else {}
-        todo = {k: r for k, r in unique.items() if k not in found}
-        log.info("%s: %d requests: %d from cache, %d duplicates merged, %d to send (concurrency %d)",
-                 ident, len(requests), sum(k in found for k in keys), len(keys) - len(unique),
-                 len(todo), self.concurrency)
-        fresh = self._send_all(todo) if todo else {}
+        owned, joined = self._claim(unique)
+        try:
+            found = self._open_cache().get_many(owned) if self.cache_path and owned else {}
+            for k, res in found.items():
+                self._settle(k, owned[k], res)
+            todo = {k: unique[k] for k in owned if k not in found}
+            log.info("%s: %d requests: %d from cache, %d duplicates merged, %d to send (concurrency %d)",
+                     ident, len(requests), sum(k in found for k in keys), len(keys) - len(owned),
+                     len(todo), self.concurrency)
+            if todo:
+                self._send_all(todo, owned)
+            done = {k: f.result() for k, f in (owned | joined).items()}
+        finally:
+            for k, fut in owned.items():                 # after an error: calls waiting on these go on
+                if not fut.done():
+                    self._settle(k, fut, ChatResult(None, error="not sent: the call sending it stopped",
+                                                    transient=True))
         # Each position gets its own copy: callers may annotate results without aliasing.
-        results = [replace(found[k]) if k in found else replace(fresh[k]) for k in keys]
+        results = [replace(done[k]) for k in keys]
         with self._lock:
             s = self._stats
             s.requests += len(results)
             s.cached += sum(r.cached for r in results)
             s.failed += sum(r.text is None for r in results)
-            s.extra["deduplicated"] += len(keys) - len(unique)
+            s.extra["deduplicated"] += len(keys) - len(owned)
         return results
 
     # ------------------------------------------------------------------ internals
     def _open_cache(self):
-        if self._cache is None:
-            self._cache = RequestCache(self.cache_path)
-        return self._cache
+        with self._lock:
+            if self._cache is None:
+                self._cache = RequestCache(self.cache_path)
+            return self._cache
+
+    def _claim(self, unique: dict[str, ChatRequest]) -> tuple[dict[str, Future], dict[str, Future]]:
+        """(owned, joined): a new future for each key that no running call is getting (this call answers
+        it: from the cache or over HTTP), and the futures of the keys another running call is getting."""
+        owned, joined = {}, {}
+        with self._lock:
+            for k in unique:
+                if k in self._inflight:
+                    joined[k] = self._inflight[k]
+                else:
+                    owned[k] = self._inflight[k] = Future()
+        return owned, joined
+
+    def _settle(self, key: str, fut: Future, result: ChatResult | None = None,
+                error: BaseException | None = None) -> None:
+        """Give ``fut`` (the claim on ``key``) its result or error, unless it has one, and release the key.
+        A success is already in the request cache: a call claiming the key from now on finds it there."""
+        with self._lock:
+            if fut.done():
+                return
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
+
+    def _open_gate(self) -> tuple[ThreadPoolExecutor, _Connections]:
+        """The worker pool (``concurrency`` threads, first in first out) and connections that every
+        running call sends through; started by the first call, shared by the calls that overlap it."""
+        with self._lock:
+            if self._gate is None:
+                pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="thresher-api")
+                self._gate = (pool, _Connections(self._url, min(self.timeout, self.deadline)))
+            self._sending += 1
+            return self._gate
+
+    def _close_gate(self) -> None:
+        """One call is done sending; the last one stops the idle workers and closes the connections
+        (a keep-alive connection left open between runs would meet a server-side idle timeout)."""
+        with self._lock:
+            self._sending -= 1
+            gate = self._gate if self._sending == 0 else None
+            if gate is not None:
+                self._gate = None
+        if gate is not None:
+            gate[0].shutdown(wait=False)
+            gate[1].close_all()
 
     def _api_key(self) -> str | None:
         """The key from the environment (None on loopback without one); never stored on self."""
@@ -410,39 +481,52 @@ class OpenAIChat:
                               f"non-ASCII characters, which an API key cannot contain. Check its value.")
         return key
 
-    def _send_all(self, todo: dict[str, ChatRequest]) -> dict[str, ChatResult]:
+    def _send_all(self, todo: dict[str, ChatRequest], claims: dict[str, Future]) -> None:
+        """Send ``todo`` through the gate and wait until each claim in ``claims`` has its result. If this
+        raises (or is interrupted), the requests not yet started are not sent; those in flight finish."""
         key = self._api_key()
         headers = {"Content-Type": "application/json", "Accept": "application/json",
                    "User-Agent": "thresher-judge"}
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
-        conns, abort = _Connections(self._url, min(self.timeout, self.deadline)), _Abort()
-        out: dict[str, ChatResult] = {}
-        cache = self._open_cache() if self.cache_path else None
+        abort, failed, n_done = _Abort(), [], 0
+        pool, conns = self._open_gate()
         t0 = last_log = time.monotonic()
-        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(todo)),
-                                  thread_name_prefix="thresher-api")
+        tasks = []
         try:
-            futures = {pool.submit(self._request, r, conns, headers, key, abort): k for k, r in todo.items()}
-            for fut in as_completed(futures):
-                k = futures[fut]
-                out[k] = res = fut.result()
-                if cache is not None and res.text is not None:
-                    cache.put(k, res)                        # committed now: survives a kill
+            tasks = [pool.submit(self._send_one, k, r, claims[k], conns, headers, key, abort)
+                     for k, r in todo.items()]
+            for fut in as_completed([claims[k] for k in todo]):
+                n_done += 1
+                if fut.result().text is None:
+                    failed.append(fut.result())
                 if time.monotonic() - last_log >= _PROGRESS_SECONDS:
                     last_log = time.monotonic()
-                    log.info("%s: %d/%d sent requests done, %.1f requests/s", self.identity(), len(out),
-                             len(todo), len(out) / (last_log - t0))
+                    log.info("%s: %d/%d sent requests done, %.1f requests/s", self.identity(), n_done,
+                             len(todo), n_done / (last_log - t0))
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            conns.close_all()
+            for task in tasks:
+                task.cancel()                      # not started yet: never sent
+            wait(tasks)
+            self._close_gate()
         if abort.key_error is not None:
             raise ConfigError(abort.key_error)
-        failed = [r for r in out.values() if r.text is None]
         (log.warning if failed else log.info)(
-            "%s: %d sent requests done in %.1f s, %d failed%s", self.identity(), len(out),
+            "%s: %d sent requests done in %.1f s, %d failed%s", self.identity(), n_done,
             time.monotonic() - t0, len(failed), f" (first error: {failed[0].error})" if failed else "")
-        return out
+
+    def _send_one(self, k: str, r: ChatRequest, claim: Future, conns: _Connections, headers: dict,
+                  key: str | None, abort: _Abort) -> None:
+        """One request on a gate worker: a success is committed to the cache (survives a kill) before the
+        claim is settled, so that a call claiming ``k`` afterwards finds it there."""
+        try:
+            res = self._request(r, conns, headers, key, abort)
+            if res.text is not None and self.cache_path:
+                self._open_cache().put(k, res)
+        except BaseException as e:                 # e.g. a full disk: raised by the waiting calls
+            self._settle(k, claim, error=e)
+            return
+        self._settle(k, claim, res)
 
     def _payload(self, r: ChatRequest) -> bytes:
         body = {"model": self.model, "messages": r.as_messages(), "max_tokens": r.max_tokens,

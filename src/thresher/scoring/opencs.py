@@ -32,7 +32,7 @@ from thresher.data.table import Dataset
 from thresher.errors import ConfigError
 from thresher.models.chat import ChatRequest
 from thresher.scoring.base import Scorer
-from thresher.scoring.judge import sample_fields
+from thresher.scoring.judge import api_shards_in_flight, sample_fields
 from thresher.scoring.prompts import load_prompt, prompt_sha
 
 
@@ -58,6 +58,13 @@ class OpenCSTagScorer(Scorer):
 
     def param_dict(self) -> dict:
         return {**super().param_dict(), "prompt_sha": prompt_sha(self.params.prompt)}
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        ctx.judge()                             # built here, once: shards scored at once share it
+
+    def shards_in_flight(self, shard_size: int) -> int:
+        return api_shards_in_flight(self.ctx, shard_size)
 
     def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
         p = self.params
