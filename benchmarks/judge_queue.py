@@ -9,10 +9,10 @@ is a multiple of C; it loses the spread of the latencies and every retry's wait 
 For each concurrency and shard size, `--rows` rows (prompts new to the server in every run) are rated by the
 ``judge`` scorer with a fresh request cache and a fresh shard cache (every row pays one request):
 
-  engine   ``thresher.engine.scoring.score_dataset`` as it is (with the engine scoring
-           ``scorer.shards_in_flight(shard_size)`` shards at once, the queue has no per-shard barrier)
-  threads  ``thresher.engine.threads.score_shards_threaded`` with ``shards_in_flight`` shards at once,
-           without the engine's shard cache (what the engine's loop adds is the difference)
+  barrier  ``score_dataset`` with the scorer's ``shards_in_flight`` pinned to 1: one shard at a time, each
+           waiting for its slowest request (the engine before issue 15, the baseline)
+  queue    ``score_dataset`` as it is: ``shards_in_flight(shard_size)`` shards at once in threads, one
+           bounded request queue across shard boundaries
 
 Printed per run: seconds, rows/s, the ratio to C / latency (issue 15 asks for >= 0.9 whatever the shard
 size), the shards in flight (k), the mean number of requests in flight at the server over its busy time
@@ -20,7 +20,7 @@ and the HTTP requests it saw (retries included).
 
     python benchmarks/judge_queue.py                              # 512 rows, latency 0.3 s, C 8 32 64
     python benchmarks/judge_queue.py --jitter 0.5 --fault-rate 0.02
-    python benchmarks/judge_queue.py --rows 256 --paths engine --concurrency 64 --shard-size 64
+    python benchmarks/judge_queue.py --rows 256 --paths queue --concurrency 64 --shard-size 64
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import yaml
 
 from thresher.data import load
 from thresher.engine.scoring import score_dataset
-from thresher.engine.threads import score_shards_threaded
 from thresher.models.context import ModelContext
 from thresher.scoring import make_scorer
 
@@ -74,15 +73,10 @@ def run_one(path: str, url: str, conc: int, shard: int, rows: int, work: Path) -
                                                        "concurrency": conc, "cache": str(work / "requests.sqlite")})
     scorer = make_scorer("judge", prompt=str(prompt), mode="generate")
     t = time.perf_counter()
-    if path == "engine":
-        out = score_dataset(ds, scorer, ctx, shard_size=shard, cache_root=work / "cache")
-        ok = int((out["status"] == "ok").sum())
-    else:
-        scorer.setup(ctx)
-        shards = ((i, ds.subset(range(a, min(a + shard, len(ds)))), None)
-                  for i, a in enumerate(range(0, len(ds), shard)))
-        ok = sum(int((cols["status"] == "ok").sum())
-                 for _, cols, _, _ in score_shards_threaded(scorer, shards, scorer.shards_in_flight(shard)))
+    if path == "barrier":
+        scorer.shards_in_flight = lambda shard_size: 1
+    out = score_dataset(ds, scorer, ctx, shard_size=shard, cache_root=work / "cache")
+    ok = int((out["status"] == "ok").sum())
     secs = time.perf_counter() - t
     return {"secs": secs, "ok": ok, "k": scorer.shards_in_flight(shard)}
 
@@ -102,7 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--latency", type=float, default=0.3, help="server seconds per reply (default 0.3)")
     ap.add_argument("--jitter", type=float, default=0.0, help="latency spread J in [0, 1] (default 0)")
     ap.add_argument("--fault-rate", type=float, default=0.0, help="share of first attempts answered with 500")
-    ap.add_argument("--paths", nargs="+", choices=("engine", "threads"), default=["engine", "threads"])
+    ap.add_argument("--paths", nargs="+", choices=("barrier", "queue"), default=["barrier", "queue"])
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

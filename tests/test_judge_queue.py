@@ -4,8 +4,8 @@ The loopback server (tests/fake_openai.py) records the number of requests in fli
 With ``concurrency`` C and a fixed server latency, the count must reach C, never exceed it, and stay at C
 until the last request has been sent (the queue has drained): briefly one below while a worker turns a
 reply into its next request, never for as long as a request takes, which is what a shard waiting for its
-slowest request looks like. Checked for several ``chat`` calls running at once on one backend, for
-shards scored through ``thresher.engine.threads``, and for ``thresher.engine.scoring.score_dataset``.
+slowest request looks like. Checked for several ``chat`` calls running at once on one backend, and for
+``score_dataset``, whose local executor scores ``shards_in_flight`` shards at once in threads.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import yaml
 from fake_openai import FakeOpenAI, prompt_hash, rating_of
 from samples import ALPACA
 from thresher.data import load
+from thresher.engine.base import LocalExecutor, Task
 from thresher.engine.scoring import score_dataset
-from thresher.engine.threads import score_shards_threaded
 from thresher.models.api import OpenAIChat
 from thresher.models.chat import ChatRequest
 from thresher.models.context import ModelContext
@@ -161,24 +161,6 @@ def test_judge_scorer_asks_for_enough_shards_in_flight(tmp_path):
     assert tags.shards_in_flight(3) == 7
 
 
-def test_threaded_shards_keep_the_queue_full_across_shard_boundaries(tmp_path):
-    ds, prompt_file, users = _dataset(tmp_path, 96)
-    shard = 3
-    with FakeOpenAI(latency=LATENCY) as srv:
-        sc = make_scorer("judge", prompt=prompt_file, mode="generate")
-        sc.setup(_ctx(srv, tmp_path, "threaded"))
-        k = sc.shards_in_flight(shard)
-        assert k == 7
-        shards = ((i, ds.subset(range(a, a + shard)), None) for i, a in enumerate(range(0, len(ds), shard)))
-        out = list(score_shards_threaded(sc, shards, k))
-        check_queue(srv, 96)
-        assert sum(srv.billed.values()) == 96
-    assert [i for i, *_ in out] == list(range(32))
-    ratings = np.concatenate([cols["rating"] for _, cols, _, _ in out])
-    np.testing.assert_array_equal(ratings, [float(rating_of(u)) for u in users])
-    assert sc.tokens_processed == sum(t for *_, t, _ in out) > 0 and sc.transient_failures == 0
-
-
 @dataclass
 class _NoParams:
     pass
@@ -188,6 +170,9 @@ class _SlowScorer(Scorer):
     """Shard i (rows = i): every third shard ends late, shard 7 raises; one token per shard."""
 
     name, Params, uses = "slow", _NoParams, ()
+
+    def shards_in_flight(self, shard_size):
+        return 3
 
     def score_batch(self, rows):
         time.sleep(0.05 * (rows % 3 == 0))
@@ -200,13 +185,13 @@ class _SlowScorer(Scorer):
 
 def test_threaded_shards_come_back_in_order_and_raise_in_turn():
     sc = _SlowScorer()
-    got = score_shards_threaded(sc, ((i, i, None) for i in range(10)), 3)
-    assert [(i, int(cols["n"][0]), tok, failed) for i, cols, tok, failed in (next(got) for _ in range(7))] == \
+    got = LocalExecutor().run(sc, None, "key", (Task(i, i, None) for i in range(10)), shard_size=1)
+    assert [(t.unit, int(r.cols["n"][0]), r.tokens, r.failures) for t, r in (next(got) for _ in range(7))] == \
         [(i, i, 1, int(i == 5)) for i in range(7)]
     with pytest.raises(RuntimeError, match="shard 7 failed"):
         next(got)
-    # The copies did the work; the counts reached the scorer as each shard was yielded.
-    assert (sc.tokens_processed, sc.transient_failures) == (7, 1)
+    # The copies did the work and counted it: the scorer's own counters are the engine's to add to.
+    assert (sc.tokens_processed, sc.transient_failures) == (0, 0)
 
 
 def test_score_dataset_keeps_the_queue_full_across_shard_boundaries(tmp_path):

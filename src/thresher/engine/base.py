@@ -112,20 +112,23 @@ class LocalExecutor:
 
 
 def _threaded(scorer: Scorer, tasks, k: int) -> Iterator[tuple[Task, ShardResult]]:
-    """Up to ``k`` shards in flight on threads; results in task order (a bounded window: memory stays flat)."""
-    window: deque = deque()
+    """Up to ``k`` shards scored at once on threads, each on a shallow copy of ``scorer`` (own counters; the
+    parameters and the models of its context, e.g. the judge backend whose request queue bounds the requests
+    in flight, are shared); results in task order. Up to ``2k`` tasks are handed to the threads ahead of the
+    one last yielded, so a thread that ends a shard starts the next at once, also while an older shard is
+    still running or the engine is writing one. A shard's error is raised in its turn; no new shard starts."""
+    todo, held = iter(tasks), deque()               # held: (task, future), in task order
     with ThreadPoolExecutor(max_workers=k, thread_name_prefix="thresher-shard") as pool:
         try:
-            for t in tasks:
-                window.append((t, pool.submit(score_shard, copy.copy(scorer), t.rows, t.inputs)))
-                if len(window) >= k:
-                    t0, fut = window.popleft()
-                    yield t0, fut.result()
-            while window:
-                t0, fut = window.popleft()
-                yield t0, fut.result()
+            while True:
+                while len(held) < 2 * k and (t := next(todo, None)) is not None:
+                    held.append((t, pool.submit(score_shard, copy.copy(scorer), t.rows, t.inputs)))
+                if not held:
+                    return
+                t, fut = held.popleft()
+                yield t, fut.result()
         finally:
-            for _, fut in window:
+            for _, fut in held:
                 fut.cancel()
 
 
