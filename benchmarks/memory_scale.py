@@ -10,6 +10,7 @@ the first (smallest) size's. Issue 15's target: the 1M-row peak at most 2x the 1
     python benchmarks/memory_scale.py --sizes 10000,100000              # quicker
     python benchmarks/memory_scale.py --src /work/main/src              # another source tree (the baseline)
     python benchmarks/memory_scale.py --sizes 10000 -- --shard-size 512 # after "--": extra `thresher score` argv
+    python benchmarks/memory_scale.py --executors local,ray             # the same with the ray executor
 
 The pools are kept in ``--workdir`` (default: a folder under the system temp dir) and reused by later runs
 with the same seed; ``--clean`` removes them at the end.
@@ -88,6 +89,8 @@ def main() -> int:
     ap.add_argument("--src", default=None, help="source tree put first on PYTHONPATH (default: the installed one)")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "thresher-memory-scale"))
     ap.add_argument("--clean", action="store_true", help="remove the pools and runs at the end")
+    ap.add_argument("--executors", default="local", help="comma-separated: local, ray (ray: 2 workers; the peak "
+                                                        "is the driver's, which holds the pool's index and scores)")
     args, extra = ap.parse_known_args()
     extra = [a for a in extra if a != "--"]
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -96,8 +99,19 @@ def main() -> int:
     env = dict(os.environ)
     if args.src:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (args.src, env.get("PYTHONPATH")) if p)
-    print(f"{'rows':>9} {'pool MB':>8} {'peak MB':>8} {'x first':>8} {'seconds':>8}  (scorer {args.scorer}, "
-          f"src {args.src or 'installed'}{', extra ' + ' '.join(extra) if extra else ''})")
+    print(f"{'executor':>8} {'rows':>9} {'pool MB':>8} {'peak MB':>8} {'x first':>8} {'seconds':>8}  (scorer "
+          f"{args.scorer}, src {args.src or 'installed'}{', extra ' + ' '.join(extra) if extra else ''})")
+    for ex in args.executors.split(","):
+        rc = _sizes(args, sizes, work, env, [*extra, *(["--executor", "ray", "--workers", "2"] if ex == "ray" else [])],
+                    ex)
+        if rc:
+            return rc
+    if args.clean:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _sizes(args, sizes, work: Path, env: dict, extra: list, executor: str) -> int:
     first = None
     for n in sizes:
         pool = work / f"alpaca-{n}-seed{args.seed}.jsonl"
@@ -115,9 +129,8 @@ def main() -> int:
             print(f"{n:>9} failed with exit status {rc}")
             return rc
         first = first or mb
-        print(f"{n:>9} {pool.stat().st_size / 1e6:>8.0f} {mb:>8.0f} {mb / first:>8.2f} {secs:>8.1f}", flush=True)
-    if args.clean:
-        shutil.rmtree(work, ignore_errors=True)
+        print(f"{executor:>8} {n:>9} {pool.stat().st_size / 1e6:>8.0f} {mb:>8.0f} {mb / first:>8.2f} {secs:>8.1f}",
+              flush=True)
     return 0
 
 
