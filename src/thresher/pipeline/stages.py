@@ -71,19 +71,22 @@ def score_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, cache_root=No
     """All of a stage's scorers over ``ds``, joined on row order; returns (scores, scorer records).
     ``executor``: where the shards run (thresher.engine.executors; default: this process)."""
     ctx = ctx or stage_context(stage, recipe)
-    table, info = pd.DataFrame({"id": ds.ids}), []
+    table, info = None, []
     for scorer in stage.scores:
         frame = score_dataset(ds, scorer, ctx, shard_size=recipe.shard_size, cache_root=cache_root,
                               label=f"{stage.name}:{scorer.name}", inputs=table, executor=executor)
-        clash = [c for c in frame.columns if c != "id" and c in table.columns]
-        if clash:
-            frame = frame.rename(columns={c: f"{scorer.name}.{c}" for c in clash})
-        table = pd.concat([table, frame.drop(columns="id")], axis=1)
+        if table is None:                   # the first frame brings the ids: one copy of them (1M rows: ~60 MB)
+            table = frame.copy(deep=False)
+            table.attrs = {}
+        else:
+            clash = [c for c in frame.columns if c != "id" and c in table.columns]
+            renamed = frame.rename(columns={c: f"{scorer.name}.{c}" for c in clash})
+            table = pd.concat([table, renamed.drop(columns="id")], axis=1)
         info.append({"scorer": scorer.name, "version": scorer.version, "params": scorer.param_dict(),
                      "model_identity": scorer.model_identity(ctx), "main_column": scorer.main_column,
                      "higher_is_better": scorer.higher_is_better, "cache": frame.attrs.get("cache"),
                      **({"judge": ctx.judge().stats()} if "judge" in scorer.uses else {})})
-    return table, info
+    return (table if table is not None else pd.DataFrame({"id": list(ds.ids)})), info
 
 
 def stage_context(stage: ResolvedStage, recipe: Recipe) -> ModelContext:
