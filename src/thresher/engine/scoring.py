@@ -1,20 +1,29 @@
-"""Run a scorer over a dataset in shards: cached by content, checkpointed, resumable.
+"""Run a scorer over a dataset in shards: cached by content, checkpointed, resumable, on any executor.
 
-Rows are cut into fixed-size shards. Each shard's scores are written atomically to
-``<cache>/scores/<scorer key>/<shard key>.parquet`` where the scorer key hashes the scorer name,
-version and parameters with the model identity, and the shard key hashes the scorer key with the
-content of the shard's rows (id, messages, instruction/input). A killed run therefore resumes by
-skipping every shard already on disk, an identical command reuses everything, and any change to the
-data, the parameters, the model or the scorer version misses the cache. A shard in which the scorer
-reports transient failures (``scorer.transient_failures`` grew: e.g. judge requests that got no answer
-after their retries) is returned but not written: it is not final, so a rerun scores it again (the
-answers it did get come from the request cache) and only the failed rows cost new requests.
-A cached shard is trusted only after checks: it is written with fsync before its rename and records
-its shard key in the Parquet metadata; on reading, the file must parse, carry that key (files from
-before the key was recorded: score columns the scorer declares), and hold exactly the shard's ids in
-order. Anything else (truncated, empty, swapped, from another slot) is a cache miss: logged, moved
-to ``<scorer folder>/quarantine/`` and recomputed. Temporary files of killed writers are removed.
-Progress (samples/s, tokens/s, ETA) is logged as shards finish.
+Rows are cut into fixed-size shards (``shard_size``, the unit of resume). Each shard's scores are written
+atomically to ``<cache>/scores/<scorer key>/<shard key>.parquet`` where the scorer key hashes the scorer
+name, version and parameters with the model identity, and the shard key hashes the content of the shard's
+rows (id, messages, instruction/input, and the earlier score columns the scorer reads). Once every shard of
+a group of ``compact_rows`` rows (1024) is final, the group is merged into one file ``g<group key>.parquet``
+(written before its shards are removed), so a million rows make under 1,000 cache files while a crash loses
+at most one shard per worker. Shard and group boundaries depend only on the rows: every executor and every
+run finds the same files. A killed run therefore resumes by skipping every shard or group already on disk,
+an identical command reuses everything, and any change to the data, the parameters, the model or the
+scorer version misses the cache. A shard in which the scorer reports transient failures
+(``transient_failures`` grew: judge requests that got no answer after their retries) is returned but not
+written: it is not final, so a rerun scores it again (the answers it did get come from the request cache).
+
+The shards the cache lacks go to an executor (``thresher.engine.base``: this process, in threads for an
+I/O-bound scorer; ``thresher.engine.ray_executor``: Ray actors); results come back to this process, which
+alone writes the cache. A dataset-scope scorer runs here over the whole pool and sends its per-shard passes
+through the executor's runner (``Scorer.map_shards``).
+
+A cached file is trusted only after checks: it is written with fsync before its rename and records its key
+in the Parquet metadata; on reading, the file must parse, carry that key (files from before the key was
+recorded: score columns the scorer declares), and hold exactly the rows' ids in order. Anything else
+(truncated, empty, swapped, from another slot) is a cache miss: logged, moved to
+``<scorer folder>/quarantine/`` and recomputed. Temporary files of killed writers are removed. Progress
+(rows/s, tokens/s, ETA) is logged at most every 10 s and at the end.
 """
 
 from __future__ import annotations
