@@ -251,7 +251,7 @@ class _Connections:
 
 
 class _Abort:
-    """First fatal refusal (401/403/404) of a call: the requests not yet sent are not sent.
+    """First fatal refusal (401/403/404) of a backend: the requests not yet sent are never sent.
     ``key_error``: the message of a rejected key (401/403), raised as a ConfigError once the call stops."""
 
     def __init__(self):
@@ -335,7 +335,8 @@ class OpenAIChat:
                    price_input_per_1m=cfg.price_input_per_1m, price_output_per_1m=cfg.price_output_per_1m,
                    allow_http=cfg.allow_http, max_response_bytes=cfg.max_response_bytes, deadline=cfg.deadline)
 
-    _RUNTIME = ("_lock", "_stats", "_cache", "_pause_until", "_rng", "_gate", "_sending", "_inflight")
+    _RUNTIME = ("_lock", "_stats", "_cache", "_pause_until", "_rng", "_gate", "_sending", "_inflight",
+                "_abort")
 
     def _init_runtime(self) -> None:
         self._lock = threading.Lock()
@@ -344,6 +345,7 @@ class OpenAIChat:
         self._pause_until = 0.0               # time.monotonic() before which nothing is sent (429)
         self._rng = random.Random()
         self._gate = None                     # (worker pool, connections) while a call is sending, else None
+        self._abort = _Abort()                # a fatal refusal (bad key, model, URL): no later request is sent
         self._sending = 0                     # chat calls holding the gate
         self._inflight: dict[str, Future] = {}   # request key -> its result, while a call is getting it
 
@@ -444,13 +446,14 @@ class OpenAIChat:
             else:
                 fut.set_result(result)
 
-    def _open_gate(self) -> tuple[ThreadPoolExecutor, _Connections]:
-        """The worker pool (``concurrency`` threads, first in first out) and connections that every
-        running call sends through; started by the first call, shared by the calls that overlap it."""
+    def _open_gate(self) -> tuple[ThreadPoolExecutor, _Connections, _Abort]:
+        """The worker pool (``concurrency`` threads, first in first out) and connections that every running
+        call sends through, started by the first call and shared by the calls that overlap it, and the
+        backend's abort flag (a key refused for one request stops every queued and later request)."""
         with self._lock:
             if self._gate is None:
                 pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="thresher-api")
-                self._gate = (pool, _Connections(self._url, min(self.timeout, self.deadline)))
+                self._gate = (pool, _Connections(self._url, min(self.timeout, self.deadline)), self._abort)
             self._sending += 1
             return self._gate
 
@@ -489,8 +492,8 @@ class OpenAIChat:
                    "User-Agent": "thresher-judge"}
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
-        abort, failed, n_done = _Abort(), [], 0
-        pool, conns = self._open_gate()
+        failed, n_done = [], 0
+        pool, conns, abort = self._open_gate()
         t0 = last_log = time.monotonic()
         tasks = []
         try:
