@@ -422,3 +422,10 @@ def test_output_cut_short_by_the_reader_is_not_an_error():
     proc.stdout.close()                     # the reader is gone before the first byte
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_version_prints_the_installed_package_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"thresher {metadata.version('thresher')}"

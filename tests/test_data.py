@@ -159,11 +159,15 @@ def test_write_records_container_choice(tmp_path):
     assert reread(write_records(ds, [1], tmp_path / "x.jsonl")) == [ALPACA[1]]
     forced = write_records(ds, [1], tmp_path / "x.out", container="jsonl")
     assert forced.read_text(encoding="utf-8") == json.dumps(ALPACA[1], ensure_ascii=False) + "\n"
-    same_as_input = write_records(ds, [0, 1], tmp_path / "x.dat")     # unknown suffix
+    same_as_input = write_records(ds, [0, 1], tmp_path / "x")          # no suffix: the input's format
     assert json.loads(same_as_input.read_text(encoding="utf-8")) == ALPACA[:2]
+    for unknown in ("x.csv", "x.dat"):                                   # never guessed from another suffix
+        with pytest.raises(ConfigError, match=r"\.json, \.jsonl or \.parquet"):
+            write_records(ds, [0, 1], tmp_path / unknown)
+        assert not (tmp_path / unknown).exists()
     hf = Dataset(ids=ds.ids, messages=ds.messages, raw=ds.raw, meta=ds.meta, fmt=ds.fmt,
                  container="hf", source="owner/name", report=ds.report)
-    lines = write_records(hf, [0, 2], tmp_path / "sel.out").read_text(encoding="utf-8")
+    lines = write_records(hf, [0, 2], tmp_path / "sel").read_text(encoding="utf-8")
     assert [json.loads(x) for x in lines.splitlines()] == [ALPACA[0], ALPACA[2]]
     with pytest.raises(ConfigError, match="json, jsonl or parquet"):
         write_records(ds, [0], tmp_path / "y.json", container="csv")
@@ -210,7 +214,7 @@ def test_save_to_disk_directory_and_splits(tmp_path):
     assert len(load(both)) == 3 and len(load(both, split="test")) == 1
     msg = error_of(both, split="dev")
     assert "no split 'dev'" in msg and "test, train" in msg
-    out = write_records(load(both), [1], tmp_path / "sel.unknown")
+    out = write_records(load(both), [1], tmp_path / "sel")          # no suffix: JSON Lines for HF input
     assert reread(out.rename(out.with_suffix(".jsonl"))) == [{**ALPACA[1], "input": None}]
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from thresher import __version__
 from thresher.config import add_flags, describe, given
 from thresher.data.readers import BUNDLED_SHAREGPT
 from thresher.data.templates import TEMPLATES
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="thresher", description="Score and select instruction-tuning data.")
     ap.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ap.add_argument("--version", action="version", version=f"thresher {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a recipe (a YAML file or a packaged recipe name)",

@@ -492,7 +492,10 @@ def _output_container(out: Path, container: str | None, input_container: str) ->
     by_suffix = _SUFFIX_CONTAINER.get(out.suffix.lower())
     if by_suffix:
         return by_suffix
-    # Records from the hub have no file format of their own; JSON Lines is the common one.
+    if out.suffix:                   # never a format guessed from a suffix that names another one (x.csv)
+        raise ConfigError(f"Cannot write records to {str(out)!r}: its suffix {out.suffix!r} is not a format "
+                          "thresher writes. Name the file .json, .jsonl or .parquet (or pass container=).")
+    # No suffix: the input's own format; records from the hub have none, JSON Lines is the common one.
     return "jsonl" if input_container == "hf" else input_container
 
 
