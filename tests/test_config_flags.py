@@ -281,6 +281,16 @@ def test_every_parameter_of_every_scorer_and_selector_has_help(registry):
     for name in registry:                                   # and `thresher ls KIND NAME` shows the help
         shown = cli.format_params(registry, name)
         assert all(p.help in shown for p in describe(registry.get(name).Params)), name
+        produces = getattr(registry.get(name), "produces", {})            # scorers: the columns they write
+        rows = {line.split()[0] for line in shown.splitlines()[1:] if line.strip()}
+        assert set(produces) <= rows, name
+
+
+def test_ls_scorer_lists_its_columns_and_marks_the_main_one(capsys):
+    assert main(["ls", "scorers", "length"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:1] == ["resp_tokens"] and "(main column; higher is better)" in line for line in out)
+    assert any(line.split()[:1] == ["resp_chars"] and "main column" not in line for line in out)
 
 
 @dataclasses.dataclass

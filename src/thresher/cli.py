@@ -247,7 +247,22 @@ def format_params(registry, name: str) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
     for row in [head, *rows]:
         lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+    lines += _produced_columns(obj)
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _produced_columns(obj) -> list[str]:
+    """The score columns a scorer writes (its ``produces``), the main one marked with its direction."""
+    produces = getattr(obj, "produces", None)
+    if not isinstance(produces, dict) or not produces:
+        return []
+    main, hib = getattr(obj, "main_column", ""), getattr(obj, "higher_is_better", None)
+    way = {True: "higher is better", False: "lower is better", None: "direction set by the selection"}[hib]
+    width = max(len(c) for c in [*produces, "column"])
+    out = ["", f"  {'column'.ljust(width)}  meaning"]
+    for col, meaning in produces.items():
+        out.append(f"  {col.ljust(width)}  {meaning}" + (f" (main column; {way})" if col == main else ""))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ parser
