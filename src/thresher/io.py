@@ -222,10 +222,11 @@ def _unlocked(fd: int) -> bool | None:
 
 def _old_and_orphaned(p: Path, pid: int, grace_s: float, max_age_s: float) -> bool:
     age = time.time() - p.stat().st_mtime
-    return age > max_age_s or (age > grace_s and not _pid_alive(pid))
+    return age > max_age_s or (age > grace_s and not pid_alive(pid))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still run (this process, or one that exists or cannot be checked)."""
     if pid == os.getpid():
         return True
     try:

@@ -14,7 +14,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -94,7 +94,6 @@ class LocalExecutor:
     API judge) gets that many shards at once in threads, each with a shallow copy of the scorer."""
 
     name: str = "local"
-    stats: dict = field(default_factory=dict)
 
     def runner(self, scorer: Scorer, ctx, key: str) -> ShardRunner:
         return ShardRunner()

@@ -37,6 +37,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from thresher.engine.base import ExecutorConfig, ShardResult, Task, default_threads, score_shard
 from thresher.errors import ConfigError, ThresherError, WorkerError
+from thresher.io import pid_alive
 from thresher.models.context import ModelContext
 from thresher.scoring.base import Scorer, ShardRunner
 
@@ -86,21 +87,11 @@ def _scratch() -> Path:
     tmp = Path(tempfile.gettempdir())
     for old in tmp.glob("thresher-worker-*"):
         pid = old.name.split("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     path = Path(tempfile.mkdtemp(prefix=f"thresher-worker-{os.getpid()}-"))
     atexit.register(shutil.rmtree, path, True)
     return path
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)              # no signal: only whether the process exists (PermissionError: it does)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 @contextmanager
@@ -125,7 +116,7 @@ class RayExecutor:
         if devices and cfg.workers and cfg.workers != len(devices):
             raise ConfigError(f"--workers {cfg.workers} and --devices {','.join(devices)} disagree: with devices "
                               "there is one worker per device (leave --workers out).")
-        self.cfg, self.devices = cfg, devices
+        self.cfg = cfg
         self.n = len(devices) or cfg.workers or 2
         self.gpus = [d for d in devices if d.startswith("cuda")]
         self.threads = cfg.threads_per_worker or default_threads(self.n)

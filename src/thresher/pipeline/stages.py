@@ -75,7 +75,7 @@ def score_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, cache_root=No
     for scorer in stage.scores:
         frame = score_dataset(ds, scorer, ctx, shard_size=recipe.shard_size, cache_root=cache_root,
                               label=f"{stage.name}:{scorer.name}", inputs=table, executor=executor)
-        if table is None:                   # the first frame brings the ids: one copy of them (1M rows: ~60 MB)
+        if table is None:                   # the first frame brings the ids: one copy of them, not two
             table = frame.copy(deep=False)
             table.attrs = {}
         else:
