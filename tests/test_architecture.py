@@ -24,6 +24,8 @@ LAYERS = [
     {"thresher.scoring"},
     {"thresher.training", "thresher.evaluation", "thresher.engine"},
     {"thresher.pipeline"},
+    {"thresher.report"},
+    {"thresher.api"},
     {"thresher.cli", "thresher.__main__"},
 ]
 
