@@ -24,7 +24,7 @@ LAYERS = [
     {"thresher.scoring"},
     {"thresher.training", "thresher.evaluation", "thresher.engine"},
     {"thresher.pipeline"},
-    {"thresher.report"},
+    {"thresher.reporting"},
     {"thresher.api"},
     {"thresher.cli", "thresher.__main__"},
 ]
