@@ -24,7 +24,7 @@ CSS = """
 .thr svg line.cut{stroke:#c62828;stroke-width:1.5;stroke-dasharray:4 3}.thr svg text.cut{fill:#c62828}
 .thr svg .dot{fill:#7f93a8;opacity:.55}.thr svg .dot.kept{fill:#2e7d32;opacity:.9}
 .thr .legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px;vertical-align:middle}
-.thr .examples table{width:100%}.thr .examples td.t{max-width:420px;white-space:pre-wrap;word-break:break-word}
+.thr .examples{overflow-x:auto}.thr .examples table{width:100%}.thr .examples td.t{min-width:200px;max-width:420px;white-space:pre-wrap;word-break:break-word}
 .thr details summary{cursor:pointer;color:#1f4f82}.thr input.thr-search{padding:3px 6px;width:260px;margin:4px 0}
 .thr tr.kept td:first-child{border-left:3px solid #2e7d32}
 .thr .grid td.n{min-width:54px}

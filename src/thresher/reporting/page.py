@@ -334,7 +334,7 @@ def disagreement_table(runs: list[RunView], inputs: list[dict]) -> str:
         return title + "<p>No row is kept by one run and dropped by another.</p>"
     texts = texts_by_id(runs[0], table["id"].tolist())
     cols = [c for c in table.columns if c != "id"]
-    head = "".join(f"<th>{esc(h)}</th>" for h in ["id", *cols, "instruction", "response"])
+    head = "".join(f"<th>{'<br>'.join(map(esc, h.rsplit(':', 1)))}</th>" for h in ["id", *cols, "instruction", "response"])
     body = []
     for i, row in enumerate(table.itertuples(index=False)):
         cells = [f"<td>{esc(row[0])}</td>"]

@@ -86,5 +86,5 @@ def scatter_svg(length: np.ndarray, score: np.ndarray, kept: np.ndarray | None, 
     sx = L + (W - L - R) * (x - x0) / (x1 - x0)
     sy = H - B - (H - B - T) * (y - y0) / (y1 - y0)
     for cls, sel in (("dot", ~k), ("dot kept", k)):
-        parts.extend(f'<circle class="{cls}" cx="{a:.1f}" cy="{b:.1f}" r="1.6"/>' for a, b in zip(sx[sel], sy[sel]))
+        parts.extend(f'<circle class="{cls}" cx="{a:.1f}" cy="{b:.1f}" r="2"/>' for a, b in zip(sx[sel], sy[sel]))
     return "".join(parts) + "</svg>"
