@@ -206,3 +206,25 @@ def test_large_run_is_sampled(tmp_path):
     assert body.count("<tr") - 1 == 4 * page.EXAMPLES_PER_GROUP
     h = stats.histogram(ifd, None)
     assert h.finite + h.nan == 3000 and f"ifd: {h.finite} finite, {h.nan} NaN" in html
+
+
+def test_judge_training_and_client_layouts(runs, tmp_path):
+    """A run over private clients (OUT/clients/<name>/<stage>/) with a judge record and a training stage."""
+    run = tmp_path / "clues"
+    client = run / "clients" / "a"
+    shutil.copytree(runs[1] / "ifd", client / "ifd")
+    shutil.copy(runs[1] / ".thresher-output.json", run / ".thresher-output.json")
+    manifest, summary = (json.loads((runs[1] / n).read_text()) for n in ("manifest.json", "summary.json"))
+    manifest["stages"].insert(0, {"name": "warmup", "model": "bundled", "train": {"rows": "all"}, "rows": []})
+    summary["stages"].insert(0, {"name": "warmup", "model": "bundled", "seconds": 12.5,
+                                 "train": {"rows": 21, "trained": 21, "skipped": 0, "steps": 4, "max_steps": 4,
+                                           "loss": 1.25, "final": "x"}})
+    summary["stages"][1]["judge"] = {"requests": 21, "cached": 1, "calls": 20, "retries": 0, "failed": 0,
+                                     "prompt_tokens": 900, "completion_tokens": 40, "cost": 0.0123}
+    (run / "manifest.json").write_text(json.dumps({"argv": [], "clients": {"a": {"data": manifest["data"],
+                                                                                 "stages": manifest["stages"]}}}))
+    (run / "summary.json").write_text(json.dumps({"recipe": "clues", "clients": {"a": summary}, "seconds": 3.0}))
+    html = render([run, runs[0]])
+    assert "Client a" in html and "Stage warmup: training" in html and "12.5" in html
+    assert "21 requests (1 cached)" in html and "900+40 tokens" in html and "cost 0.0123" in html
+    assert html.count('class="hist"') >= 4 and "Where the methods disagree most" in html

@@ -229,7 +229,7 @@ def examples(part: Part, st: StageView, kept) -> str:
     status = status_columns(st.scores)
     head = ["group", "rank", "id", "kept", col, *status, "response chars", "instruction", "response"]
     body = []
-    for g, i, (ins, resp) in zip(names, rows.tolist(), texts or [("", "")] * len(rows)):
+    for g, i, (ins, resp) in zip(names, rows.tolist(), texts):
         k = bool(kept[i]) if kept is not None else None
         cells = [f"<td>{esc(g)}</td>", num(rank[i]), f"<td>{esc(st.scores['id'].iat[i])}</td>",
                  f"<td>{'yes' if k else 'no' if k is not None else '-'}</td>", num(v[i]),
@@ -244,15 +244,15 @@ def examples(part: Part, st: StageView, kept) -> str:
 
 
 # ------------------------------------------------------------------------------------------ comparison
-def compared_stage(run: RunView) -> list[StageView]:
-    """The stage a run is compared by, in each of its parts: the last scoring stage that selects, else the
-    last scoring stage."""
+def compared_stages(run: RunView) -> list[tuple[Part, StageView]]:
+    """The stage a run is compared by, with its part, for each part that has one: the last scoring stage
+    that selects, else the last scoring stage."""
     out = []
     for part in run.parts:
         scoring = [st for st in part.stages if not st.is_train]
         picked = [st for st in scoring if st.selected is not None] or scoring
         if picked:
-            out.append(picked[-1])
+            out.append((part, picked[-1]))
     return out
 
 
@@ -261,7 +261,7 @@ def comparison_inputs(runs: list[RunView]) -> list[dict]:
     labels = _unique([r.label for r in runs])
     out = []
     for label, run in zip(labels, runs):
-        stages = compared_stage(run)
+        stages = [st for _, st in compared_stages(run)]
         col = stages[0].ranked or stages[0].main if stages else None
         has = bool(stages) and col is not None and all(col in st.scores.columns for st in stages)
         out.append({"label": label, "stage": stages[0].name if stages else "-", "column": col if has else None,
@@ -334,7 +334,8 @@ def disagreement_table(runs: list[RunView], inputs: list[dict]) -> str:
         return title + "<p>No row is kept by one run and dropped by another.</p>"
     texts = texts_by_id(runs[0], table["id"].tolist())
     cols = [c for c in table.columns if c != "id"]
-    head = "".join(f"<th>{'<br>'.join(map(esc, h.rsplit(':', 1)))}</th>" for h in ["id", *cols, "instruction", "response"])
+    head = "".join(f"<th>{'<br>'.join(map(esc, h.rsplit(':', 1)))}</th>"       # "run:kept" in two lines
+                   for h in ["id", *cols, "instruction", "response"])
     body = []
     for i, row in enumerate(table.itertuples(index=False)):
         cells = [f"<td>{esc(row[0])}</td>"]
@@ -350,7 +351,7 @@ def disagreement_table(runs: list[RunView], inputs: list[dict]) -> str:
 def texts_by_id(run: RunView, ids: list[str]) -> dict[str, tuple[str, str]]:
     """(instruction, response) of ``ids`` from the data of ``run`` (ids it does not hold are left out)."""
     out: dict[str, tuple[str, str]] = {}
-    for part, st in zip(run.parts, compared_stage(run)):
+    for part, st in compared_stages(run):
         pos = pd.Index(st.scores["id"]).get_indexer(ids)
         found = [(i, p) for i, p in zip(ids, pos) if p >= 0 and i not in out]
         if found and part.dataset() is not None:

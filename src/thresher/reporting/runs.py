@@ -99,10 +99,10 @@ class Part:
 
     def texts(self, rows) -> list[tuple[str, str]]:
         """(instruction, response) of the first exchange of each row in ``rows`` (positions in the data);
-        empty strings for rows without an answer; [] when the data cannot be read."""
+        empty strings for rows without an answer, and for every row when the data cannot be read."""
         ds = self.dataset()
-        if ds is None or not len(rows):
-            return [("", "")] * len(rows) if ds is None else []
+        if ds is None:
+            return [("", "")] * len(rows)
         out = []
         for msgs in ds.subset(np.asarray(rows, dtype=np.int64)).messages:
             units = split_turns(msgs, "first")

@@ -71,8 +71,7 @@ def example_rows(values: np.ndarray, kept: np.ndarray | None, higher_is_better: 
     if kept is not None and kept.any():
         pos = np.flatnonzero(kept[ranked])[-1]          # the last kept row in ranking order
         groups["boundary"] = ranked[max(pos - n // 2 + 1, 0):pos + n // 2 + 1]
-    shown = np.concatenate(list(groups.values())) if groups else np.zeros(0, np.int64)
-    rest = np.setdiff1d(np.arange(len(values)), shown)
+    rest = np.setdiff1d(np.arange(len(values)), np.concatenate(list(groups.values())))
     groups["sample"] = np.sort(np.random.default_rng(seed).choice(rest, min(n, len(rest)), replace=False))
     return groups
 

@@ -26,7 +26,8 @@ def _axis(x0: float, x1: float, y0: float, y1: float, x_label: str, y_label: str
     instead of even ones."""
     out = [f'<line class="ax" x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}"/>',
            f'<line class="ax" x1="{L}" y1="{T}" x2="{L}" y2="{H - B}"/>']
-    ticks = x_ticks if x_ticks is not None else [(x0 + (x1 - x0) * i / 4, fmt(x0 + (x1 - x0) * i / 4)) for i in range(5)]
+    even = [x0 + (x1 - x0) * i / 4 for i in range(5)]
+    ticks = x_ticks if x_ticks is not None else [(v, fmt(v)) for v in even]
     for v, text in ticks:
         x = _sx(v, x0, x1)
         out.append(f'<text x="{x:.1f}" y="{H - B + 13}" text-anchor="middle">{escape(text)}</text>')
@@ -54,13 +55,13 @@ def histogram_svg(h: Histogram, column: str, cut: float | None, title: str) -> s
     parts = [f'<svg class="hist" viewBox="0 0 {W} {H}" role="img"><title>{escape(title)}</title>']
     parts += _axis(x0, x1, 0.0, y_max, column, "rows")
     for lo, hi, n, k in zip(h.edges[:-1], h.edges[1:], h.counts, h.kept):
-        xa, xb = _sx(lo, x0, x1), _sx(hi, x0, x1)
+        xa, width = _sx(lo, x0, x1), max(_sx(hi, x0, x1) - _sx(lo, x0, x1) - 0.5, 0.5)
         if n:
-            parts.append(f'<rect class="all" x="{xa:.1f}" y="{_sy(n, y_max):.1f}" width="{max(xb - xa - 0.5, 0.5):.1f}" '
+            parts.append(f'<rect class="all" x="{xa:.1f}" y="{_sy(n, y_max):.1f}" width="{width:.1f}" '
                          f'height="{_sy(0, y_max) - _sy(n, y_max):.1f}"><title>{fmt(lo)} to {fmt(hi)}: {n} rows, '
                          f'{k} kept</title></rect>')
         if k:
-            parts.append(f'<rect class="kept" x="{xa:.1f}" y="{_sy(k, y_max):.1f}" width="{max(xb - xa - 0.5, 0.5):.1f}" '
+            parts.append(f'<rect class="kept" x="{xa:.1f}" y="{_sy(k, y_max):.1f}" width="{width:.1f}" '
                          f'height="{_sy(0, y_max) - _sy(k, y_max):.1f}"/>')
     if cut is not None and x0 <= cut <= x1:
         x = _sx(cut, x0, x1)
