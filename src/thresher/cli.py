@@ -35,6 +35,7 @@ from thresher.pipeline.recipe import PACKAGED, check_recipe, load_recipe, resolv
 from thresher.pipeline.run import run_recipe
 from thresher.pipeline.select_run import select_from_run
 from thresher.pipeline.summary import failure_line, format_summary
+from thresher.reporting import write_report
 from thresher.scoring import SCORERS, get_scorer
 from thresher.scoring.ifd import IFDParams
 from thresher.scoring.perplexity import PerplexityParams
@@ -164,6 +165,11 @@ def cmd_select(args) -> int:
                              higher_is_better=args.higher_is_better, where=args.where,
                              params=_kv(args.param, "--param"), argv=_argv(args), strict=args.strict)
     print(result["message"])
+    return 0
+
+
+def cmd_report(args) -> int:
+    print(write_report(args.runs, Path(args.out)))
     return 0
 
 
@@ -328,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="a selection that keeps no row is an error (exit 2)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="other selector parameters")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("report", help="write one self-contained HTML report of run folders (compared when several)",
+                       description="Histograms with the cut, NaN reasons, score against length, examples, cost "
+                                   "per stage; for several runs their Spearman correlation, kept-id overlap and "
+                                   "the rows they disagree on. Opens offline; dataset text is shown as text.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by `thresher run` or `thresher score`")
+    p.add_argument("--out", required=True, help="the HTML file to write (replaced only if thresher wrote it)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("train", help="fine-tune a model on a (selected) dataset: LoRA or full, TRL SFTTrainer",
                        description="Supervised fine-tuning with the same prompt templates and response spans as "
