@@ -159,6 +159,9 @@ def test_clients_share_only_the_anchor_threshold(tmp_path, capsys, tok, rule, q)
         assert got == [r["id"] for r, k in zip(part, keep) if k]
         selected = [json.loads(x) for x in (run / "clients" / name / "len" / "selected.jsonl").read_text().splitlines()]
         assert selected == [r for r, k in zip(part, keep) if k]          # records unchanged
+        scores = pd.read_parquet(run / "clients" / name / "len" / "scores.parquet")      # the client's own rows
+        assert scores["selected"].tolist() == keep.tolist() and scores["row"].tolist() == list(range(len(part)))
+        assert scores.loc[scores["selected"]].sort_values("rank")["id"].tolist() == got
         anchor_scores = pd.read_parquet(run / "clients" / name / "len" / "anchor_scores.parquet")
         np.testing.assert_array_equal(anchor_scores["resp_tokens"], anc)
         keep_all.append(keep), good_all.append([r["good"] == 1 for r in part])

@@ -10,6 +10,7 @@ from thresher.data.readers import OUTPUT_SUFFIXES
 from thresher.errors import ConfigError
 from thresher.io import atomic_path
 from thresher.manifest import base_manifest
+from thresher.outputs import check_output_file
 from thresher.pipeline.config import SelectConfig
 from thresher.pipeline.export import (check_format, check_output, data_path, read_run, run_data, run_info,
                                       write_selected)
@@ -51,11 +52,14 @@ def select_from_run(run: Path, out: Path, *, to: str | None = None, selector="to
     jsonl, json) or, when None, the format ``out``'s suffix names."""
     manifest, scores = read_run(run)
     data = dict(manifest["data"], path=data_path(run, manifest["data"]))
-    if to is not None:
-        check_format(to, out)
-    fmt = to or _out_format(out)
-    check_output(fmt, out, inputs=(data["path"], run / "scores.parquet", run / "manifest.json"),
-                 flag="--to" if to else "--out")
+    inputs = (data["path"], run / "scores.parquet", run / "manifest.json")
+    if to is None:                                  # a file, its format by its suffix
+        check_output_file(out, inputs=inputs)
+        fmt = _out_format(out)
+    else:
+        fmt = to
+        check_format(fmt, out)
+        check_output(fmt, out, inputs=inputs, flag="--to")
     last = manifest["stages"][-1]
     info = last["scorers"][-1] if last["scorers"] else {}   # the stage's result is its last scorer
     main = info.get("main_column")
