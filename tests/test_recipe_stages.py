@@ -218,6 +218,11 @@ def test_iterit_recipe_trains_and_writes_the_last_epochs_rows(tmp_path, capsys):
     assert len(logs[1]["selected_ids"]) == 3                                                    # k = 0.25 x 12
     sel = [json.loads(x) for x in (run / "selected.jsonl").read_text().splitlines()]
     assert [r["id"] for r in sel] == logs[1]["selected_ids"]
+    scores = pd.read_parquet(run / "iterit" / "scores.parquet")          # the selection, joinable by id/row
+    assert list(scores.columns) == ["id", "row", "selected", "rank"] and scores["row"].tolist() == list(range(12))
+    assert scores.loc[scores["selected"]].sort_values("rank")["id"].tolist() == logs[1]["selected_ids"]
+    assert main(["export", str(run), "--to", "jsonl", str(tmp_path / "e.jsonl")]) == 0
+    assert (tmp_path / "e.jsonl").read_text() == (run / "selected.jsonl").read_text()
     assert "stage iterit" in out and "trained on 12 of 12 rows" in out and (run / "iterit" / "final").is_dir()
 
 

@@ -17,7 +17,6 @@ alpaca record becomes one user turn, instruction + blank line + input, and one a
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,14 +28,12 @@ from thresher.data.fingerprint import data_fingerprint, same_data
 from thresher.data.readers import BUNDLED_SHAREGPT, records_table, write_records
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
-from thresher.io import atomic_path, write_json
+from thresher.io import write_json
 from thresher.manifest import base_manifest
 from thresher.outputs import atomic_dir, check_output_file, claim_output_dir, may_replace, refuse_special
 from thresher.pipeline.config import DataConfig
 from thresher.pipeline.stages import load_data
 from thresher.selection.base import NOT_SCORES
-
-log = logging.getLogger(__name__)
 
 # --to value -> the suffixes its output file may have (hf: a folder, none)
 FORMATS = {"hf": (), "parquet": (".parquet",), "jsonl": (".jsonl", ".ndjson"), "json": (".json",)}
