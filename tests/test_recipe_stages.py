@@ -159,6 +159,9 @@ def test_clients_share_only_the_anchor_threshold(tmp_path, capsys, tok, rule, q)
         assert got == [r["id"] for r, k in zip(part, keep) if k]
         selected = [json.loads(x) for x in (run / "clients" / name / "len" / "selected.jsonl").read_text().splitlines()]
         assert selected == [r for r, k in zip(part, keep) if k]          # records unchanged
+        scores = pd.read_parquet(run / "clients" / name / "len" / "scores.parquet")      # the client's own rows
+        assert scores["selected"].tolist() == keep.tolist() and scores["row"].tolist() == list(range(len(part)))
+        assert scores.loc[scores["selected"]].sort_values("rank")["id"].tolist() == got
         anchor_scores = pd.read_parquet(run / "clients" / name / "len" / "anchor_scores.parquet")
         np.testing.assert_array_equal(anchor_scores["resp_tokens"], anc)
         keep_all.append(keep), good_all.append([r["good"] == 1 for r in part])
@@ -215,6 +218,11 @@ def test_iterit_recipe_trains_and_writes_the_last_epochs_rows(tmp_path, capsys):
     assert len(logs[1]["selected_ids"]) == 3                                                    # k = 0.25 x 12
     sel = [json.loads(x) for x in (run / "selected.jsonl").read_text().splitlines()]
     assert [r["id"] for r in sel] == logs[1]["selected_ids"]
+    scores = pd.read_parquet(run / "iterit" / "scores.parquet")          # the selection, joinable by id/row
+    assert list(scores.columns) == ["id", "row", "selected", "rank"] and scores["row"].tolist() == list(range(12))
+    assert scores.loc[scores["selected"]].sort_values("rank")["id"].tolist() == logs[1]["selected_ids"]
+    assert main(["export", str(run), "--to", "jsonl", str(tmp_path / "e.jsonl")]) == 0
+    assert (tmp_path / "e.jsonl").read_text() == (run / "selected.jsonl").read_text()
     assert "stage iterit" in out and "trained on 12 of 12 rows" in out and (run / "iterit" / "final").is_dir()
 
 

@@ -31,6 +31,7 @@ from thresher.evaluation.config import EvalConfig
 from thresher.io import is_disk_full
 from thresher.models.judges import JudgeConfig
 from thresher.pipeline.config import DataConfig, Recipe
+from thresher.pipeline.export import destination, export_run
 from thresher.pipeline.recipe import PACKAGED, check_recipe, load_recipe, resolve_recipe_path, set_dotted
 from thresher.pipeline.run import run_recipe
 from thresher.pipeline.select_run import select_from_run
@@ -160,7 +161,8 @@ def cmd_score(args) -> int:
 
 
 def cmd_select(args) -> int:
-    result = select_from_run(Path(args.run), Path(args.out), selector=args.selector, column=args.column,
+    to, out = destination(args.to, args.out)
+    result = select_from_run(Path(args.run), out, to=to, selector=args.selector, column=args.column,
                              k=args.top_k, ratio=args.top_ratio, of=args.ratio_of,
                              higher_is_better=args.higher_is_better, where=args.where,
                              params=_kv(args.param, "--param"), argv=_argv(args), strict=args.strict)
@@ -170,6 +172,14 @@ def cmd_select(args) -> int:
 
 def cmd_report(args) -> int:
     print(write_report(args.runs, Path(args.out)))
+    return 0
+
+
+def cmd_export(args) -> int:
+    to, out = destination(args.to, args.out)
+    result = export_run(Path(args.run), to, out, stage=args.stage, with_scores=args.with_scores, chat=args.chat,
+                        argv=_argv(args))
+    print(result["message"])
     return 0
 
 
@@ -315,10 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("select", help="select rows from a scored run and write them in the input's format",
                        description="Select from RUN/scores.parquet and write the selected records, unchanged, "
-                                   "to OUT (format by OUT's suffix). For the ifd column the default candidate "
-                                   "filter is ifd<1 (as Cherry and Superfiltering); --where none disables it.")
+                                   "to --out FILE (format by its suffix) or --to FORMAT PATH (--to hf DIR: a "
+                                   "datasets save_to_disk folder with a dataset card). For the ifd column the "
+                                   "default candidate filter is ifd<1 (as Cherry and Superfiltering); --where none "
+                                   "disables it.")
     p.add_argument("run", help="a run directory written by `thresher score` or `thresher run`")
-    p.add_argument("--out", required=True, help="output file: .json, .jsonl or .parquet")
+    p.add_argument("--out", help="output file: .json, .jsonl or .parquet")
+    p.add_argument("--to", nargs="+", metavar=("FORMAT", "PATH"),
+                   help="output format hf|parquet|jsonl|json and its path (or the path by --out), e.g. --to hf DIR")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--top-k", type=int, help="keep this many rows")
     g.add_argument("--top-ratio", type=float, help="keep this fraction")
@@ -342,6 +356,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by `thresher run` or `thresher score`")
     p.add_argument("--out", required=True, help="the HTML file to write (replaced only if thresher wrote it)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="write a run's selected records as a datasets folder, parquet or JSONL",
+                       description="Write the records a run selected (its last selecting stage, or --stage), "
+                                   "unchanged and in selection order, as a datasets save_to_disk folder with a "
+                                   "dataset card (--to hf: datasets.load_from_disk(PATH)) or a .parquet, .jsonl or "
+                                   ".json file. Consumers: TRL's SFTTrainer takes datasets.load_from_disk(PATH) as "
+                                   "train_dataset; with --chat it trains on the 'messages' column (conversational "
+                                   "data, the model's chat template). "
+                                   "LLaMA-Factory reads a .jsonl/.json file: alpaca records as they are "
+                                   "(formatting alpaca), or with --chat as formatting sharegpt with columns "
+                                   "{messages: messages} and tags {role_tag: role, content_tag: content, user_tag: "
+                                   "user, assistant_tag: assistant, system_tag: system} in its dataset_info.json.")
+    p.add_argument("run", help="a run directory written by `thresher run` (a recipe whose stage selects)")
+    p.add_argument("--to", nargs="+", required=True, metavar=("FORMAT", "PATH"),
+                   help="hf (a folder), parquet, jsonl or json, and the path (or the path by --out)")
+    p.add_argument("--out", help="output folder (hf) or file (its suffix must match --to)")
+    p.add_argument("--stage", help="the stage whose selection to export (default: the last one that selects)")
+    p.add_argument("--with-scores", action="store_true",
+                   help="add the stage's score columns and rank (1 = first selected) to every record")
+    p.add_argument("--chat", action="store_true",
+                   help="add a 'messages' column: the conversation as OpenAI chat messages [{role, content}] "
+                        "(system/user/assistant), for SFTTrainer and LLaMA-Factory (see above)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train", help="fine-tune a model on a (selected) dataset: LoRA or full, TRL SFTTrainer",
                        description="Supervised fine-tuning with the same prompt templates and response spans as "

@@ -190,7 +190,8 @@ def clear_results(folder) -> list[Path]:
     if not folder.is_dir():
         return removed
     for d in _result_dirs(folder):
-        names = _SELECTED if (d / _TRAIN_RECORD).exists() else _SELECTED + _RESULTS
+        # a training stage's folder: an IterIT selection writes selected.* and scores.parquet there
+        names = _SELECTED + ("scores.parquet",) if (d / _TRAIN_RECORD).exists() else _SELECTED + _RESULTS
         for name in names:
             f = d / name
             if f.is_file():

@@ -517,10 +517,24 @@ def _write_jsonl(records, fh) -> None:
 
 
 def _write_parquet(records, fh) -> None:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pylist(list(records)), fh)
+    pq.write_table(records_table(list(records)), fh)
+
+
+def records_table(records: list[dict], dest=None):
+    """One Arrow table of ``records``: a column per field of any record, in order of first appearance, null
+    where a record lacks the field (``pyarrow.Table.from_pylist`` would drop the fields the first record
+    lacks). DataError naming ``dest`` when a field's values do not fit one column type."""
+    import pyarrow as pa
+
+    names = list(dict.fromkeys(k for r in records for k in r))
+    try:
+        return pa.Table.from_pydict({k: [r.get(k) for r in records] for k in names})
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+        raise DataError(dest or "<output>", f"the selected records do not fit one table ({_first_line(err)}).",
+                        hint="A field holds values of different types across records; write JSON Lines "
+                             "(.jsonl) instead, which keeps each record as it is.") from None
 
 
 _WRITERS = {"json": _write_json, "jsonl": _write_jsonl, "parquet": _write_parquet}

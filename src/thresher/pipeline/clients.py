@@ -36,7 +36,8 @@ from thresher.manifest import base_manifest
 from thresher.outputs import finish_run_folder
 from thresher.pipeline.config import DataConfig, Recipe, ResolvedStage, safe_name
 from thresher.pipeline.recipe import check_collaborate
-from thresher.pipeline.stages import Pending, data_record, empty_selection, load_data, run_stages, score_stage, write_selection
+from thresher.pipeline.stages import (Pending, data_record, empty_selection, load_data, run_stages, score_stage,
+                                      scores_table, write_selection)
 from thresher.pipeline.summary import failure_summary
 from thresher.pipeline.train_stage import run_train_stage
 from thresher.selection.clients import global_threshold, select_above, selection_metrics
@@ -71,6 +72,7 @@ def finish_global_threshold(pending: list[Pending], recipe: Recipe, stage: Resol
         keep = select_above(s, tau)
         idx = np.flatnonzero(keep).astype(np.int64)
         p.selected = idx
+        write_parquet(p.st_dir / "scores.parquet", scores_table(p.scores, idx))
         if not len(idx):
             empty_selection(f"client {p.name or 'data'}: the global threshold tau = {tau:.6g} kept 0 of {len(p.ds)} "
                             "rows", recipe.strict, out)

@@ -3,7 +3,8 @@
 Layout of ``out``:
   manifest.json            argv, resolved recipe, data report, models and their identities, versions, seed
   summary.json             counts, score quantiles, where outputs went
-  <stage>/scores.parquet   id + score columns of every row
+  <stage>/scores.parquet   every row: id, row (its position in the loaded data), the score columns, and for a
+                           stage that selects: selected (bool), rank (Int64, 1 = first pick, <NA> dropped)
   <stage>/selected_ids.txt the selected ids, in selection order
   <stage>/selected.<ext>   the selected records, unchanged, in the input's own format
   scores.parquet, selected.<ext>, selected_ids.txt   copies of the last stage's outputs

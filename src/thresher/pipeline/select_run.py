@@ -1,21 +1,21 @@
-"""`thresher select`: re-select from a scored run without any model, and export the records."""
+"""`thresher select`: re-select from a scored run without any model, and write the records (a file named by
+its suffix, or ``to``: a format of thresher.pipeline.export, e.g. an hf save_to_disk folder)."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-import pandas as pd
-
-from thresher.data.fingerprint import data_fingerprint, same_data
-from thresher.data.readers import BUNDLED_SHAREGPT, OUTPUT_SUFFIXES, write_records
-from thresher.io import atomic_path, write_json
+from thresher.data.readers import OUTPUT_SUFFIXES
+from thresher.errors import ConfigError
+from thresher.io import atomic_path
 from thresher.manifest import base_manifest
 from thresher.outputs import check_output_file
-from thresher.errors import ConfigError
-from thresher.pipeline.config import DataConfig, SelectConfig
-from thresher.pipeline.stages import empty_selection, load_data
+from thresher.pipeline.config import SelectConfig
+from thresher.pipeline.export import (check_format, check_output, data_path, read_run, run_data, run_info,
+                                      write_selected)
+from thresher.pipeline.stages import empty_selection
+from thresher.selection.base import NOT_SCORES
 
 # Candidate filters a scorer's main column gets unless the user says otherwise (printed, never silent).
 DEFAULT_WHERE = {"ifd": {"ifd": {"lt": 1.0}}}
@@ -35,56 +35,38 @@ def parse_where(items: list[str] | None) -> dict:
     return where
 
 
-def _read_run(run: Path):
-    manifest_path, scores_path = run / "manifest.json", run / "scores.parquet"
-    for p in (manifest_path, scores_path):
-        if not p.exists():
-            raise ConfigError(f"{run} is not a scored run: {p.name} is missing. "
-                              "Create one with `thresher score` or `thresher run`.")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    return manifest, pd.read_parquet(scores_path)
-
-
-def _check_out_suffix(out: Path) -> None:
-    if out.suffix.lower() not in OUTPUT_SUFFIXES:        # refused, never guessed from the input
+def _out_format(out: Path) -> str:
+    """The file format ``--out`` names by its suffix; refused, never guessed, for any other suffix."""
+    fmt = OUTPUT_SUFFIXES.get(out.suffix.lower())
+    if fmt is None:
         raise ConfigError(f"--out {str(out)!r}: the file name must end in .json, .jsonl or .parquet (the format "
-                          f"of the selected records); got {out.suffix or 'no suffix'!r}.")
+                          f"of the selected records), or pass --to FORMAT PATH (e.g. --to hf DIR); got "
+                          f"{out.suffix or 'no suffix'!r}.")
+    return fmt
 
 
-def data_path(run: Path, data: dict) -> str:
-    """Where the data ``run`` was scored on is now: the absolute path ``score`` recorded (``abs_path``), or
-    for older runs the recorded path against the directory score ran in (``cwd``, when recorded) or the
-    current one. ConfigError when the recorded file is gone or its content changed (``fingerprint``)."""
-    recorded = str(data["path"])
-    if recorded in BUNDLED_SHAREGPT:
-        return recorded
-    fp, abs_path = data.get("fingerprint"), data.get("abs_path")
-    if abs_path and (isinstance(fp, dict) or Path(abs_path).exists()):   # not for a hub name: nothing on disk
-        path = abs_path
-    elif data.get("cwd") and not Path(recorded).is_absolute() and (Path(data["cwd"]) / recorded).exists():
-        path = str(Path(data["cwd"]) / recorded)
-    else:
-        path = recorded
-    if isinstance(fp, dict):
-        if not Path(path).exists():
-            raise ConfigError(f"The data {recorded!r} that {run} was scored on is no longer at {path}: it was "
-                              "moved or deleted. Put it back, or re-run `thresher score` on the data's new place.")
-        if not same_data(fp, data_fingerprint(path)):
-            raise ConfigError(f"The data at {path} no longer matches the scores in {run} (its content changed "
-                              "since scoring). Re-run `thresher score`.")
-    return path
-
-
-def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=None, ratio=None, of="all",
-                    higher_is_better=None, where=None, params=None, argv=None, strict: bool = False) -> dict:
-    manifest, scores = _read_run(run)
+def select_from_run(run: Path, out: Path, *, to: str | None = None, selector="top_k", column=None, k=None,
+                    ratio=None, of="all", higher_is_better=None, where=None, params=None, argv=None,
+                    strict: bool = False) -> dict:
+    """Select rows of ``run`` by its scores and write their records to ``out``: format ``to`` (hf, parquet,
+    jsonl, json) or, when None, the format ``out``'s suffix names."""
+    manifest, scores = read_run(run)
     data = dict(manifest["data"], path=data_path(run, manifest["data"]))
-    check_output_file(out, inputs=(data["path"], run / "scores.parquet", run / "manifest.json"))
-    _check_out_suffix(out)
+    inputs = (data["path"], run / "scores.parquet", run / "manifest.json")
+    if to is None:                                  # a file, its format by its suffix
+        check_output_file(out, inputs=inputs)
+        fmt = _out_format(out)
+    else:
+        fmt = to
+        check_format(fmt, out)
+        check_output(fmt, out, inputs=inputs, flag="--to")
     last = manifest["stages"][-1]
     info = last["scorers"][-1] if last["scorers"] else {}   # the stage's result is its last scorer
     main = info.get("main_column")
     asked, column = column, column or main          # the selector resolves its own default column
+    if column in NOT_SCORES:
+        raise ConfigError(f"--column {column!r} is not a score: scores.parquet's {', '.join(NOT_SCORES)} columns "
+                          "are its row keys and the run's own selection. Name a score column.")
     p = dict(params or {})
     if k is not None:
         p["k"] = k
@@ -115,16 +97,14 @@ def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=No
     if not len(idx):
         empty_selection(f"the selection ({selector} on {column}) kept 0 of {len(scores)} rows", strict,
                         {"warnings": warnings})
-    ds = load_data(DataConfig(**{k_: v for k_, v in data.items() if k_ in DataConfig.__dataclass_fields__}))
-    if list(ds.ids) != list(scores["id"]):
-        raise ConfigError(f"The data at {data['path']} no longer matches the scores in {run} "
-                          "(ids differ): it changed since scoring. Re-run `thresher score`.")
-    write_records(ds, idx, out)
-    with atomic_path(out.with_name(out.name + ".ids.txt")) as tmp:
-        tmp.write_text("".join(f"{ds.ids[i]}\n" for i in idx), encoding="utf-8")
-    write_json(out.with_name(out.name + ".manifest.json"),
-               {**base_manifest(argv), "run": str(run), "select": {"selector": selector, "column": column, "params": p},
-                "selected": int(len(idx)), "rows": len(ds), "warnings": warnings})
+    ds = run_data(run, data, scores)
+    record = {**base_manifest(argv), "run": str(run), **run_info(manifest, last), "stage": last["name"],
+              "select": {"selector": selector, "column": column, "params": p},
+              "selected": int(len(idx)), "rows": len(ds), "format": fmt, "warnings": warnings}
+    write_selected(ds, idx, fmt, out, record)
+    if fmt != "hf":
+        with atomic_path(out.with_name(out.name + ".ids.txt")) as tmp:
+            tmp.write_text("".join(f"{ds.ids[i]}\n" for i in idx), encoding="utf-8")
     msg = f"selected {len(idx)} of {len(ds)} rows by {selector} on {column}{filt_note} -> {out}"
     msg += "".join(f"\nwarning: {w}" for w in warnings)
     return {"selected": int(len(idx)), "message": msg}

@@ -24,6 +24,7 @@ from thresher.pipeline.config import DataConfig, Recipe, ResolvedStage
 from thresher.pipeline.recipe import resolve_scorer
 from thresher.pipeline.summary import describe_scores
 from thresher.pipeline.train_stage import run_train_stage, train_rows, trained_model_dir
+from thresher.selection.base import NOT_SCORES
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +99,9 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
                summary: dict, *, cache_root=None, argv=None, executor=None):
     """Run the stages over ``ds`` into ``out``, filling ``manifest`` and ``summary``.
 
+    Each scoring stage writes ``<stage>/scores.parquet`` (``scores_table``) once its selection is known.
     Returns None, or, when the last stage selects by a global threshold, what the threshold step needs
-    (``Pending``): the scores are written, the selection waits for the anchors of
-    every client.
+    (``Pending``): the scores wait with the selection for the anchors of every client.
     """
     selections: dict[str, np.ndarray] = {}
     train_dirs: dict[str, str] = {}
@@ -120,7 +121,6 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
         ctx = stage_context(stage, recipe)
         scores, info = score_stage(ds, stage, recipe, cache_root, ctx, executor)
         st_dir = out / stage.name
-        write_parquet(st_dir / "scores.parquet", scores)
         st_sum = {"name": stage.name, "model": stage.model, "note": stage.note, **describe_scores(scores, info)}
         st_sum["failed"] = {"rows": sum((rec.get("cache") or {}).get("failed", 0) for rec in info),
                             "of": len(ds) * len(info)}     # rows x scorers; failed rows are not cached
@@ -132,6 +132,7 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
         summary["stages"].append(st_sum)
         last_scoring = stage.name
         if stage.select is None:
+            write_parquet(st_dir / "scores.parquet", scores_table(scores))
             continue
         # The stage's last scorer is its result (earlier ones feed it: ratings, embeddings).
         main = info[-1]["main_column"] if info else None
@@ -140,6 +141,7 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
         if stage.select.selector == "global_threshold":
             return Pending(ds, stage, scores, main, st_dir, st_sum, ctx, cache_root, executor)
         idx = stage.select.apply(scores, main=main, higher_is_better=hib)
+        write_parquet(st_dir / "scores.parquet", scores_table(scores, idx))
         if not len(idx):
             empty_selection(f"stage {stage.name!r}: the selection ({stage.select.selector}) kept 0 of {len(ds)} "
                             "rows", recipe.strict, summary)
@@ -161,10 +163,31 @@ def empty_selection(message: str, strict: bool, summary: dict) -> None:
 
 
 def _write_iterit_selection(ds: Dataset, run: Path, st_sum: dict) -> None:
-    """An IterIT recipe's result: the rows its last epoch trained on, written like a selection."""
-    pos = {rid: i for i, rid in enumerate(ds.ids)}
-    idx = np.array([pos[i] for i in TrainingRunFolder(run).iterit_selected_ids], dtype=np.int64)
+    """An IterIT recipe's result: the rows its last epoch trained on, written like a selection, with a
+    scores.parquet of ids, rows and the selection (its re-scores stay in the run's iterit/epoch-*.json)."""
+    ids = pd.Index(list(ds.ids))
+    idx = ids.get_indexer(TrainingRunFolder(run).iterit_selected_ids).astype(np.int64)
+    write_parquet(run / "scores.parquet", scores_table(pd.DataFrame({"id": ids}), idx))
     st_sum.update(write_selection(ds, idx, run))
+
+
+def scores_table(scores: pd.DataFrame, idx: np.ndarray | None = None) -> pd.DataFrame:
+    """A stage's scores.parquet: ``id``, ``row`` (int64, the row's 0-based position in the loaded dataset),
+    the score columns, and for a stage that selects (``idx``: (M,) int64 positions in selection order)
+    ``selected`` (bool) and ``rank`` (Int64: 1 for the first pick .. M, <NA> for a dropped row)."""
+    n = len(scores)
+    reserved = [c for c in NOT_SCORES[1:] if c in scores.columns]
+    if reserved:
+        raise ConfigError(f"A scorer wrote the column(s) {', '.join(map(repr, reserved))}, which thresher keeps "
+                          "for the score table's row numbers and selection; rename the scorer's output column.")
+    table = scores.copy(deep=False)
+    table.insert(1, "row", np.arange(n, dtype=np.int64))
+    if idx is not None:
+        rank = np.zeros(n, dtype=np.int64)
+        rank[np.asarray(idx, dtype=np.int64)] = np.arange(1, len(idx) + 1)
+        table["selected"] = rank > 0
+        table["rank"] = pd.arrays.IntegerArray(rank, mask=rank == 0)
+    return table
 
 
 def write_selection(ds: Dataset, idx: np.ndarray, st_dir: Path) -> dict:

@@ -18,12 +18,9 @@ import pandas as pd
 from thresher.data.records import split_turns
 from thresher.errors import ConfigError, ThresherError
 from thresher.outputs import read_marker
-from thresher.pipeline.config import DataConfig, SelectConfig
-from thresher.pipeline.select_run import data_path
-from thresher.pipeline.stages import load_data
-
-# Columns of scores.parquet that are bookkeeping, not scores (contract 3 adds row/selected/rank).
-NOT_SCORES = {"id", "row", "selected", "rank"}
+from thresher.pipeline.config import SelectConfig
+from thresher.pipeline.export import data_path, run_data
+from thresher.selection.base import NOT_SCORES
 
 
 @dataclass
@@ -189,13 +186,10 @@ def _open_data(part: Part):
     checked by fingerprint), streamed; ConfigError when its ids no longer match the scores."""
     if not part.data:
         raise ConfigError(f"{part.folder}/manifest.json records no data.")
-    path = data_path(part.folder, part.data)
-    ds = load_data(DataConfig(**{k: v for k, v in dict(part.data, path=path).items()
-                                 if k in DataConfig.__dataclass_fields__}))
     scored = next((st.scores for st in part.stages if st.scores is not None), None)
-    if scored is not None and (len(ds) != len(scored) or list(ds.ids) != scored["id"].tolist()):
-        raise ConfigError(f"The data at {path} no longer matches the scores in {part.folder} (ids differ).")
-    return ds
+    if scored is None:
+        raise ConfigError(f"{part.folder} has no scored stage: there are no rows to show.")
+    return run_data(part.folder, dict(part.data, path=data_path(part.folder, part.data)), scored)
 
 
 def score_columns(scores: pd.DataFrame) -> list[str]:

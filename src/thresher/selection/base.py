@@ -38,6 +38,10 @@ from typing import ClassVar
 import numpy as np
 
 from thresher.config import build, did_you_mean
+
+# Columns of a run's scores.parquet that are not scores: the join keys and the stage's selection
+# (thresher.pipeline.stages.scores_table).
+NOT_SCORES = ("id", "row", "selected", "rank")
 from thresher.errors import ConfigError
 
 
@@ -92,7 +96,7 @@ class Selector:
 def require_column(scores, name: str, selector: str) -> None:
     """ConfigError unless the score table has column ``name``."""
     if name not in scores.columns:
-        have = [c for c in scores.columns if c != "id"]
+        have = [c for c in scores.columns if c not in NOT_SCORES]
         raise ConfigError(f"Selector {selector!r} needs score column {name!r}, which the scores do not have "
                           f"(columns: {', '.join(have) or 'none'}).{did_you_mean(name, have)}")
 
