@@ -25,7 +25,7 @@ from thresher.config import add_flags, describe, given
 from thresher.data.readers import BUNDLED_SHAREGPT
 from thresher.data.templates import TEMPLATES
 from thresher.engine.base import ExecutorConfig
-from thresher.errors import ConfigError, ThresherError
+from thresher.errors import ConfigError, ThresherError, surface
 from thresher.evaluation import evaluate
 from thresher.evaluation.config import EvalConfig
 from thresher.io import is_disk_full
@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = ["thresher", *argv] if argv is not None else list(sys.argv)
     _configure_logging(args)
     try:
-        return args.func(args)
+        with surface("cli"):                 # messages name options as flags (--on-invalid skip)
+            return args.func(args)
     except ThresherError as e:
         return _fail(args, str(e), 2)
     except KeyboardInterrupt:

@@ -41,7 +41,7 @@ import pandas as pd
 
 from thresher.data.fingerprint import row_hashes
 from thresher.data.table import Dataset
-from thresher.errors import ConfigError
+from thresher.errors import ConfigError, flag_note
 from thresher.io import atomic_path, cache_dir, remove_stale_tmp_files, sha256_hex
 from thresher.engine.base import LocalExecutor, ShardResult, Task, score_shard
 from thresher.models.context import ModelContext
@@ -168,7 +168,7 @@ def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size:
     this process reads and writes the cache: each finished shard is written here exactly once.
     """
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ConfigError(f"The 'shard_size' parameter (rows per cached shard; CLI --shard-size) must be an int "
+        raise ConfigError(f"The 'shard_size' parameter{flag_note('shard_size')} (rows per cached shard) must be an int "
                           f">= 1. Got {shard_size!r}.")
     executor = executor or LocalExecutor()
     scorer.cache_root = Path(cache_root or cache_dir())    # where scorers keep intermediate stores

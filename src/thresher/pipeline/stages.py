@@ -16,7 +16,7 @@ from thresher.data.fingerprint import data_fingerprint
 from thresher.data.readers import data_source, load, write_records
 from thresher.data.table import Dataset
 from thresher.engine.scoring import score_dataset
-from thresher.errors import ConfigError
+from thresher.errors import ConfigError, as_option
 from thresher.io import atomic_path, write_parquet
 from thresher.models.context import ModelContext
 from thresher.models.runs import TrainingRunFolder
@@ -154,8 +154,9 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
 def empty_selection(message: str, strict: bool, summary: dict) -> None:
     """A selection that keeps nothing: an error with ``strict``, else a warning kept in the summary."""
     if strict:
-        raise ConfigError(f"{message}; with --strict that is an error. Check the selection's ratio/k and the "
-                          "scores, or drop --strict to accept an empty selection.")
+        strict_option = as_option("strict", True)
+        raise ConfigError(f"{message}; with {strict_option} that is an error. Check the selection's ratio/k and "
+                          f"the scores, or drop {strict_option} to accept an empty selection.")
     log.warning("%s", message)
     summary.setdefault("warnings", []).append(message)
 
