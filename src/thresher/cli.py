@@ -149,8 +149,9 @@ _PERPLEXITY_ONLY = ("mode",)
 def cmd_score(args) -> int:
     params = {**_kv(args.param, "--param"), **given(args, IFDParams),
               **given(args, PerplexityParams, only=_PERPLEXITY_ONLY)}
-    raw = {"name": f"score-{args.scorer}", "data": {"path": args.data},
-           "stages": [{"name": args.scorer, "score": [{"scorer": args.scorer, "params": params}]}]}
+    stage = get_scorer(args.scorer).name            # a 'module:Class' scorer's stage folder is its own name
+    raw = {"name": f"score-{stage}", "data": {"path": args.data},
+           "stages": [{"name": stage, "score": [{"scorer": args.scorer, "params": params}]}]}
     _apply_common(raw, argparse.Namespace(**{**vars(args), "data": None}))
     recipe, data_cfg, stages = check_recipe(raw, "<command line>")
     summary = run_recipe(recipe, data_cfg, stages, Path(args.out), argv=_argv(args), raw_recipe=raw,
