@@ -31,6 +31,7 @@ from thresher.evaluation.config import EvalConfig
 from thresher.io import is_disk_full
 from thresher.models.judges import JudgeConfig
 from thresher.pipeline.config import DataConfig, Recipe
+from thresher.pipeline.dry_run import format_plan, plan_run
 from thresher.pipeline.recipe import PACKAGED, check_recipe, load_recipe, resolve_recipe_path, set_dotted
 from thresher.pipeline.run import run_recipe
 from thresher.pipeline.select_run import select_from_run
@@ -70,6 +71,9 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and run (default: the recipe's, else these)")
     add_flags(g, Recipe, only=_RUN_OPTIONS)
     g.add_argument("--cache-dir", default=None, help="score cache root (default $THRESHER_CACHE or ~/.cache/thresher)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="load the data and print what would run: per stage the rows, shards cached and to compute, "
+                        "judge requests and estimated cost, models; loads no model, writes nothing")
     add_flags(p.add_argument_group("where the shards run (the scores and the cache are the same either way)"),
               ExecutorConfig)
     _judge_args(p)
@@ -129,6 +133,8 @@ def cmd_run(args) -> int:
     for key, value in _kv(args.set, "--set").items():
         set_dotted(raw, key, value)
     recipe, data_cfg, stages = check_recipe(raw, str(path))
+    if args.dry_run:
+        return _dry_run(recipe, data_cfg, stages, args)
     out = Path(args.out or Path("runs") / (recipe.name or path.stem))
     summary = run_recipe(recipe, data_cfg, stages, out, argv=_argv(args), raw_recipe=raw, cache_root=args.cache_dir,
                          executor=given(args, ExecutorConfig))
@@ -154,9 +160,17 @@ def cmd_score(args) -> int:
            "stages": [{"name": stage, "score": [{"scorer": args.scorer, "params": params}]}]}
     _apply_common(raw, argparse.Namespace(**{**vars(args), "data": None}))
     recipe, data_cfg, stages = check_recipe(raw, "<command line>")
+    if args.dry_run:
+        return _dry_run(recipe, data_cfg, stages, args)
     summary = run_recipe(recipe, data_cfg, stages, Path(args.out), argv=_argv(args), raw_recipe=raw,
                          cache_root=args.cache_dir, executor=given(args, ExecutorConfig))
     return _print_summary(summary)
+
+
+def _dry_run(recipe, data_cfg, stages, args) -> int:
+    print(format_plan(plan_run(recipe, data_cfg, stages, cache_root=args.cache_dir,
+                               executor=given(args, ExecutorConfig))))
+    return 0
 
 
 def cmd_select(args) -> int:

@@ -75,18 +75,24 @@ def score_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, cache_root=No
     for scorer in stage.scores:
         frame = score_dataset(ds, scorer, ctx, shard_size=recipe.shard_size, cache_root=cache_root,
                               label=f"{stage.name}:{scorer.name}", inputs=table, executor=executor)
-        if table is None:                   # the first frame brings the ids: one copy of them, not two
-            table = frame.copy(deep=False)
-            table.attrs = {}
-        else:
-            clash = [c for c in frame.columns if c != "id" and c in table.columns]
-            renamed = frame.rename(columns={c: f"{scorer.name}.{c}" for c in clash})
-            table = pd.concat([table, renamed.drop(columns="id")], axis=1)
+        table = join_scores(table, frame, scorer.name)
         info.append({"scorer": scorer.name, "version": scorer.version, "params": scorer.param_dict(),
                      "model_identity": scorer.model_identity(ctx), "main_column": scorer.main_column,
                      "higher_is_better": scorer.higher_is_better, "cache": frame.attrs.get("cache"),
                      **({"judge": ctx.judge().stats()} if "judge" in scorer.uses else {})})
     return (table if table is not None else pd.DataFrame({"id": list(ds.ids)})), info
+
+
+def join_scores(table: pd.DataFrame | None, frame: pd.DataFrame, scorer: str) -> pd.DataFrame:
+    """A stage's score table with one more scorer's ``frame`` (id + columns, row order) joined on: a column
+    already there is renamed ``<scorer>.<column>``."""
+    if table is None:                   # the first frame brings the ids: one copy of them, not two
+        table = frame.copy(deep=False)
+        table.attrs = {}
+        return table
+    clash = [c for c in frame.columns if c != "id" and c in table.columns]
+    renamed = frame.rename(columns={c: f"{scorer}.{c}" for c in clash})
+    return pd.concat([table, renamed.drop(columns="id")], axis=1)
 
 
 def stage_context(stage: ResolvedStage, recipe: Recipe) -> ModelContext:
