@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 
@@ -240,11 +241,44 @@ _LS_REGISTRIES = {"scorers": SCORERS, "selectors": SELECTORS}
 
 
 def _ls_one(what: str, name: str) -> int:
+    if what == "recipes":
+        print(format_recipe(name))
+        return 0
     if what not in _LS_REGISTRIES:
         raise ConfigError(f"`thresher ls {what} NAME` is not available; a name can follow "
-                          f"{' or '.join(_LS_REGISTRIES)}, e.g. `thresher ls scorers ifd`.")
+                          f"{', '.join(_LS_REGISTRIES)} or recipes, e.g. `thresher ls scorers ifd`.")
     print(format_params(_LS_REGISTRIES[what], name))
     return 0
+
+
+def format_recipe(spec: str) -> str:
+    """What ``thresher ls recipes NAME`` prints: the recipe's description, then each stage with its model, its
+    scorers and selector (or training) and the parameters the recipe sets (`thresher ls scorers NAME` shows
+    every parameter with its default). The recipe is checked as `thresher validate` does; nothing is loaded."""
+    path = resolve_recipe_path(spec)
+    recipe, data_cfg, stages = load_recipe(spec)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))["stages"]
+    lines = [f"recipe {recipe.name or path.stem} ({path}):",
+             textwrap.fill(" ".join(recipe.description.split()), 110, initial_indent="  ", subsequent_indent="  ")]
+    if recipe.reference:
+        lines.append(f"  reference: {recipe.reference}")
+    lines.append(f"  data: {data_cfg.path}; model: {recipe.model}")
+    for st, given_stage in zip(stages, raw):
+        lines.append(f"  stage {st.name!r} (model {st.model})" + (f": {st.note}" if st.note else ""))
+        if st.is_train:
+            lines.append(f"    train: {_kv_text(given_stage['train'])}")
+            continue
+        for sc in given_stage.get("score", []):
+            lines.append(f"    score: {sc['scorer']}" + (f" ({_kv_text(sc['params'])})" if sc.get("params") else ""))
+        if st.select is not None:
+            column = f" on {st.select.column}" if st.select.column else ""
+            lines.append(f"    select: {st.select.selector}{column}"
+                         + (f" ({_kv_text(st.select.params)})" if st.select.params else ""))
+    return "\n".join(lines)
+
+
+def _kv_text(values: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 def format_params(registry, name: str) -> str:
