@@ -269,7 +269,15 @@ def test_ls_without_a_name_lists_as_before_and_presets_are_listed(capsys):
     assert main(["ls", "presets"]) == 0
     out = capsys.readouterr().out
     assert "  cherry " in out and "lora=False" in out
-    assert main(["ls", "recipes", "cherry"]) == 2
+    assert main(["ls", "templates", "alpaca"]) == 2
+
+
+def test_ls_recipe_prints_its_description_and_stages(capsys):
+    assert main(["ls", "recipes", "cherry"]) == 0
+    out = capsys.readouterr().out
+    assert "Cherry LLM" in out and "stage 'pre_train' (model bundled)" in out and "train: rows=previous" in out
+    assert "score: ifd (variant=loss_ratio" in out and "select: cherry_ifd (ratio=0.06" in out
+    assert main(["ls", "recipes", "chery"]) == 2 and "Did you mean 'cherry'?" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("registry", [SCORERS, SELECTORS], ids=lambda r: r.kind)
@@ -283,6 +291,7 @@ def test_every_parameter_of_every_scorer_and_selector_has_help(registry):
         assert all(p.help in shown for p in describe(registry.get(name).Params)), name
         produces = getattr(registry.get(name), "produces", {})            # scorers: the columns they write
         rows = {line.split()[0] for line in shown.splitlines()[1:] if line.strip()}
+        assert {f.name for f in dataclasses.fields(registry.get(name).Params)} <= rows, name   # every parameter
         assert set(produces) <= rows, name
 
 

@@ -236,12 +236,12 @@ def test_detect_format_by_keys():
         detect_format({"prompt": "x", "completion": "y"}, path="f.json", where="record 0")
     msg = str(info.value)
     assert "f.json, record 0" in msg and "'prompt', 'completion'" in msg
-    assert "alpaca" in msg and "sharegpt" in msg and "messages" in msg and "--format" in msg
+    assert "alpaca" in msg and "sharegpt" in msg and "messages" in msg and "fmt=alpaca|sharegpt|messages" in msg
 
 
 def test_auto_detection_error_from_load(tmp_path):
     msg = error_of(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "x", "completion": "y"}]))
-    assert "p.jsonl, line 1" in msg and "'prompt'" in msg and "--format" in msg
+    assert "p.jsonl, line 1" in msg and "'prompt'" in msg and "fmt=" in msg
 
 
 def test_explicit_format_overrides_detection(tmp_path):
@@ -447,7 +447,7 @@ def test_cut_off_array_strict_and_lenient(tmp_path, limit):
     msg = error_of(path, limit=limit)
     assert "cut.json" in msg and "cut off" in msg
     assert f"byte offset {byte}" in msg and f"(line {line})" in msg
-    assert "3 complete records precede it" in msg and "lenient=True" in msg and "--lenient" in msg
+    assert "3 complete records precede it" in msg and "lenient=True" in msg and "--lenient" not in msg
     ds = load(path, lenient=True, limit=limit)
     assert ds.ids == ["r0", "r1", "r2"]
     assert ds.report.truncated is not None and f"byte offset {byte}" in ds.report.truncated
@@ -544,7 +544,7 @@ def test_bundled_sharegpt_is_cut_off():
     path = bundled_sharegpt_path()
     msg = error_of(path)
     assert "cut off" in msg and "17671 complete records precede it" in msg
-    assert "byte offset 125506645 (line 604515)" in msg and "--lenient" in msg
+    assert "byte offset 125506645 (line 604515)" in msg and "lenient=True" in msg
     ds = load(path, lenient=True, on_invalid="skip")
     report = ds.report
     assert report.n_read == 17671 and "17671 complete records" in report.truncated

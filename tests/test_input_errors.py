@@ -58,7 +58,7 @@ def test_lone_surrogate_is_an_invalid_record(tmp_path, capsys):
     assert main(score(tmp_path, data)) == 2
     line = one_error(capsys)
     assert f"{data}, line 2, field 'output'" in line and "lone surrogate \\ud800" in line
-    assert "on_invalid='skip'" in line
+    assert "--on-invalid skip" in line and "on_invalid=" not in line         # the CLI speaks flags
     assert main(score(tmp_path, data, "--on-invalid", "skip")) == 0
     scores = pd.read_parquet(tmp_path / "run" / "scores.parquet")
     assert len(scores) == 2

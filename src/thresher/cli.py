@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 
@@ -25,12 +26,13 @@ from thresher.config import add_flags, describe, given
 from thresher.data.readers import BUNDLED_SHAREGPT
 from thresher.data.templates import TEMPLATES
 from thresher.engine.base import ExecutorConfig
-from thresher.errors import ConfigError, ThresherError
+from thresher.errors import ConfigError, ThresherError, surface
 from thresher.evaluation import evaluate
 from thresher.evaluation.config import EvalConfig
 from thresher.io import is_disk_full
 from thresher.models.judges import JudgeConfig
 from thresher.pipeline.config import DataConfig, Recipe
+from thresher.pipeline.dry_run import format_plan, plan_run
 from thresher.pipeline.export import destination, export_run
 from thresher.pipeline.recipe import PACKAGED, check_recipe, load_recipe, resolve_recipe_path, set_dotted
 from thresher.pipeline.run import run_recipe
@@ -72,6 +74,9 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and run (default: the recipe's, else these)")
     add_flags(g, Recipe, only=_RUN_OPTIONS)
     g.add_argument("--cache-dir", default=None, help="score cache root (default $THRESHER_CACHE or ~/.cache/thresher)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="load the data and print what would run: per stage the rows, shards cached and to compute, "
+                        "judge requests and estimated cost, models; loads no model, writes nothing")
     add_flags(p.add_argument_group("where the shards run (the scores and the cache are the same either way)"),
               ExecutorConfig)
     _judge_args(p)
@@ -131,6 +136,8 @@ def cmd_run(args) -> int:
     for key, value in _kv(args.set, "--set").items():
         set_dotted(raw, key, value)
     recipe, data_cfg, stages = check_recipe(raw, str(path))
+    if args.dry_run:
+        return _dry_run(recipe, data_cfg, stages, args)
     out = Path(args.out or Path("runs") / (recipe.name or path.stem))
     summary = run_recipe(recipe, data_cfg, stages, out, argv=_argv(args), raw_recipe=raw, cache_root=args.cache_dir,
                          executor=given(args, ExecutorConfig))
@@ -151,13 +158,22 @@ _PERPLEXITY_ONLY = ("mode",)
 def cmd_score(args) -> int:
     params = {**_kv(args.param, "--param"), **given(args, IFDParams),
               **given(args, PerplexityParams, only=_PERPLEXITY_ONLY)}
-    raw = {"name": f"score-{args.scorer}", "data": {"path": args.data},
-           "stages": [{"name": args.scorer, "score": [{"scorer": args.scorer, "params": params}]}]}
+    stage = get_scorer(args.scorer).name            # a 'module:Class' scorer's stage folder is its own name
+    raw = {"name": f"score-{stage}", "data": {"path": args.data},
+           "stages": [{"name": stage, "score": [{"scorer": args.scorer, "params": params}]}]}
     _apply_common(raw, argparse.Namespace(**{**vars(args), "data": None}))
     recipe, data_cfg, stages = check_recipe(raw, "<command line>")
+    if args.dry_run:
+        return _dry_run(recipe, data_cfg, stages, args)
     summary = run_recipe(recipe, data_cfg, stages, Path(args.out), argv=_argv(args), raw_recipe=raw,
                          cache_root=args.cache_dir, executor=given(args, ExecutorConfig))
     return _print_summary(summary)
+
+
+def _dry_run(recipe, data_cfg, stages, args) -> int:
+    print(format_plan(plan_run(recipe, data_cfg, stages, cache_root=args.cache_dir,
+                               executor=given(args, ExecutorConfig))))
+    return 0
 
 
 def cmd_select(args) -> int:
@@ -241,11 +257,44 @@ _LS_REGISTRIES = {"scorers": SCORERS, "selectors": SELECTORS}
 
 
 def _ls_one(what: str, name: str) -> int:
+    if what == "recipes":
+        print(format_recipe(name))
+        return 0
     if what not in _LS_REGISTRIES:
         raise ConfigError(f"`thresher ls {what} NAME` is not available; a name can follow "
-                          f"{' or '.join(_LS_REGISTRIES)}, e.g. `thresher ls scorers ifd`.")
+                          f"{', '.join(_LS_REGISTRIES)} or recipes, e.g. `thresher ls scorers ifd`.")
     print(format_params(_LS_REGISTRIES[what], name))
     return 0
+
+
+def format_recipe(spec: str) -> str:
+    """What ``thresher ls recipes NAME`` prints: the recipe's description, then each stage with its model, its
+    scorers and selector (or training) and the parameters the recipe sets (`thresher ls scorers NAME` shows
+    every parameter with its default). The recipe is checked as `thresher validate` does; nothing is loaded."""
+    path = resolve_recipe_path(spec)
+    recipe, data_cfg, stages = load_recipe(spec)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))["stages"]
+    lines = [f"recipe {recipe.name or path.stem} ({path}):",
+             textwrap.fill(" ".join(recipe.description.split()), 110, initial_indent="  ", subsequent_indent="  ")]
+    if recipe.reference:
+        lines.append(f"  reference: {recipe.reference}")
+    lines.append(f"  data: {data_cfg.path}; model: {recipe.model}")
+    for st, given_stage in zip(stages, raw):
+        lines.append(f"  stage {st.name!r} (model {st.model})" + (f": {st.note}" if st.note else ""))
+        if st.is_train:
+            lines.append(f"    train: {_kv_text(given_stage['train'])}")
+            continue
+        for sc in given_stage.get("score", []):
+            lines.append(f"    score: {sc['scorer']}" + (f" ({_kv_text(sc['params'])})" if sc.get("params") else ""))
+        if st.select is not None:
+            column = f" on {st.select.column}" if st.select.column else ""
+            lines.append(f"    select: {st.select.selector}{column}"
+                         + (f" ({_kv_text(st.select.params)})" if st.select.params else ""))
+    return "\n".join(lines)
+
+
+def _kv_text(values: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 def format_params(registry, name: str) -> str:
@@ -440,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = ["thresher", *argv] if argv is not None else list(sys.argv)
     _configure_logging(args)
     try:
-        return args.func(args)
+        with surface("cli"):                 # messages name options as flags (--on-invalid skip)
+            return args.func(args)
     except ThresherError as e:
         return _fail(args, str(e), 2)
     except KeyboardInterrupt:

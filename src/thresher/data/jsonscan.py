@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from thresher.errors import DataError
+from thresher.errors import DataError, as_option
 
 _CHUNK_CHARS = 1 << 22        # 4 Mi characters per read when a JSON array is decoded lazily
 _WS = re.compile(r"[ \t\r\n]*")
@@ -47,7 +47,7 @@ class CutOff(Exception):
 
     def error(self) -> DataError:
         return DataError(self.path, self.describe() + ".",
-                         hint="Pass lenient=True (CLI --lenient) to keep the complete records, "
+                         hint=f"Pass {as_option('lenient', True)} to keep the complete records, "
                               "or re-download the file.")
 
 

@@ -30,7 +30,7 @@ from thresher.data.records import (FORMATS, NORMALISERS, Invalid, check_values, 
                                    occurrence_renames, record_id)
 from thresher.data.sources import HFRows, JsonArrayRows, JsonlRows, ParquetRows
 from thresher.data.table import Dataset, LoadReport, StreamedDataset
-from thresher.errors import ConfigError, DataError
+from thresher.errors import ConfigError, DataError, as_option
 from thresher.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -160,12 +160,12 @@ def _check_options(fmt, on_invalid, limit, max_record_chars=None) -> None:
     if fmt != "auto" and fmt not in FORMATS:
         raise ConfigError(f"format {fmt!r} is not allowed; use one of auto, {', '.join(FORMATS)}.")
     if on_invalid not in ON_INVALID:
-        raise ConfigError(f"on_invalid={on_invalid!r} is not allowed; use 'fail' or 'skip'.")
+        raise ConfigError(f"{as_option('on_invalid', on_invalid)} is not allowed; use 'fail' or 'skip'.")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit={limit!r} is not allowed; use a positive integer or None.")
+        raise ConfigError(f"{as_option('limit', limit)} is not allowed; use a positive integer or None.")
     if max_record_chars is not None and (isinstance(max_record_chars, bool)
                                          or not isinstance(max_record_chars, int) or max_record_chars < 0):
-        raise ConfigError(f"max_record_chars={max_record_chars!r} is not allowed (CLI --max-record-chars); use "
+        raise ConfigError(f"{as_option('max_record_chars', max_record_chars)} is not allowed; use "
                           "an integer >= 1, or 0 or None for no limit.")
 
 
@@ -314,7 +314,7 @@ def _pick_split(loaded, split: str, source):
     if split not in loaded:
         raise DataError(source, f"has no split {split!r}.",
                         expected=f"one of {', '.join(sorted(loaded.keys()))}",
-                        hint="Pass split= (CLI --split).")
+                        hint=f"Pass {as_option('split', metavar='NAME')}.")
     return loaded[split]
 
 

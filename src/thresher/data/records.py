@@ -18,7 +18,7 @@ from collections import Counter
 import numpy as np
 
 from thresher.data.jsonscan import type_name
-from thresher.errors import ConfigError, DataError
+from thresher.errors import ConfigError, DataError, as_option
 
 FORMATS = ("alpaca", "sharegpt", "messages")
 TURNS = ("last", "first", "all")
@@ -30,8 +30,11 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
 _MESSAGE_ROLES = ("system", "user", "assistant")
 _MAX_DEPTH = 500              # nesting a record may have: json.dumps (ids, writing) fails near 1000
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_LIMIT_HINT = ("Raise the limit with max_record_chars (CLI --max-record-chars N, recipe data.max_record_chars; "
-               "0 = no limit), or drop such records with on_invalid='skip' (CLI --on-invalid skip).")
+
+
+def _limit_hint() -> str:
+    return (f"Raise the limit with {as_option('max_record_chars', metavar='N')} (0 = no limit; in a recipe "
+            f"data.max_record_chars), or drop such records with {as_option('on_invalid', 'skip')}.")
 
 
 class Invalid(Exception):
@@ -46,7 +49,7 @@ class Invalid(Exception):
     def error(self, path, where: str, *, failing: bool = False) -> DataError:
         hint = self.hint
         if failing and hint is None:
-            hint = "Fix the record, or pass on_invalid='skip' to drop invalid records."
+            hint = f"Fix the record, or pass {as_option('on_invalid', 'skip')} to drop invalid records."
         return DataError(path, self.problem, where=where, field=self.field,
                          expected=self.expected, hint=hint)
 
@@ -65,8 +68,8 @@ def detect_format(record, *, path="<input>", where: str = "record 0") -> str:
     keys = ", ".join(repr(k) for k in list(record)[:12]) or "none"
     raise DataError(path, f"cannot detect the record format from its keys ({keys}).",
                     where=where, expected=SHAPES,
-                    hint="Rename the fields, or name the format with fmt= (CLI --format "
-                         "alpaca|sharegpt|messages).")
+                    hint="Rename the fields, or name the format with "
+                         f"{as_option('fmt', metavar='alpaca|sharegpt|messages', flag='--format')}.")
 
 
 def split_turns(messages, turns: str = "last") -> list[tuple[list[dict], str]]:
@@ -292,7 +295,7 @@ def _printable(key) -> str:
 def _check_text(text: str, where: str, max_chars: int | None) -> None:
     if max_chars is not None and len(text) > max_chars:
         raise Invalid("text over max_record_chars", f"the text is {len(text):,} characters long, over the "
-                      f"limit of {max_chars:,} characters per field.", field=where, hint=_LIMIT_HINT)
+                      f"limit of {max_chars:,} characters per field.", field=where, hint=_limit_hint())
     bad = None if text.isascii() else _SURROGATE.search(text)
     if bad:
         raise Invalid("lone surrogate", f"the text holds the lone surrogate \\u{ord(bad.group()):04x} at "

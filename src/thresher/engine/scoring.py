@@ -41,7 +41,7 @@ import pandas as pd
 
 from thresher.data.fingerprint import row_hashes
 from thresher.data.table import Dataset
-from thresher.errors import ConfigError
+from thresher.errors import ConfigError, flag_note
 from thresher.io import atomic_path, cache_dir, remove_stale_tmp_files, sha256_hex
 from thresher.engine.base import LocalExecutor, ShardResult, Task, score_shard
 from thresher.models.context import ModelContext
@@ -167,28 +167,17 @@ def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size:
     ``executor``: where shards are scored (``thresher.engine.executors``; default: this process). Only
     this process reads and writes the cache: each finished shard is written here exactly once.
     """
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ConfigError(f"The 'shard_size' parameter (rows per cached shard; CLI --shard-size) must be an int "
-                          f">= 1. Got {shard_size!r}.")
+    _check_shard_size(shard_size)
     executor = executor or LocalExecutor()
     scorer.cache_root = Path(cache_root or cache_dir())    # where scorers keep intermediate stores
     key = scorer_key(scorer, ctx)
     scorer.runner = executor.runner(scorer, ctx, key)
     scorer.setup(ctx)
-    root = scorer.cache_root / "scores" / f"{scorer.name}-{key}"
+    root = scorer_root(scorer, key)
     if root.is_dir():
         remove_stale_tmp_files(root)
     need = tuple(scorer.required_columns())
-    rh = row_hashes(ds)
-    check_inputs(inputs, need)                             # the missing-column error before any work
-
-    def hashes(a: int, b: int) -> list[str]:
-        part = inputs.iloc[a:b] if need else None
-        return [x + y for x, y in zip(rh[a:b], input_hashes(part, need, b - a))]
-
-    if scorer.scope == "dataset":
-        shard_size = max(len(ds), 1)          # one unit: the scorer needs the whole pool at once
-    groups = plan_shards(len(ds), shard_size, compact_rows, root, hashes)
+    groups = _groups(ds, scorer, root, shard_size, compact_rows, inputs, need)
     run = _Run(ds, scorer, groups, label or scorer.name)
     todo = run.read_cached()
     if scorer.scope == "dataset":
@@ -202,6 +191,77 @@ def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size:
     out = run.frame()
     out.attrs["cache"] = {**run.stats, "dir": str(root)}
     return out
+
+
+def _check_shard_size(shard_size) -> None:
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ConfigError(f"The 'shard_size' parameter{flag_note('shard_size')} (rows per cached shard) must be an "
+                          f"int >= 1. Got {shard_size!r}.")
+
+
+def scorer_root(scorer: Scorer, key: str) -> Path:
+    """The cache folder of one scorer key (``scorer.cache_root`` set)."""
+    return scorer.cache_root / "scores" / f"{scorer.name}-{key}"
+
+
+def _groups(ds: Dataset, scorer: Scorer, root: Path, shard_size: int, compact_rows: int,
+            inputs: pd.DataFrame | None, need: tuple) -> list[Group]:
+    """The shard plan of ``scorer`` over ``ds`` (a dataset-scope scorer: one unit of every row); the keys hash
+    the rows and the earlier score columns ``need`` it reads from ``inputs``."""
+    rh = row_hashes(ds)
+    check_inputs(inputs, need)                             # the missing-column error before any work
+
+    def hashes(a: int, b: int) -> list[str]:
+        part = inputs.iloc[a:b] if need else None
+        return [x + y for x, y in zip(rh[a:b], input_hashes(part, need, b - a))]
+
+    if scorer.scope == "dataset":
+        shard_size = max(len(ds), 1)          # one unit: the scorer needs the whole pool at once
+    return plan_shards(len(ds), shard_size, compact_rows, root, hashes)
+
+
+def cache_lookup(groups: list[Group], read):
+    """Yields, per group in dataset order, ``(group, merged, units)``: ``merged`` the frame of the group's
+    merged file (then ``units`` is empty), else None and ``units`` each shard with its cached frame or None.
+    ``read(path, a, b)``: the trusted frame of rows a..b at path, or None."""
+    for g in groups:
+        merged = read(g.path, g.a, g.b) if g.path is not None else None
+        yield g, merged, ([] if merged is not None else [(u, read(u.path, u.a, u.b)) for u in g.units])
+
+
+@dataclass
+class ShardPlan:
+    """What ``score_dataset`` with the same arguments would do, found without scoring or writing: the scorer
+    key, its cache folder, the shards it would read from the cache and those it would score."""
+    key: str
+    root: Path
+    cached: list[Unit]
+    todo: list[Unit]
+    frames: list[pd.DataFrame]             # the cached scores, in row order (with ``keep_frames``; else empty)
+
+
+def plan_scoring(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size: int = 64,
+                 cache_root: Path | None = None, inputs: pd.DataFrame | None = None,
+                 compact_rows: int = COMPACT_ROWS, keep_frames: bool = False) -> ShardPlan:
+    """The shard plan and cache lookup of ``score_dataset`` (same key, same shards, same trust checks), read
+    only: the scorer is not set up (no weights load: the key needs the model's identity only), nothing is
+    written, moved or removed (an untrusted cached file counts as to compute, as the run would recompute it)."""
+    _check_shard_size(shard_size)
+    scorer.cache_root = Path(cache_root or cache_dir())
+    key = scorer_key(scorer, ctx)
+    root = scorer_root(scorer, key)
+    groups = _groups(ds, scorer, root, shard_size, compact_rows, inputs, tuple(scorer.required_columns()))
+    cached, todo, frames = [], [], []
+
+    def read(path: Path, a: int, b: int) -> pd.DataFrame | None:
+        return _load_shard(path, ds.ids[a:b], scorer)[0]
+
+    for g, merged, units in cache_lookup(groups, read):
+        cached += g.units if merged is not None else [u for u, frame in units if frame is not None]
+        todo += [u for u, frame in units if frame is None]
+        if keep_frames:
+            frames += [merged] if merged is not None else [frame for _, frame in units if frame is not None]
+    return ShardPlan(key, root, cached, todo, frames)
 
 
 def _part(inputs: pd.DataFrame | None, need: tuple, unit: Unit) -> pd.DataFrame | None:
@@ -221,17 +281,14 @@ class _Run:
     def read_cached(self) -> list[Unit]:
         """Cached frames in; returns the shards left to score, in dataset order."""
         todo = []
-        for g in self.groups:
-            if g.path is not None:
-                frame = self._read(g.path, g.a, g.b)
-                if frame is not None:
-                    self.frames[g.a] = frame
-                    self._cached(g.b - g.a)
-                    for u in g.units:                        # leftovers of a run killed while merging
-                        u.path.unlink(missing_ok=True)
-                    continue
-            for u in g.units:
-                frame = self._read(u.path, u.a, u.b)
+        for g, merged, units in cache_lookup(self.groups, self._read):
+            if merged is not None:
+                self.frames[g.a] = merged
+                self._cached(g.b - g.a)
+                for u in g.units:                            # leftovers of a run killed while merging
+                    u.path.unlink(missing_ok=True)
+                continue
+            for u, frame in units:
                 if frame is None:
                     todo.append(u)
                     continue
@@ -306,18 +363,24 @@ def read_shard(path: Path, ids: list[str], scorer: Scorer) -> tuple[pd.DataFrame
     A file that cannot be trusted is logged and moved into ``quarantine/`` beside it, so that it is
     recomputed and can still be inspected.
     """
+    frame, problem = _load_shard(path, ids, scorer)
+    return (frame, False) if problem is None else (_quarantine(path, problem), True)
+
+
+def _load_shard(path: Path, ids: list[str], scorer: Scorer) -> tuple[pd.DataFrame | None, str | None]:
+    """(the trusted scores at ``path`` or None, why the file there cannot be trusted or None); reads only."""
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
     except FileNotFoundError:
-        return None, False
+        return None, None
     except Exception as err:            # truncated, empty, not Parquet: pyarrow raises several types
         first = (str(err).splitlines() or [""])[0]
-        return _quarantine(path, f"it is unreadable ({type(err).__name__}: {first})"), True
+        return None, f"it is unreadable ({type(err).__name__}: {first})"
     frame = table.to_pandas()
     problem = _shard_problem(frame, (table.schema.metadata or {}).get(_KEY_META), path.stem, ids, scorer)
-    return (frame, False) if problem is None else (_quarantine(path, problem), True)
+    return (frame, None) if problem is None else (None, problem)
 
 
 def _shard_problem(frame: pd.DataFrame, key: bytes | None, want_key: str, ids: list[str],

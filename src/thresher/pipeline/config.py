@@ -10,7 +10,7 @@ import numpy as np
 
 from thresher.config import choice, option
 from thresher.data.readers import FORMATS, MAX_RECORD_CHARS, ON_INVALID
-from thresher.errors import ConfigError, ThresherError
+from thresher.errors import ConfigError, ThresherError, flag_note
 from thresher.models.hf import DTYPES
 from thresher.scoring import SCORERS
 from thresher.selection import make_selector
@@ -54,7 +54,7 @@ class DataConfig:
 
     def check(self, owner: str) -> None:
         if self.max_record_chars is not None and self.max_record_chars < 0:
-            raise ConfigError(f"The 'max_record_chars' parameter of {owner} (CLI --max-record-chars) must be an "
+            raise ConfigError(f"The 'max_record_chars' parameter of {owner}{flag_note('max_record_chars')} must be an "
                               f"int >= 0 (0 or null: no limit). Got {self.max_record_chars!r}.")
 
 
@@ -186,7 +186,7 @@ class Recipe:
 
     def check(self, owner: str) -> None:
         if self.shard_size < 1:
-            raise ConfigError(f"The 'shard_size' parameter of {owner} (rows per cached shard; CLI --shard-size) "
+            raise ConfigError(f"The 'shard_size' parameter of {owner}{flag_note('shard_size')} (rows per cached shard) "
                               f"must be an int >= 1. Got {self.shard_size!r}.")
 
 

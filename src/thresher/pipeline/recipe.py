@@ -214,9 +214,14 @@ REF_INPUTS = ("target", "anchor", "validation")
 
 def check_refs(params, recipe: Recipe, earlier: list[ResolvedStage], owner: str) -> None:
     """Every "@name" string in scorer parameters names an earlier training stage or a recipe input."""
-    for value in _walk(params):
-        if isinstance(value, str) and value.startswith("@") and value[1:] not in REF_INPUTS:
-            _train_ref(value[1:], earlier, owner)
+    for name in training_refs(params):
+        _train_ref(name, earlier, owner)
+
+
+def training_refs(params) -> list[str]:
+    """The names T of the "@T" strings in ``params`` (nested dicts and lists) that are no recipe input: training
+    stages, in order of appearance."""
+    return [v[1:] for v in _walk(params) if isinstance(v, str) and v.startswith("@") and v[1:] not in REF_INPUTS]
 
 
 def _walk(x):

@@ -16,7 +16,7 @@ from thresher.data.fingerprint import data_fingerprint
 from thresher.data.readers import data_source, load, write_records
 from thresher.data.table import Dataset
 from thresher.engine.scoring import score_dataset
-from thresher.errors import ConfigError
+from thresher.errors import ConfigError, as_option
 from thresher.io import atomic_path, write_parquet
 from thresher.models.context import ModelContext
 from thresher.models.runs import TrainingRunFolder
@@ -76,18 +76,24 @@ def score_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, cache_root=No
     for scorer in stage.scores:
         frame = score_dataset(ds, scorer, ctx, shard_size=recipe.shard_size, cache_root=cache_root,
                               label=f"{stage.name}:{scorer.name}", inputs=table, executor=executor)
-        if table is None:                   # the first frame brings the ids: one copy of them, not two
-            table = frame.copy(deep=False)
-            table.attrs = {}
-        else:
-            clash = [c for c in frame.columns if c != "id" and c in table.columns]
-            renamed = frame.rename(columns={c: f"{scorer.name}.{c}" for c in clash})
-            table = pd.concat([table, renamed.drop(columns="id")], axis=1)
+        table = join_scores(table, frame, scorer.name)
         info.append({"scorer": scorer.name, "version": scorer.version, "params": scorer.param_dict(),
                      "model_identity": scorer.model_identity(ctx), "main_column": scorer.main_column,
                      "higher_is_better": scorer.higher_is_better, "cache": frame.attrs.get("cache"),
                      **({"judge": ctx.judge().stats()} if "judge" in scorer.uses else {})})
     return (table if table is not None else pd.DataFrame({"id": list(ds.ids)})), info
+
+
+def join_scores(table: pd.DataFrame | None, frame: pd.DataFrame, scorer: str) -> pd.DataFrame:
+    """A stage's score table with one more scorer's ``frame`` (id + columns, row order) joined on: a column
+    already there is renamed ``<scorer>.<column>``."""
+    if table is None:                   # the first frame brings the ids: one copy of them, not two
+        table = frame.copy(deep=False)
+        table.attrs = {}
+        return table
+    clash = [c for c in frame.columns if c != "id" and c in table.columns]
+    renamed = frame.rename(columns={c: f"{scorer}.{c}" for c in clash})
+    return pd.concat([table, renamed.drop(columns="id")], axis=1)
 
 
 def stage_context(stage: ResolvedStage, recipe: Recipe) -> ModelContext:
@@ -156,8 +162,9 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
 def empty_selection(message: str, strict: bool, summary: dict) -> None:
     """A selection that keeps nothing: an error with ``strict``, else a warning kept in the summary."""
     if strict:
-        raise ConfigError(f"{message}; with --strict that is an error. Check the selection's ratio/k and the "
-                          "scores, or drop --strict to accept an empty selection.")
+        strict_option = as_option("strict", True)
+        raise ConfigError(f"{message}; with {strict_option} that is an error. Check the selection's ratio/k and "
+                          f"the scores, or drop {strict_option} to accept an empty selection.")
     log.warning("%s", message)
     summary.setdefault("warnings", []).append(message)
 

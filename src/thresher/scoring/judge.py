@@ -162,6 +162,18 @@ class JudgeRatingScorer(Scorer):
     def shards_in_flight(self, shard_size: int) -> int:
         return api_shards_in_flight(self.ctx, shard_size)
 
+    def judge_prompts(self, rows: Dataset, ctx: ModelContext) -> tuple[list[list[dict]], int]:
+        """(the chat messages of each rated unit of ``rows``, as ``score_batch`` renders them with the judge of
+        ``ctx``; the reply tokens each may take at most: 0 when the ratings come from one forward pass (logits
+        mode)). Loads nothing."""
+        p = self.params
+        prompt = load_prompt(p.prompt)
+        msgs = [prompt.render(**f, dimension=p.dimension)
+                for m, meta in zip(rows.messages, rows.meta) for f in unit_fields(m, meta, p.turns)]
+        logits = p.mode == "logits" or (p.mode == "auto" and prompt.labels
+                                        and describe_judge(ctx.judge_spec)["kind"] == "local")
+        return msgs, 0 if logits else p.max_tokens
+
     def score_batch(self, rows: Dataset) -> dict[str, np.ndarray]:
         p = self.params
         fields, owner = [], []

@@ -11,7 +11,7 @@ from __future__ import annotations
 from thresher.registry import Registry
 from thresher.selection.base import Selector
 
-SELECTORS = Registry("selector")
+SELECTORS = Registry("selector", base=Selector, group="thresher.selectors")
 SELECTORS.discover("thresher.selection")
 
 
