@@ -17,7 +17,7 @@ ROOT = REPO / "src" / "thresher"
 
 LAYERS = [
     {"thresher", "thresher.errors", "thresher.config", "thresher.io", "thresher.registry", "thresher.outputs",
-     "thresher.manifest", "thresher.checks", "thresher.keys"},
+     "thresher.manifest", "thresher.checks", "thresher.keys", "thresher.progress"},
     {"thresher.data", "thresher.selection", "thresher.algorithms"},
     {"thresher.models"},
     {"thresher.gradients"},
@@ -32,7 +32,7 @@ LAYERS = [
 # Third-party packages that are optional or slow to import: a function-local import of them (or of a thresher
 # module whose top-level imports reach them) keeps torch-free paths, `thresher --help` and `validate` light.
 HEAVY = {"torch", "transformers", "peft", "trl", "accelerate", "sentence_transformers", "safetensors", "gguf",
-         "vllm", "ray", "flwr", "datasets", "sklearn", "scipy", "lm_eval", "nltk", "openai", "httpx"}
+         "vllm", "ray", "flwr", "datasets", "sklearn", "scipy", "lm_eval", "nltk", "openai", "httpx", "tqdm"}
 
 
 def layer_of(module: str) -> int:

@@ -192,7 +192,6 @@ def test_clients_errors(tmp_path):
 
 def main_raising(argv):
     """The CLI's code path without its error printing: the ConfigError itself."""
-    import argparse
     from thresher import cli
 
     args = cli.build_parser().parse_args(argv)

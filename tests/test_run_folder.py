@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 from thresher.cli import main
 
@@ -51,7 +50,7 @@ def test_a_failed_rerun_never_leaves_the_old_manifest_beside_new_scores(tmp_path
     assert "kept 0 of 8 rows" in capsys.readouterr().err
     assert (out / "length" / "scores.parquet").exists()
     left = {p.name for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")}
-    assert left == {"scores.parquet"}, left
+    assert left == {"scores.parquet", "run.log"}, left              # run.log: every start's log, appended
     assert _run(sharegpt, out) == 0 and (out / "manifest.json").exists()     # the rerun completes it
 
 

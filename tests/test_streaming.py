@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 

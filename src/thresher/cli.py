@@ -38,6 +38,7 @@ from thresher.pipeline.recipe import PACKAGED, check_recipe, load_recipe, resolv
 from thresher.pipeline.run import run_recipe
 from thresher.pipeline.select_run import select_from_run
 from thresher.pipeline.summary import failure_line, format_summary
+from thresher.progress import MODES, default_mode as default_progress_mode, set_mode as set_progress_mode
 from thresher.reporting import write_report
 from thresher.scoring import SCORERS, get_scorer
 from thresher.scoring.ifd import IFDParams
@@ -333,10 +334,9 @@ def _produced_columns(obj) -> list[str]:
 # ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="thresher", description="Score and select instruction-tuning data.")
-    ap.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _global_flags(ap, default=True)
     ap.add_argument("--version", action="version", version=f"thresher {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
 
     p = sub.add_parser("run", help="run a recipe (a YAML file or a packaged recipe name)",
                        description="Run a recipe. --data replaces the recipe's data with your file and makes "
@@ -471,15 +471,48 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _global_flags(p: argparse.ArgumentParser, default: bool) -> None:
+    """-q, -v and --progress: on the top-level parser with their defaults, and on every subcommand with
+    SUPPRESS defaults, so that `thresher -v run x` and `thresher run x -v` both work (a flag given after the
+    subcommand overrides the same flag given before it)."""
+    d = (lambda v: v) if default else (lambda v: argparse.SUPPRESS)
+    p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="only warnings and errors on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", default=d(False),
+                   help="debug logging; also the progress bars and retry warnings of Hugging Face downloads and "
+                        "of the bundled model's one-time conversion")
+    p.add_argument("--progress", choices=MODES, default=d(None),
+                   help="how long passes show progress: bar (on a terminal: rows/s, tokens/s, ETA), log (a line "
+                        "at most every 10 s with the smoothed rate and ETA) or none; default: bar when stderr is "
+                        "a terminal, else log")
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: it accepts the global flags too (``_global_flags``)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        _global_flags(self, default=False)
+
+
 def _configure_logging(args) -> None:
+    """Log level from -q/-v, the progress mode from --progress; third-party chatter (transformers, the hub's
+    retry warnings, download bars, the GGUF conversion's tqdm bar) only with -v."""
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
-    for noisy in ("transformers", "sentence_transformers", "urllib3", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    set_progress_mode(args.progress or default_progress_mode(sys.stderr))
+    noisy = ("transformers", "sentence_transformers", "urllib3", "httpx", "huggingface_hub", "filelock")
+    for name in noisy:
+        logging.getLogger(name).setLevel(logging.WARNING if args.verbose else logging.ERROR)
+    if not args.verbose:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")     # bars of other libraries; thresher's own pass disable=False
     try:
         from transformers.utils import logging as tlog
-        tlog.set_verbosity_error()
-        tlog.disable_progress_bar()
+        if args.verbose:
+            tlog.set_verbosity_warning()
+        else:
+            tlog.set_verbosity_error()
+            tlog.disable_progress_bar()
     except ImportError:
         pass
 

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from thresher.io import atomic_folder, read_json_object, write_json
+from thresher.progress import RUN_LOG
 from thresher.errors import ConfigError
 
 MARKER = ".thresher-output.json"
@@ -138,7 +139,8 @@ def atomic_dir(path, kind: str, *, inputs=(), flag: str = "--out"):
 #     manifest beside new scores: without manifest.json a run folder is incomplete, and rerunning the same
 #     command resumes it (scores come back from the score cache, training from its checkpoints);
 #   * at the end, top-level entries that an earlier run wrote and this run does not (a renamed stage, an
-#     earlier run's client) are removed, and the marker records what this run wrote.
+#     earlier run's client) are removed, and the marker records what this run wrote;
+#   * ``run.log`` (thresher.progress.run_log: every run's log lines, appended) is neither a result nor stale.
 LOCK = ".thresher-lock"
 _RESULTS = ("manifest.json", "summary.json", "scores.parquet", "anchor_scores.parquet")
 _SELECTED = ("selected_ids.txt", "selected.json", "selected.jsonl", "selected.parquet")
@@ -202,9 +204,10 @@ def clear_results(folder) -> list[Path]:
 
 def finish_run_folder(folder, kind: str, produced) -> list[str]:
     """Remove the top-level entries an earlier run wrote that this one did not (``produced``: names of the
-    entries this run wrote), record ``produced`` in the marker; returns the names removed."""
+    entries this run wrote; the folder's ``run.log``, appended by every run, is always kept), record
+    ``produced`` in the marker; returns the names removed."""
     folder = Path(folder)
-    produced = sorted(set(produced))
+    produced = sorted(set(produced) | ({RUN_LOG} if (folder / RUN_LOG).is_file() else set()))
     before = (read_marker(folder) or {}).get("entries") or []
     stale = [n for n in before if n not in produced and n.count("/") <= 1
              and not any(part in ("", ".", "..") for part in n.split("/"))]

@@ -21,6 +21,7 @@ import pandas as pd
 from thresher.config import choice, option
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
+from thresher.progress import metered
 from thresher.scoring.base import Scorer, ShardRunner
 
 EXECUTORS = ("local", "ray")
@@ -36,15 +37,20 @@ class Task:
 @dataclass
 class ShardResult:
     cols: dict                        # column -> values, one per row of the shard
-    tokens: int = 0                   # tokens the scorer processed (for tokens/s)
+    tokens: int = 0                   # tokens the scorer processed (for tokens/s and the compute ledger)
     failures: int = 0                 # rows whose result is not final (transient judge failures)
+    passes: int = 0                   # forward passes (batches) the models ran for this shard
 
 
 def score_shard(scorer: Scorer, rows: Dataset, inputs: pd.DataFrame | None) -> ShardResult:
-    """Score one shard with ``scorer`` (its counters are left as they were)."""
+    """Score one shard with ``scorer`` (its counters are left as they were). Tokens: the scorer's own count
+    where it keeps one (ifd, perplexity, the judge's prompt + completion tokens), else what the models
+    counted (``thresher.progress.metered``: embedders, gradient passes)."""
     tokens, failures = scorer.tokens_processed, scorer.transient_failures
-    cols = scorer.score_batch(rows, inputs) if inputs is not None else scorer.score_batch(rows)
-    res = ShardResult(cols, scorer.tokens_processed - tokens, scorer.transient_failures - failures)
+    with metered() as usage:
+        cols = scorer.score_batch(rows, inputs) if inputs is not None else scorer.score_batch(rows)
+    res = ShardResult(cols, scorer.tokens_processed - tokens or usage.tokens, scorer.transient_failures - failures,
+                      usage.passes)
     scorer.tokens_processed, scorer.transient_failures = tokens, failures
     return res
 

@@ -39,6 +39,7 @@ from thresher.engine.base import ExecutorConfig, ShardResult, Task, default_thre
 from thresher.errors import ConfigError, ThresherError, WorkerError
 from thresher.io import pid_alive
 from thresher.models.context import ModelContext
+from thresher.progress import Usage, count_model, metered
 from thresher.scoring.base import Scorer, ShardRunner
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,10 @@ class _Worker:
         with _portable_errors():
             return score_shard(self._scorer(key, cls, params), rows, inputs)
 
-    def call(self, key: str, cls: type, params: dict, fn, item, shared: dict):
-        with _portable_errors():
-            return fn(self._scorer(key, cls, params), item, **shared)
+    def call(self, key: str, cls: type, params: dict, fn, item, shared: dict) -> tuple[object, Usage]:
+        """(fn's result, the model passes and tokens it took: counted on the driver)."""
+        with _portable_errors(), metered() as usage:
+            return fn(self._scorer(key, cls, params), item, **shared), usage
 
 
 def _scratch() -> Path:
@@ -239,7 +241,8 @@ class _RayRunner(ShardRunner):
         calls = ((j, lambda a, it=it: a.call.remote(key, cls, params, fn, it, shared_ref))
                  for j, it in enumerate(items))
         done, nxt = {}, 0
-        for j, res in self.executor._dispatch(actors, calls, f"scorer {scorer.name!r}"):
+        for j, (res, usage) in self.executor._dispatch(actors, calls, f"scorer {scorer.name!r}"):
+            count_model(usage.passes, usage.tokens)         # into the driver's shard (score_shard's meter)
             done[j] = res
             while nxt in done:
                 yield done.pop(nxt)

@@ -23,7 +23,10 @@ in the Parquet metadata; on reading, the file must parse, carry that key (files 
 recorded: score columns the scorer declares), and hold exactly the rows' ids in order. Anything else
 (truncated, empty, swapped, from another slot) is a cache miss: logged, moved to
 ``<scorer folder>/quarantine/`` and recomputed. Temporary files of killed writers are removed. Progress
-(rows/s, tokens/s, ETA) is logged at most every 10 s and at the end.
+(rows done of all, cached rows counted apart from the rate; rows/s, tokens/s, ETA) goes to the reporter of
+``thresher.progress``. The returned frame's ``attrs["compute"]`` is this call's compute ledger: seconds,
+rows, computed_rows, cached_rows, tokens and model_passes (counted where the models run and sent back with
+each shard's result, so the ray executor's workers count alike).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from thresher.errors import ConfigError, flag_note
 from thresher.io import atomic_path, cache_dir, remove_stale_tmp_files, sha256_hex
 from thresher.engine.base import LocalExecutor, ShardResult, Task, score_shard
 from thresher.models.context import ModelContext
+from thresher.progress import Reporter, reporter
 from thresher.scoring.base import Scorer
 
 log = logging.getLogger(__name__)
@@ -55,34 +59,6 @@ _KEY_META = b"thresher.shard_key"
 def scorer_key(scorer: Scorer, ctx: ModelContext) -> str:
     params = json.dumps(scorer.param_dict(), sort_keys=True)
     return sha256_hex(scorer.name, scorer.version, params, scorer.model_identity(ctx))[:24]
-
-
-class Progress:
-    """Rows done, rate and ETA, logged at most every PROGRESS_SECONDS and once at the end."""
-
-    def __init__(self, label: str, total: int):
-        self.label, self.total, self.done, self.tokens = label, total, 0, 0
-        self.t0 = self.last = time.perf_counter()
-        self.computed = 0
-
-    def update(self, n_rows: int, n_tokens: int, computed: bool) -> None:
-        self.done += n_rows
-        if computed:
-            self.computed += n_rows
-            self.tokens += n_tokens
-        if time.perf_counter() - self.last >= PROGRESS_SECONDS:
-            self.log()
-
-    def log(self, final: bool = False) -> None:
-        if final and not self.computed:
-            return
-        self.last = time.perf_counter()
-        dt = max(self.last - self.t0, 1e-9)
-        rate = self.computed / dt
-        left = self.total - self.done
-        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
-        log.info("[%s] %d/%d rows (%.0f%%)  %.2f rows/s  %.0f tok/s  ETA %s", self.label, self.done,
-                 self.total, 100.0 * self.done / max(self.total, 1), rate, self.tokens / dt, eta)
 
 
 def input_hashes(inputs: pd.DataFrame | None, columns: tuple[str, ...], n: int) -> list[str]:
@@ -111,7 +87,6 @@ def _value_text(v) -> str:
 
 COMPACT_ROWS = 1024          # finished shards are merged into one file per this many rows (at most ~980 files
                              # per million rows), while a crash still loses at most one shard per worker
-PROGRESS_SECONDS = 10.0      # at most one progress line per this many seconds (and one at the end)
 
 
 @dataclass
@@ -168,6 +143,7 @@ def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size:
     this process reads and writes the cache: each finished shard is written here exactly once.
     """
     _check_shard_size(shard_size)
+    t0 = time.perf_counter()
     executor = executor or LocalExecutor()
     scorer.cache_root = Path(cache_root or cache_dir())    # where scorers keep intermediate stores
     key = scorer_key(scorer, ctx)
@@ -178,18 +154,21 @@ def score_dataset(ds: Dataset, scorer: Scorer, ctx: ModelContext, *, shard_size:
         remove_stale_tmp_files(root)
     need = tuple(scorer.required_columns())
     groups = _groups(ds, scorer, root, shard_size, compact_rows, inputs, need)
-    run = _Run(ds, scorer, groups, label or scorer.name)
-    todo = run.read_cached()
-    if scorer.scope == "dataset":
-        for unit in todo:                     # on the driver, over the whole (streamed) pool: it reads the rows it
-            run.finish(unit, score_shard(scorer, ds, _part(inputs, need, unit)))   # needs; its passes use the runner
-    elif todo:
-        tasks = (Task(u, ds.subset(range(u.a, u.b)), _part(inputs, need, u)) for u in todo)
-        for task, result in executor.run(scorer, ctx, key, tasks, shard_size):
-            run.finish(task.unit, result)
-    run.progress.log(final=True)
+    with reporter(label or scorer.name, len(ds), unit="rows") as progress:
+        run = _Run(ds, scorer, groups, progress)
+        todo = run.read_cached()
+        if scorer.scope == "dataset":
+            for unit in todo:                 # on the driver, over the whole (streamed) pool: it reads the rows it
+                run.finish(unit, score_shard(scorer, ds, _part(inputs, need, unit)))   # needs; passes: the runner
+        elif todo:
+            tasks = (Task(u, ds.subset(range(u.a, u.b)), _part(inputs, need, u)) for u in todo)
+            for task, result in executor.run(scorer, ctx, key, tasks, shard_size):
+                run.finish(task.unit, result)
     out = run.frame()
     out.attrs["cache"] = {**run.stats, "dir": str(root)}
+    out.attrs["compute"] = {"seconds": round(time.perf_counter() - t0, 3), "rows": len(ds),
+                            "computed_rows": run.stats["computed"], "cached_rows": run.stats["cached"],
+                            "tokens": run.tokens, "model_passes": run.passes}
     return out
 
 
@@ -271,12 +250,13 @@ def _part(inputs: pd.DataFrame | None, need: tuple, unit: Unit) -> pd.DataFrame 
 class _Run:
     """The shards of one score_dataset call: what is cached, what finished, merging finished groups."""
 
-    def __init__(self, ds: Dataset, scorer: Scorer, groups: list[Group], label: str):
+    def __init__(self, ds: Dataset, scorer: Scorer, groups: list[Group], progress: Reporter):
         self.ds, self.scorer, self.groups = ds, scorer, groups
         self.frames: dict[int, pd.DataFrame] = {}          # first row -> frame (a shard or a merged group)
         self.final: dict[int, bool] = {}                     # shard index -> its scores are final (cacheable)
         self.stats = {"cached": 0, "computed": 0, "rejected_shards": 0, "failed": 0}
-        self.progress = Progress(label, len(ds))
+        self.tokens = self.passes = 0                        # model work of the computed shards
+        self.progress = progress
 
     def read_cached(self) -> list[Unit]:
         """Cached frames in; returns the shards left to score, in dataset order."""
@@ -304,7 +284,7 @@ class _Run:
 
     def _cached(self, n: int) -> None:
         self.stats["cached"] += n
-        self.progress.update(n, 0, computed=False)
+        self.progress.update(n, cached=True)
 
     def finish(self, unit: Unit, result: "ShardResult") -> None:
         """A scored shard: written (once, here) unless some rows failed transiently, then merged if its
@@ -318,7 +298,9 @@ class _Run:
         self.stats["computed"] += unit.b - unit.a
         self.scorer.tokens_processed += result.tokens
         self.scorer.transient_failures += result.failures
-        self.progress.update(unit.b - unit.a, result.tokens, computed=True)
+        self.tokens += result.tokens
+        self.passes += result.passes
+        self.progress.update(unit.b - unit.a, tokens=result.tokens)
         self._merge(self.groups[unit.group])
 
     def _merge(self, g: Group) -> None:

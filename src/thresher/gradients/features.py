@@ -20,6 +20,7 @@ from thresher.gradients.persample import ParamSelection, make_batch, per_sample_
 from thresher.gradients.projection import RademacherProjector
 from thresher.gradients.store import write_store
 from thresher.data.spans import OK, build_spans
+from thresher.progress import count_model
 
 
 def feature_dim(sel: ParamSelection, projector: RademacherProjector | None) -> int:
@@ -48,6 +49,7 @@ def iter_gradients(model, tokenizer, units: list[Rendered], sel: ParamSelection,
             idx = chunk[b: b + batch_size]
             batch = make_batch([sp.cond_ids[i] for i in idx], [sp.cond_span[i] for i in idx], pad)
             g = per_sample_grads(model, sel, batch)        # (b, P)
+            count_model(1, sum(len(sp.cond_ids[i]) for i in idx))
             grads.append(adam_precondition(g, *moments) if moments is not None else g)
         g = torch.cat(grads)                               # (step, P)
         yield chunk, (projector.project(g) if projector is not None else g)

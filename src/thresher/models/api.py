@@ -76,6 +76,7 @@ from thresher.io import cache_dir
 from thresher.keys import check_key_env, scrub_key
 from thresher.models.chat import ChatRequest, ChatResult, ChatStats
 from thresher.models.request_cache import RequestCache
+from thresher.progress import reporter
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,6 @@ MAX_RETRY_AFTER = 600.0                                  # a longer Retry-After 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024                     # judge replies are a few KB; 4 MiB is plenty
 DEADLINE_FACTOR = 5.0                                    # default deadline per attempt: 5 x timeout
 _READ_CHUNK = 64 * 1024
-_PROGRESS_SECONDS = 15.0
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -494,19 +494,18 @@ class OpenAIChat:
             headers["Authorization"] = f"Bearer {key}"
         failed, n_done = [], 0
         pool, conns, abort = self._open_gate()
-        t0 = last_log = time.monotonic()
+        t0 = time.monotonic()
         tasks = []
         try:
             tasks = [pool.submit(self._send_one, k, r, claims[k], conns, headers, key, abort)
                      for k, r in todo.items()]
-            for fut in as_completed([claims[k] for k in todo]):
-                n_done += 1
-                if fut.result().text is None:
-                    failed.append(fut.result())
-                if time.monotonic() - last_log >= _PROGRESS_SECONDS:
-                    last_log = time.monotonic()
-                    log.info("%s: %d/%d sent requests done, %.1f requests/s", self.identity(), n_done,
-                             len(todo), n_done / (last_log - t0))
+            with reporter(self.identity(), len(todo), unit="requests") as progress:
+                for fut in as_completed([claims[k] for k in todo]):
+                    n_done += 1
+                    res = fut.result()
+                    if res.text is None:
+                        failed.append(res)
+                    progress.update(1, tokens=res.prompt_tokens + res.completion_tokens)
         finally:
             for task in tasks:
                 task.cancel()                      # not started yet: never sent

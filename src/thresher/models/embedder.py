@@ -6,6 +6,7 @@ import numpy as np
 
 from thresher.errors import ConfigError
 from thresher.models import bundled, fingerprint
+from thresher.progress import count_model
 
 
 class SentenceEmbedder:
@@ -66,6 +67,7 @@ class SentenceEmbedder:
         order = np.argsort([-len(t) for t in texts], kind="stable")
         vecs = self.model.encode([texts[i] for i in order], batch_size=self.batch_size,
                                  normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        count_model(-(-len(texts) // self.batch_size))            # batches through the encoder
         out = np.empty_like(vecs)
         out[order] = vecs
         return out.astype(np.float32)

@@ -29,6 +29,7 @@ import numpy as np
 
 from thresher.errors import ConfigError
 from thresher.models import bundled, cpu_gemm as gemm, fingerprint
+from thresher.progress import count_model
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class HFCausalLM:
         if self.model is not None:
             return self
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         self.device = self._pick_device(torch)
         self.dtype = self._pick_dtype(torch)
@@ -258,6 +259,7 @@ class HFCausalLM:
             emb = np.zeros((len(seqs), pooled_parts[0][1].shape[1]), dtype=np.float32)
             for b, pooled in pooled_parts:
                 emb[b] = pooled
+        count_model(len(batches), int(lengths.sum()))
         return NLLResult(out, emb, int(lengths.sum()))
 
     def _cpu_workers(self, n_batches: int, torch) -> int:
@@ -438,6 +440,7 @@ class HFCausalLM:
                 logp = torch.log_softmax(logits.double(), dim=-1)
                 out[b] = logp[:, cand_t].cpu().numpy()                               # (B, K)
                 self.batches_run += 1
+                count_model(1, int(lengths[b].sum()))
         return out
 
     def stop_token_ids(self) -> list[int]:
@@ -486,6 +489,7 @@ class HFCausalLM:
                 for j, i in enumerate(b):
                     out[i] = rows[j]
                 self.batches_run += 1
+                count_model(1, int(lengths[b].sum()))      # a batch's generation: one pass, its prompt tokens
         return out
 
     def _generate_batch(self, seqs, max_new, temp, top_p, seeds, stop, torch) -> list[list[int]]:

@@ -2,7 +2,8 @@
 
 Layout of ``out``:
   manifest.json            argv, resolved recipe, data report, models and their identities, versions, seed
-  summary.json             counts, score quantiles, where outputs went
+  summary.json             counts, score quantiles, the compute ledger of each stage, where outputs went
+  run.log                  the log lines of every start of a run in this folder, with timestamps (appended)
   <stage>/scores.parquet   every row: id, row (its position in the loaded data), the score columns, and for a
                            stage that selects: selected (bool), rank (Int64, 1 = first pick, <NA> dropped)
   <stage>/selected_ids.txt the selected ids, in selection order
@@ -25,6 +26,7 @@ from thresher.pipeline.clients import collaborate, finish_global_threshold, run_
 from thresher.pipeline.config import DataConfig, Recipe, ResolvedStage
 from thresher.pipeline.stages import data_record, load_data, run_stages
 from thresher.pipeline.summary import failure_summary
+from thresher.progress import run_log
 
 
 def run_inputs(recipe: Recipe, data_cfg: DataConfig) -> list[str]:
@@ -36,12 +38,13 @@ def run_inputs(recipe: Recipe, data_cfg: DataConfig) -> list[str]:
 def run_recipe(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
                argv=None, raw_recipe: dict | None = None, cache_root=None, executor=None) -> dict:
     """Run every stage into the run folder ``out`` (thresher.outputs: claimed, locked, the earlier
-    run's results cleared first); with ``recipe.clients`` once per client (thresher.pipeline.clients).
+    run's results cleared first; its log lines appended to ``out/run.log``); with ``recipe.clients`` once
+    per client (thresher.pipeline.clients).
     ``executor``: where the scoring shards run: None (this process), an ExecutorConfig or its fields as a
     dict (``{"executor": "ray", "workers": 4}``; started and stopped here), or an open executor."""
     out = Path(out)
     claim_output_dir(out, "run", inputs=run_inputs(recipe, data_cfg))
-    with output_lock(out), open_executor(executor) as ex:
+    with output_lock(out), run_log(out, f"run {recipe.name or ''}".strip()), open_executor(executor) as ex:
         clear_results(out)
         if recipe.clients:
             return run_clients(recipe, data_cfg, stages, out, argv=argv, raw_recipe=raw_recipe,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def score_stage(ds: Dataset, stage: ResolvedStage, recipe: Recipe, cache_root=No
         info.append({"scorer": scorer.name, "version": scorer.version, "params": scorer.param_dict(),
                      "model_identity": scorer.model_identity(ctx), "main_column": scorer.main_column,
                      "higher_is_better": scorer.higher_is_better, "cache": frame.attrs.get("cache"),
+                     "compute": frame.attrs.get("compute"),
                      **({"judge": ctx.judge().stats()} if "judge" in scorer.uses else {})})
     return (table if table is not None else pd.DataFrame({"id": list(ds.ids)})), info
 
@@ -94,6 +96,16 @@ def join_scores(table: pd.DataFrame | None, frame: pd.DataFrame, scorer: str) ->
     clash = [c for c in frame.columns if c != "id" and c in table.columns]
     renamed = frame.rename(columns={c: f"{scorer}.{c}" for c in clash})
     return pd.concat([table, renamed.drop(columns="id")], axis=1)
+
+
+def stage_compute(parts: list[dict], rows: int) -> dict:
+    """A scoring stage's compute ledger from its scorers' (score_dataset's ``attrs["compute"]``): seconds,
+    tokens and model passes summed; computed_rows: the rows some scorer computed (the most any one did),
+    cached_rows: the rest of the stage's rows."""
+    computed = max((p["computed_rows"] for p in parts), default=0)
+    return {"seconds": round(sum(p["seconds"] for p in parts), 3), "rows": rows, "computed_rows": computed,
+            "cached_rows": rows - computed, "tokens": sum(p["tokens"] for p in parts),
+            "model_passes": sum(p["model_passes"] for p in parts)}
 
 
 def stage_context(stage: ResolvedStage, recipe: Recipe) -> ModelContext:
@@ -116,7 +128,9 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
         model = trained_model_dir(Path(train_dirs[stage.model[1:]])) if stage.model.startswith("@") else stage.model
         if stage.is_train:
             rows = train_rows(stage.train, len(ds), selections, last_scoring)
+            t0 = time.perf_counter()
             st_sum = run_train_stage(ds, stage, recipe, rows, out, model, argv=argv)
+            st_sum["seconds"] = round(time.perf_counter() - t0, 3)
             train_dirs[stage.name] = str(out / stage.name)
             manifest["stages"].append({"name": stage.name, "model": model, "train": asdict(stage.train),
                                        "rows": [ds.ids[i] for i in rows], "note": stage.note})
@@ -130,6 +144,7 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
         st_sum = {"name": stage.name, "model": stage.model, "note": stage.note, **describe_scores(scores, info)}
         st_sum["failed"] = {"rows": sum((rec.get("cache") or {}).get("failed", 0) for rec in info),
                             "of": len(ds) * len(info)}     # rows x scorers; failed rows are not cached
+        st_sum["compute"] = stage_compute([rec["compute"] for rec in info], len(ds))
         judged = [rec for rec in info if "judge" in rec]
         if judged:
             st_sum["judge"] = judged[-1]["judge"]      # the backend's running totals for this stage

@@ -96,6 +96,10 @@ def _format_stages(summary: dict) -> list[str]:
                          f"{j.get('calls', 0)} calls, {j.get('retries', 0)} retries, {j.get('failed', 0)} failed, "
                          f"{j.get('prompt_tokens', 0)}+{j.get('completion_tokens', 0)} tokens, "
                          f"cost {j.get('cost', 0.0):.4f}")
+        if st.get("compute"):
+            lines.append("  " + compute_line(st["compute"]))
+        elif "seconds" in st:
+            lines.append(f"  time: {st['seconds']:.1f} s")
         if "selected" in st:
             lines.append(f"  selected {st['selected']} kept / {st['dropped']} dropped -> {st['selected_file']}")
         if st.get("metrics"):
@@ -104,6 +108,12 @@ def _format_stages(summary: dict) -> list[str]:
         if st.get("note"):
             lines.append(f"  note: {st['note']}")
     return lines
+
+
+def compute_line(c: dict) -> str:
+    """One line of a scoring stage's compute ledger."""
+    return (f"compute: {c['seconds']:.1f} s, {c['computed_rows']} rows computed, {c['cached_rows']} from cache, "
+            f"{c['model_passes']} model passes, {c['tokens']} tokens")
 
 
 def _format_threshold(gt: dict) -> list[str]:

@@ -20,6 +20,8 @@ scorer with an expensive per-shard pass (gradient features, gradient reductions)
 run where the executor's workers are (this process for the local executor, Ray actors for the ray one),
 with a copy of this scorer (same name and parameters) already ``setup`` with that worker's models; the
 results come back in the order of ``items``. Items and shared values must pickle (a ``Dataset`` subset, arrays).
+Each finished item is reported as progress; the model passes an item ran (``thresher.progress.metered``)
+are counted into the shard that called ``map_shards``, on the local and the ray runner alike.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 from thresher.config import build
 from thresher.data.table import Dataset
 from thresher.models.context import ModelContext
+from thresher.progress import reporter
 
 
 class ShardRunner:
@@ -91,8 +94,14 @@ class Scorer:
         raise NotImplementedError
 
     def map_shards(self, fn, items, **shared):
-        """``fn(scorer, item, **shared)`` for each item, in order, on the executor's workers (module doc)."""
-        return self.runner.map(self, fn, items, **shared)
+        """``fn(scorer, item, **shared)`` for each item, in order, on the executor's workers (module doc); the
+        items done are reported as progress (``thresher.progress``) under ``<scorer>:<fn>``."""
+        total = len(items) if hasattr(items, "__len__") else None
+        quiet = "none" if total is not None and total <= 1 else None     # a one-item call: no bar, no line
+        with reporter(f"{self.name}:{fn.__name__}", total, unit="shards", mode=quiet) as progress:
+            for result in self.runner.map(self, fn, items, **shared):
+                progress.update(1)
+                yield result
 
     def shards_in_flight(self, shard_size: int) -> int:
         """How many shards the engine may score at once in this process (threads, each with a shallow copy

@@ -38,6 +38,7 @@ from thresher.data.table import Dataset
 from thresher.data.templates import TEMPLATES, render_units
 from thresher.errors import ConfigError
 from thresher.io import atomic_path, cache_dir, file_sha256, sha256_hex
+from thresher.progress import reporter
 from thresher.models.runs import TrainingRunFolder
 from thresher.scoring.base import Scorer
 from thresher.scoring.common import row_status
@@ -317,14 +318,16 @@ class GradientScorer(Scorer):
         from thresher.gradients.pipeline import use_checkpoint
 
         out = []
-        with self.adapted() as (model, tok, sel):
+        with self.adapted() as (model, tok, sel), reporter(f"{self.name} gradients", len(units) * len(checkpoints),
+                                                            unit="units", transient=True) as progress:
             proj, kw = self.projector(sel), self.grad_kw(sel)
             for k, ck in enumerate(checkpoints):
                 ck = self.local_checkpoint(ck)
                 use_checkpoint(model, ck)
                 moments = self.moments(ck, model, sel) if adam else None
-                out.append(reduce(k, iter_gradients(model, tok, units, sel, moments=moments, projector=proj, **kw),
-                                  feature_dim(sel, proj)))
+                stream = iter_gradients(model, tok, units, sel, moments=moments, projector=proj, **kw)
+                out.append(reduce(k, _reported(stream, progress), feature_dim(sel, proj)))
+                progress.update(len(units) * (k + 1) - progress.done)    # unscorable units: never yielded
         return out
 
     def labelled_units(self, name: str, tokenizer, task_field: str | None = None):
@@ -359,6 +362,13 @@ class GradientScorer(Scorer):
         out = np.full(n_rows, np.nan)
         out[owner] = values
         return out
+
+
+def _reported(stream, progress):
+    """``stream`` of (unit indices, gradients) as it is, each chunk's units counted on ``progress``."""
+    for idx, g in stream:
+        progress.update(len(idx))
+        yield idx, g
 
 
 # ---------------------------------------------------------------- per-shard functions (run on the workers)
