@@ -56,6 +56,10 @@ def data_path(run: Path, data: dict) -> str:
     for older runs the recorded path against the directory score ran in (``cwd``, when recorded) or the
     current one. ConfigError when the recorded file is gone or its content changed (``fingerprint``)."""
     recorded = str(data["path"])
+    if data.get("memory"):
+        raise ConfigError(f"{run} was scored on data given in memory ({data['memory']['source']}, through the Python "
+                          "API), which thresher cannot read again: select with thresher.select(...) on the scored "
+                          "object, or score a data file.")
     if recorded in BUNDLED_SHAREGPT:
         return recorded
     fp, abs_path = data.get("fingerprint"), data.get("abs_path")
@@ -75,15 +79,21 @@ def data_path(run: Path, data: dict) -> str:
     return path
 
 
-def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=None, ratio=None, of="all",
-                    higher_is_better=None, where=None, params=None, argv=None, strict: bool = False) -> dict:
-    manifest, scores = _read_run(run)
-    data = dict(manifest["data"], path=data_path(run, manifest["data"]))
-    check_output_file(out, inputs=(data["path"], run / "scores.parquet", run / "manifest.json"))
-    _check_out_suffix(out)
+def run_main_column(manifest: dict) -> tuple[str | None, bool | None]:
+    """A run's main score column and its direction: its last stage's last scorer's (None, None: no scorer)."""
     last = manifest["stages"][-1]
-    info = last["scorers"][-1] if last["scorers"] else {}   # the stage's result is its last scorer
-    main = info.get("main_column")
+    info = last["scorers"][-1] if last.get("scorers") else {}   # the stage's result is its last scorer
+    return info.get("main_column"), info.get("higher_is_better")
+
+
+def choose_rows(scores, main: str | None, main_hib: bool | None, *, selector="top_k", column=None, k=None,
+                ratio=None, of="all", higher_is_better=None, where=None, params=None):
+    """The rows ``thresher select`` keeps from the score table ``scores`` (a DataFrame, one row per data row),
+    whose main column is ``main`` with direction ``main_hib``; returns (positions (M,) int64 in selection
+    order, the column ranked, the selector's parameters, a note on the default filter or "").
+
+    ``where``: None (top_k: the main column's default filter, DEFAULT_WHERE), ["none"] (no filter), a list of
+    ``COLUMN<VALUE`` strings (``--where``) or a mapping {column: {lt|le|gt|ge: number}}."""
     asked, column = column, column or main          # the selector resolves its own default column
     p = dict(params or {})
     if k is not None:
@@ -94,7 +104,9 @@ def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=No
     if selector == "top_k":
         if of != "all":
             p["of"] = int(of) if str(of).isdigit() else of
-        if where and [w.lower() for w in where] == ["none"]:
+        if isinstance(where, dict):
+            w = where
+        elif where and [w.lower() for w in where] == ["none"]:
             w = {}
         elif where:
             w = parse_where(where)
@@ -110,7 +122,19 @@ def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=No
             raise ConfigError(f"Column {column!r} is not the scorer's main column: say which end to keep with "
                               "--higher-is-better or --lower-is-better.")
     chosen = SelectConfig(selector=selector, column=asked, params=p).make("thresher select")
-    idx = chosen.select(scores, main=main, higher_is_better=info.get("higher_is_better"))
+    return chosen.select(scores, main=main, higher_is_better=main_hib), column, p, filt_note
+
+
+def select_from_run(run: Path, out: Path, *, selector="top_k", column=None, k=None, ratio=None, of="all",
+                    higher_is_better=None, where=None, params=None, argv=None, strict: bool = False) -> dict:
+    manifest, scores = _read_run(run)
+    data = dict(manifest["data"], path=data_path(run, manifest["data"]))
+    check_output_file(out, inputs=(data["path"], run / "scores.parquet", run / "manifest.json"))
+    _check_out_suffix(out)
+    main, main_hib = run_main_column(manifest)
+    idx, column, p, filt_note = choose_rows(scores, main, main_hib, selector=selector, column=column, k=k,
+                                            ratio=ratio, of=of, higher_is_better=higher_is_better, where=where,
+                                            params=params)
     warnings: list[str] = []
     if not len(idx):
         empty_selection(f"the selection ({selector} on {column}) kept 0 of {len(scores)} rows", strict,
