@@ -35,11 +35,12 @@ from thresher.data.table import Dataset, StreamedDataset
 from thresher.engine.base import ExecutorConfig
 from thresher.errors import ConfigError
 from thresher.pipeline.config import DataConfig, Recipe
-from thresher.pipeline.recipe import check_recipe, resolve_recipe_path, set_dotted
+from thresher.pipeline.recipe import PACKAGED, check_recipe, resolve_recipe_path, set_dotted
 from thresher.pipeline.run import run_recipe
 from thresher.pipeline.select_run import choose_rows, data_path, run_main_column
 from thresher.pipeline.stages import empty_selection, load_data
 from thresher.scoring import SCORERS
+from thresher.selection import SELECTORS
 
 __all__ = ["Run", "load", "report", "run", "score", "select"]
 
@@ -185,7 +186,8 @@ def select(scored, selector: str = "top_k", *, column: str | None = None, k: int
 
     ``scored``: what ``score`` returned (list of dicts, DataFrame, datasets.Dataset), or a ``Run`` (or a run
     folder's path), whose last stage's scores are selected from again. ``selector``: a name from ``thresher ls
-    selectors`` (e.g. top_k, superfiltering, threshold); a recipe name is not one: ``run`` runs a recipe.
+    selectors`` (e.g. top_k, superfiltering, threshold); a recipe's name that is not also a selector's (length,
+    deita) is a ConfigError pointing at ``run``, which runs the recipe.
     The ranked column (``column``; default the main column: for a Run its last scorer's, else the last column
     of ``scored`` that is some scorer's main column, i.e. the score added last) and its direction follow
     ``thresher select``: another column needs ``higher_is_better``. ``where`` (top_k): None (the main column's
@@ -195,6 +197,7 @@ def select(scored, selector: str = "top_k", *, column: str | None = None, k: int
     A Run's rows come back as its input object's kind when it ran on data in memory, else as a list of the
     records (dicts, as read from its data).
     """
+    _check_selector(selector)
     if isinstance(scored, (str, Path)):
         scored = Run(scored)
     if isinstance(scored, Run):
@@ -211,6 +214,13 @@ def select(scored, selector: str = "top_k", *, column: str | None = None, k: int
     if isinstance(scored, Run):
         return scored.rows(idx)
     return _take(scored, np.asarray(idx, dtype=np.int64))
+
+
+def _check_selector(name: str) -> None:
+    """A recipe's name given as the selector: a ConfigError saying how to run the recipe, listing the selectors."""
+    if name not in SELECTORS and (PACKAGED / f"{name}.yaml").is_file():
+        raise ConfigError(f"{name!r} is a recipe, not a selector: thresher.run({name!r}, data=...) runs it (its "
+                          f"scoring and selection). Selectors (thresher ls selectors): {', '.join(SELECTORS.names())}.")
 
 
 def _score_table(scored) -> pd.DataFrame:
