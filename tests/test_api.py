@@ -212,7 +212,7 @@ def test_run_opens_an_existing_folder(cli_run, tmp_path):
     assert run.summary["rows"] == len(ALPACA) and run.manifest["stages"][0]["name"] == "length"
     assert "\n" not in repr(run) and "length" in repr(run)
     with pytest.raises(ConfigError, match="selected nothing"):
-        run.selected_ids
+        _ = run.selected_ids
     with pytest.raises(ConfigError, match="no stage 'nope'"):
         run.stage_scores("nope")
     # select on a scored run folder: the CLI's rows, as records read from the data
@@ -253,19 +253,24 @@ def test_import_thresher_stays_light():
 # ---------------------------------------------------------------------------------------------------- real model
 def test_ifd_and_superfiltering_match_the_cli_on_real_sharegpt(sharegpt_short, tmp_path):
     """The issue's example on 8 short real ShareGPT rows with the bundled model: a datasets.Dataset in, one out,
-    IFD (ppl_ratio) as the CLI computes it (each side with its own cache), superfiltering's rows as the CLI's."""
+    IFD (ppl_ratio) read from the score cache the CLI filled for the same records in a file (same row hashes,
+    scorer parameters and model), superfiltering's rows as the CLI's."""
     records = [dict(r) for r in sharegpt_short.raw[:8]]
     data = _jsonl(tmp_path / "sg.jsonl", records)
+    cache = str(tmp_path / "cache")
     assert main(["-q", "score", str(data), "--scorer", "ifd", "--variant", "ppl_ratio", "--turns", "first",
-                 "--model", "bundled", "--out", str(tmp_path / "cli"), "--cache-dir", str(tmp_path / "c1")]) == 0
+                 "--model", "bundled", "--out", str(tmp_path / "cli"), "--cache-dir", cache]) == 0
     assert main(["-q", "select", str(tmp_path / "cli"), "--selector", "superfiltering", "--top-ratio", "0.5",
                  "--out", str(tmp_path / "sel.jsonl")]) == 0
     cli = pd.read_parquet(tmp_path / "cli" / "scores.parquet")
+    assert cli["ifd"].notna().all()
     ds = datasets.Dataset.from_list(records)
-    scored = thresher.score(ds, "ifd", variant="ppl_ratio", turns="first", model="bundled",
-                            cache_dir=tmp_path / "c2")
+    scored = thresher.score(ds, "ifd", variant="ppl_ratio", turns="first", model="bundled", cache_dir=cache,
+                            out=tmp_path / "api")
     assert isinstance(scored, datasets.Dataset)
-    np.testing.assert_allclose(np.array(scored["ifd"], dtype=float), cli["ifd"].to_numpy(), rtol=1e-5)
+    cache_use = json.loads((tmp_path / "api" / "manifest.json").read_text())["stages"][0]["scorers"][0]["cache"]
+    assert (cache_use["cached"], cache_use["computed"]) == (8, 0)
+    np.testing.assert_allclose(np.array(scored["ifd"], dtype=float), cli["ifd"].to_numpy(), rtol=1e-6)
     subset = thresher.select(scored, "superfiltering", ratio=0.5)
     assert isinstance(subset, datasets.Dataset)
     assert subset["id"] == [r["id"] for r in _read_jsonl(tmp_path / "sel.jsonl")]

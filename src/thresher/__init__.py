@@ -11,8 +11,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_API = ("Run", "load", "report", "run", "score", "select")
-__all__ = [*_API, "__version__"]
+__all__ = ["Run", "__version__", "load", "report", "run", "score", "select"]
+_API = frozenset(__all__) - {"__version__"}
 
 
 def __getattr__(name: str):

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from thresher.data.readers import data_source, load as load_data_input
+from thresher.data import readers
 from thresher.data.table import Dataset, StreamedDataset
 from thresher.engine.base import ExecutorConfig
 from thresher.errors import ConfigError
@@ -65,8 +65,8 @@ def load(data, **options) -> Dataset:
 
 def _load(data, data_options: dict, *, stream: bool) -> Dataset:
     cfg = dataclasses.replace(DataConfig(), **data_options)
-    source = data_source(str(data)) if _is_path(data) else data
-    return load_data_input(source, cfg.format, on_invalid=cfg.on_invalid, lenient=cfg.lenient, limit=cfg.limit,
+    source = readers.data_source(str(data)) if _is_path(data) else data
+    return readers.load(source, cfg.format, on_invalid=cfg.on_invalid, lenient=cfg.lenient, limit=cfg.limit,
                            split=cfg.split, max_record_chars=cfg.max_record_chars, stream=stream)
 
 
@@ -246,7 +246,7 @@ def _main_column(columns) -> tuple[str | None, bool | None]:
 
 
 # ---------------------------------------------------------------------------------------------------- run
-def run(recipe, *, data=None, out=None, **overrides) -> "Run":
+def run(recipe, *, data=None, out=None, **overrides) -> Run:
     """Run a recipe (a packaged name, see ``thresher ls recipes``, or a YAML path) as ``thresher run`` does;
     returns its ``Run``.
 
@@ -346,7 +346,7 @@ class Run:
             return []
         files = [f for f in self.path.glob("selected.*") if f.suffix in (".json", ".jsonl", ".parquet")]
         data = self.manifest["data"]
-        return load_data_input(files[0], data.get("format", "auto"), max_record_chars=None).raw
+        return readers.load(files[0], data.get("format", "auto"), max_record_chars=None).raw
 
     def rows(self, idx) -> object:
         """Rows ``idx`` (positions in the run's scores, i.e. its kept rows) of the run's data: of the input
