@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 
 from array import array
@@ -57,6 +58,12 @@ def load(path, fmt: str = "auto", *, on_invalid: str = "fail", lenient: bool = F
          max_record_chars: int | None = MAX_RECORD_CHARS, stream: bool = False) -> Dataset:
     """Read ``path`` (file, save_to_disk directory or hub name) into a validated ``Dataset``.
 
+    ``path`` may also be data already in memory: a list of record dicts, a pandas DataFrame (one record per
+    row) or a ``datasets.Dataset`` / ``DatasetDict``. Their records are checked as a file's are (a bad one is a
+    DataError naming ``record I``, its 0-based position, and the field) and give the same ids and row hashes
+    as the same records in a JSON Lines file; the ``Dataset``'s ``source`` is ``<list>``, ``<DataFrame>`` or
+    ``<datasets.Dataset>``. A list or DataFrame is held (``stream`` changes nothing: it is in memory already).
+
     ``on_invalid="skip"`` drops unusable records and counts them by reason; ``lenient`` keeps
     the complete records of a cut-off file; ``limit`` stops after that many valid records;
     ``max_record_chars``: a record with a longer text field is invalid (0 or None: no limit).
@@ -68,7 +75,7 @@ def load(path, fmt: str = "auto", *, on_invalid: str = "fail", lenient: bool = F
                                                           lazy=stream or limit is not None)
         report = LoadReport(path=source, fmt="" if fmt == "auto" else fmt,
                             container=container, limit=limit)
-        rows = _StreamedRows(container, origin) if stream else _HeldRows()
+        rows = _StreamedRows(container, origin) if stream and container != MEMORY else _HeldRows()
         builder = _Builder(source, None if fmt == "auto" else fmt, on_invalid, report,
                            max_record_chars or None, rows)
         # A JSON array read whole reports its own defects before any record's (see jsonscan._rescan).
@@ -175,6 +182,9 @@ def _open_source(path, limit, split, lenient=False, lazy=False):
     ``origin``: the file's path, or the Hugging Face ``datasets.Dataset``; ``lazy``: decode a JSON array
     record by record (with byte spans) instead of parsing it whole.
     """
+    in_memory = _in_memory_source(path, split)
+    if in_memory is not None:
+        return in_memory
     p = Path(path)
     if p.is_dir():
         table = _load_from_disk(p, split)
@@ -194,6 +204,56 @@ def _open_source(path, limit, split, lenient=False, lazy=False):
         return str(path), "hf", _iter_hf(table), table
     raise DataError(path, "file not found.",
                     hint="Check the path; a Hugging Face hub dataset is named owner/name.")
+
+
+MEMORY = "memory"           # the container of a list of dicts or a pandas DataFrame given to ``load``
+
+
+def _in_memory_source(data, split: str):
+    """``_open_source``'s answer for data in memory (a list, a pandas DataFrame, a datasets.Dataset or
+    DatasetDict), None for a path; ConfigError for anything else. pandas and datasets are not imported here:
+    an object of theirs exists only when the caller imported them."""
+    if isinstance(data, (str, os.PathLike)):
+        return None
+    if isinstance(data, (list, tuple)):
+        return "<list>", MEMORY, ((i, None, r, i) for i, r in enumerate(data)), data
+    pandas, datasets = sys.modules.get("pandas"), sys.modules.get("datasets")
+    if pandas is not None and isinstance(data, pandas.DataFrame):
+        return "<DataFrame>", MEMORY, _iter_frame(data), data
+    if datasets is not None and isinstance(data, (datasets.Dataset, datasets.DatasetDict)):
+        table = _pick_split(data, split, "<datasets.DatasetDict>")
+        return "<datasets.Dataset>", "hf", _iter_hf(table), table
+    raise ConfigError(f"Cannot read data from a {type(data).__module__}.{type(data).__qualname__}: give a path "
+                      "(a .json/.jsonl/.parquet file, a save_to_disk folder, a hub name or bundled:sharegpt), a list "
+                      "of record dicts, a pandas DataFrame or a datasets.Dataset.")
+
+
+def _iter_frame(frame, batch_rows: int = 1024):
+    """The rows of a pandas DataFrame as records, as its JSON Lines export (``to_json(orient="records",
+    lines=True)``) reads back: missing values (NaN, None, NaT) become None, numpy arrays in cells (what
+    ``read_parquet`` and ``datasets.Dataset.to_pandas`` give for list columns) become lists, numpy scalars
+    Python ones."""
+    if not frame.columns.is_unique or not all(isinstance(c, str) for c in frame.columns):
+        raise DataError("<DataFrame>", "its column names must be unique strings (they become the record's "
+                        f"fields). Got {list(frame.columns)[:12]!r}.", hint="Rename the columns.")
+    for a in range(0, len(frame), batch_rows):
+        part = frame.iloc[a:a + batch_rows]
+        part = part.astype(object).where(part.notna(), None)
+        for i, record in enumerate(part.to_dict(orient="records"), start=a):
+            yield i, None, {k: _plain(v) for k, v in record.items()}, i
+
+
+def _plain(value):
+    """``value`` with numpy arrays and scalars (at any depth) turned into Python lists and scalars."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _check_missing_link(p: Path) -> None:
@@ -495,8 +555,8 @@ def _output_container(out: Path, container: str | None, input_container: str) ->
     if out.suffix:                   # never a format guessed from a suffix that names another one (x.csv)
         raise ConfigError(f"Cannot write records to {str(out)!r}: its suffix {out.suffix!r} is not a format "
                           "thresher writes. Name the file .json, .jsonl or .parquet (or pass container=).")
-    # No suffix: the input's own format; records from the hub have none, JSON Lines is the common one.
-    return "jsonl" if input_container == "hf" else input_container
+    # No suffix: the input's own format; records from the hub or memory have none, JSON Lines is the common one.
+    return input_container if input_container in _WRITERS else "jsonl"
 
 
 def _write_json(records, fh) -> None:

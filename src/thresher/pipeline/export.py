@@ -98,6 +98,10 @@ def data_path(run: Path, data: dict) -> str:
     for older runs the recorded path against the directory score ran in (``cwd``, when recorded) or the
     current one. ConfigError when the recorded file is gone or its content changed (``fingerprint``)."""
     recorded = str(data["path"])
+    if data.get("memory"):
+        raise ConfigError(f"{run} was scored on data given in memory ({data['memory']['source']}, through the Python "
+                          "API), which thresher cannot read again: select with thresher.select(...) on the scored "
+                          "object, or score a data file.")
     if recorded in BUNDLED_SHAREGPT:
         return recorded
     fp, abs_path = data.get("fingerprint"), data.get("abs_path")

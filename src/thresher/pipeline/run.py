@@ -18,7 +18,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from thresher.data.table import Dataset
 from thresher.engine.executors import executor_record, open_executor
+from thresher.errors import ConfigError
 from thresher.io import atomic_path, write_json
 from thresher.manifest import base_manifest
 from thresher.outputs import claim_output_dir, clear_results, finish_run_folder, output_lock
@@ -36,13 +38,20 @@ def run_inputs(recipe: Recipe, data_cfg: DataConfig) -> list[str]:
 
 
 def run_recipe(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
-               argv=None, raw_recipe: dict | None = None, cache_root=None, executor=None) -> dict:
+               argv=None, raw_recipe: dict | None = None, cache_root=None, executor=None,
+               dataset: Dataset | None = None) -> dict:
     """Run every stage into the run folder ``out`` (thresher.outputs: claimed, locked, the earlier
     run's results cleared first; its log lines appended to ``out/run.log``); with ``recipe.clients`` once
     per client (thresher.pipeline.clients).
     ``executor``: where the scoring shards run: None (this process), an ExecutorConfig or its fields as a
-    dict (``{"executor": "ray", "workers": 4}``; started and stopped here), or an open executor."""
+    dict (``{"executor": "ray", "workers": 4}``; started and stopped here), or an open executor.
+    ``dataset``: data already loaded from memory (``thresher.data.load`` of a list, DataFrame or
+    datasets.Dataset; ``data_cfg`` then only records the options it was loaded with): the run scores it
+    instead of loading ``data_cfg.path``, and the manifest records it as in-memory data."""
     out = Path(out)
+    if dataset is not None and recipe.clients:
+        raise ConfigError(f"recipe {recipe.name!r} runs once per client file (clients); in-memory data cannot "
+                          "be one: pass the clients as files and no data.")
     claim_output_dir(out, "run", inputs=run_inputs(recipe, data_cfg))
     with output_lock(out), run_log(out, f"run {recipe.name or ''}".strip()), open_executor(executor) as ex:
         clear_results(out)
@@ -50,15 +59,17 @@ def run_recipe(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage]
             return run_clients(recipe, data_cfg, stages, out, argv=argv, raw_recipe=raw_recipe,
                                cache_root=cache_root, executor=ex)
         return _run_one(recipe, data_cfg, stages, out, argv=argv, raw_recipe=raw_recipe, cache_root=cache_root,
-                        executor=ex)
+                        executor=ex, dataset=dataset)
 
 
 def _run_one(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
-             argv=None, raw_recipe: dict | None = None, cache_root=None, executor=None) -> dict:
+             argv=None, raw_recipe: dict | None = None, cache_root=None, executor=None,
+             dataset: Dataset | None = None) -> dict:
     t0 = time.perf_counter()
-    ds = load_data(data_cfg)
+    ds = load_data(data_cfg) if dataset is None else dataset
     manifest = {**base_manifest(argv), "recipe": raw_recipe or asdict(recipe), "seed": recipe.seed,
-                "data": data_record(data_cfg, ds), "executor": executor_record(executor), "stages": []}
+                "data": data_record(data_cfg, ds, in_memory=dataset is not None),
+                "executor": executor_record(executor), "stages": []}
     summary = {"recipe": recipe.name, "rows": len(ds), "load": ds.report.as_dict(), "stages": []}
     pending = run_stages(ds, recipe, stages, out, manifest, summary, cache_root=cache_root, argv=argv,
                          executor=executor)

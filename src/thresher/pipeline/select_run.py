@@ -45,6 +45,55 @@ def _out_format(out: Path) -> str:
     return fmt
 
 
+def run_main_column(manifest: dict) -> tuple[str | None, bool | None]:
+    """A run's main score column and its direction: its last stage's last scorer's (None, None: no scorer)."""
+    last = manifest["stages"][-1]
+    info = last["scorers"][-1] if last.get("scorers") else {}   # the stage's result is its last scorer
+    return info.get("main_column"), info.get("higher_is_better")
+
+
+def choose_rows(scores, main: str | None, main_hib: bool | None, *, selector="top_k", column=None, k=None,
+                ratio=None, of="all", higher_is_better=None, where=None, params=None):
+    """The rows ``thresher select`` keeps from the score table ``scores`` (a DataFrame, one row per data row),
+    whose main column is ``main`` with direction ``main_hib``; returns (positions (M,) int64 in selection
+    order, the column ranked, the selector's parameters, a note on the default filter or "").
+
+    ``where``: None (top_k: the main column's default filter, DEFAULT_WHERE), ["none"] (no filter), a list of
+    ``COLUMN<VALUE`` strings (``--where``) or a mapping {column: {lt|le|gt|ge: number}}."""
+    asked, column = column, column or main          # the selector resolves its own default column
+    if column in NOT_SCORES:
+        raise ConfigError(f"--column {column!r} is not a score: scores.parquet's {', '.join(NOT_SCORES)} columns "
+                          "are its row keys and the run's own selection. Name a score column.")
+    p = dict(params or {})
+    if k is not None:
+        p["k"] = k
+    if ratio is not None:
+        p["ratio"] = ratio
+    filt_note = ""
+    if selector == "top_k":
+        if of != "all":
+            p["of"] = int(of) if str(of).isdigit() else of
+        if isinstance(where, dict):
+            w = where
+        elif where and [w.lower() for w in where] == ["none"]:
+            w = {}
+        elif where:
+            w = parse_where(where)
+        else:
+            w = DEFAULT_WHERE.get(column, {})
+            if w:
+                filt_note = f" (default filter for {column}: {w}; pass --where none to disable)"
+        if w:
+            p["where"] = w
+        if higher_is_better is not None:
+            p["higher_is_better"] = higher_is_better
+        elif column != main:
+            raise ConfigError(f"Column {column!r} is not the scorer's main column: say which end to keep with "
+                              "--higher-is-better or --lower-is-better.")
+    chosen = SelectConfig(selector=selector, column=asked, params=p).make("thresher select")
+    return chosen.select(scores, main=main, higher_is_better=main_hib), column, p, filt_note
+
+
 def select_from_run(run: Path, out: Path, *, to: str | None = None, selector="top_k", column=None, k=None,
                     ratio=None, of="all", higher_is_better=None, where=None, params=None, argv=None,
                     strict: bool = False) -> dict:
@@ -61,38 +110,10 @@ def select_from_run(run: Path, out: Path, *, to: str | None = None, selector="to
         check_format(fmt, out)
         check_output(fmt, out, inputs=inputs, flag="--to")
     last = manifest["stages"][-1]
-    info = last["scorers"][-1] if last["scorers"] else {}   # the stage's result is its last scorer
-    main = info.get("main_column")
-    asked, column = column, column or main          # the selector resolves its own default column
-    if column in NOT_SCORES:
-        raise ConfigError(f"--column {column!r} is not a score: scores.parquet's {', '.join(NOT_SCORES)} columns "
-                          "are its row keys and the run's own selection. Name a score column.")
-    p = dict(params or {})
-    if k is not None:
-        p["k"] = k
-    if ratio is not None:
-        p["ratio"] = ratio
-    filt_note = ""
-    if selector == "top_k":
-        if of != "all":
-            p["of"] = int(of) if str(of).isdigit() else of
-        if where and [w.lower() for w in where] == ["none"]:
-            w = {}
-        elif where:
-            w = parse_where(where)
-        else:
-            w = DEFAULT_WHERE.get(column, {})
-            if w:
-                filt_note = f" (default filter for {column}: {w}; pass --where none to disable)"
-        if w:
-            p["where"] = w
-        if higher_is_better is not None:
-            p["higher_is_better"] = higher_is_better
-        elif column != main:
-            raise ConfigError(f"Column {column!r} is not the scorer's main column: say which end to keep with "
-                              "--higher-is-better or --lower-is-better.")
-    chosen = SelectConfig(selector=selector, column=asked, params=p).make("thresher select")
-    idx = chosen.select(scores, main=main, higher_is_better=info.get("higher_is_better"))
+    main, main_hib = run_main_column(manifest)
+    idx, column, p, filt_note = choose_rows(scores, main, main_hib, selector=selector, column=column, k=k,
+                                            ratio=ratio, of=of, higher_is_better=higher_is_better, where=where,
+                                            params=params)
     warnings: list[str] = []
     if not len(idx):
         empty_selection(f"the selection ({selector} on {column}) kept 0 of {len(scores)} rows", strict,

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from thresher.data.fingerprint import data_fingerprint
+from thresher.data.fingerprint import data_fingerprint, row_hashes
 from thresher.data.readers import data_source, load, write_records
 from thresher.data.table import Dataset
 from thresher.engine.scoring import score_dataset
 from thresher.errors import ConfigError, as_option
-from thresher.io import atomic_path, write_parquet
+from thresher.io import atomic_path, sha256_text, write_parquet
 from thresher.models.context import ModelContext
 from thresher.models.runs import TrainingRunFolder
 from thresher.pipeline.config import DataConfig, Recipe, ResolvedStage
@@ -50,13 +50,17 @@ class Pending:
 _EXT = {"json": ".json", "jsonl": ".jsonl", "parquet": ".parquet", "hf": ".jsonl"}
 
 
-def data_record(cfg: DataConfig, ds: Dataset) -> dict:
+def data_record(cfg: DataConfig, ds: Dataset, in_memory: bool = False) -> dict:
     """The manifest's record of the data a run read: its config, load report, the directory the run
     started in, and (for data on disk) the absolute path and a content fingerprint, which `thresher
-    select` uses to find and check the data from any directory."""
-    path = data_source(cfg.path)
+    select` uses to find and check the data from any directory. ``in_memory``: the data was given in
+    memory (thresher.api), recorded as ``memory``: its kind (``ds.source``), rows and a SHA-256 of its row
+    hashes in order (``rows_sha256``: equal for the same records, whatever object held them)."""
     rec = {**asdict(cfg), "report": ds.report.as_dict(), "rows": len(ds), "cwd": os.getcwd()}
-    fp = data_fingerprint(path)
+    if in_memory:
+        rec["memory"] = {"source": ds.source, "rows": len(ds), "rows_sha256": sha256_text("".join(row_hashes(ds)))}
+        return rec
+    fp = data_fingerprint(data_source(cfg.path))
     if fp is not None:
         rec.update(abs_path=fp["abs_path"], fingerprint=fp)
     return rec
