@@ -34,7 +34,7 @@ from thresher.data import readers
 from thresher.data.table import Dataset, StreamedDataset
 from thresher.engine.base import ExecutorConfig
 from thresher.errors import ConfigError
-from thresher.pipeline.config import DataConfig, Recipe
+from thresher.pipeline.config import RUN_OPTIONS, DataConfig, Recipe
 from thresher.pipeline.recipe import PACKAGED, check_recipe, resolve_recipe_path, set_dotted
 from thresher.pipeline.export import data_path
 from thresher.pipeline.run import run_recipe
@@ -49,10 +49,8 @@ __all__ = ["Run", "load", "report", "run", "score", "select"]
 # Option names, as in recipes and `thresher ls`: where each keyword of score/run goes.
 DATA_OPTIONS = tuple(f.name for f in dataclasses.fields(DataConfig) if f.name != "path")
 EXECUTOR_OPTIONS = tuple(f.name for f in dataclasses.fields(ExecutorConfig))
-SCORE_RUN_OPTIONS = ("model", "device", "dtype", "max_batch_tokens", "shard_size", "strict", "max_failed_ratio",
-                     "judge")     # the Recipe fields `thresher score` takes as flags
+SCORE_RUN_OPTIONS = (*RUN_OPTIONS, "judge")     # the Recipe fields `thresher score` takes as flags
 RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(Recipe))
-# Columns of scores.parquet that are not scores: the row's id and its place (thresher.pipeline.stages).
 
 
 # ---------------------------------------------------------------------------------------------------- load

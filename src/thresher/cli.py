@@ -31,7 +31,7 @@ from thresher.evaluation import evaluate
 from thresher.evaluation.config import EvalConfig
 from thresher.io import is_disk_full
 from thresher.models.judges import JudgeConfig
-from thresher.pipeline.config import DataConfig, Recipe
+from thresher.pipeline.config import RUN_OPTIONS, DataConfig, Recipe
 from thresher.pipeline.dry_run import format_plan, plan_run
 from thresher.pipeline.export import destination, export_run
 from thresher.pipeline.recipe import PACKAGED, check_recipe, load_recipe, resolve_recipe_path, set_dotted
@@ -62,18 +62,12 @@ def _kv(items: list[str] | None, flag: str) -> dict:
     return out
 
 
-
-
-# The Recipe fields `run` and `score` take as flags (the rest of a recipe is its stages and inputs).
-_RUN_OPTIONS = ("model", "device", "dtype", "max_batch_tokens", "shard_size", "strict", "max_failed_ratio")
-
-
 def _common_args(p: argparse.ArgumentParser) -> None:
     """Flags of `run` and `score`: data loading, the run's model and batching, the LLM judge."""
     add_flags(p.add_argument_group("data loading (default: the recipe's, else these)"), DataConfig,
               exclude=("path",))
     g = p.add_argument_group("model and run (default: the recipe's, else these)")
-    add_flags(g, Recipe, only=_RUN_OPTIONS)
+    add_flags(g, Recipe, only=RUN_OPTIONS)
     g.add_argument("--cache-dir", default=None, help="score cache root (default $THRESHER_CACHE or ~/.cache/thresher)")
     p.add_argument("--dry-run", action="store_true",
                    help="load the data and print what would run: per stage the rows, shards cached and to compute, "
@@ -101,7 +95,7 @@ def _apply_common(raw: dict, args) -> None:
         # A user's own file: strict by default, whatever the recipe's demo slice allowed.
         data.update({"path": args.data, "lenient": False, "on_invalid": "fail", "limit": None})
     data.update(given(args, DataConfig, exclude=("path",)))
-    raw.update(given(args, Recipe, only=_RUN_OPTIONS))
+    raw.update(given(args, Recipe, only=RUN_OPTIONS))
     judge = given(args, JudgeConfig, prefix="judge")
     if judge:
         raw.setdefault("judge", {}).update(judge)

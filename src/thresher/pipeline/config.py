@@ -154,6 +154,11 @@ class TrainStageConfig:
                                            # (ratio | k, update_ratio, score_type, decay, ...) + span_rule
 
 
+# The Recipe fields that `thresher run` / `thresher score` take as flags and the Python API as keywords (the rest
+# of a recipe is its stages and inputs).
+RUN_OPTIONS = ("model", "device", "dtype", "max_batch_tokens", "shard_size", "strict", "max_failed_ratio")
+
+
 @dataclass
 class Recipe:
     name: str = ""
