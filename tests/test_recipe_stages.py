@@ -110,9 +110,9 @@ def test_target_reference_needs_target_files():
                    "val": ["/anc.jsonl"]}                       # no validation files: the anchor set
     r.validation = ["/v1.jsonl", "/v2.jsonl"]
     assert resolve_refs(["@validation"], r, {}) == ["/v1.jsonl", "/v2.jsonl"]
-    with pytest.raises(ConfigError, match="pass --target FILE"):
+    with pytest.raises(ConfigError, match=r"pass target=FILE \[FILE \.\.\.\]"):          # from Python: keywords
         resolve_refs({"target": "@target"}, Recipe(name="less"), {})
-    with pytest.raises(ConfigError, match="pass --anchor FILE"):
+    with pytest.raises(ConfigError, match="pass anchor=FILE"):
         resolve_refs({"validation": ["@anchor"]}, Recipe(name="clues"), {})
 
 

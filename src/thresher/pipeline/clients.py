@@ -30,7 +30,7 @@ import numpy as np
 
 from thresher.data.table import Dataset
 from thresher.engine.executors import executor_record
-from thresher.errors import ConfigError
+from thresher.errors import ConfigError, as_option
 from thresher.io import write_json, write_parquet
 from thresher.manifest import base_manifest
 from thresher.outputs import finish_run_folder
@@ -48,8 +48,8 @@ from thresher.training.merge import merge_runs
 def score_anchor(p: Pending, recipe: Recipe) -> np.ndarray:
     """The anchor set scored by the client's own stage (same model, checkpoints, learning rates, weights)."""
     if not recipe.anchor:
-        raise ConfigError("Selector 'global_threshold' needs a trusted anchor set: pass --anchor FILE "
-                          "(or set 'anchor' in the recipe).")
+        raise ConfigError("Selector 'global_threshold' needs a trusted anchor set: pass "
+                          f"{as_option('anchor', metavar='FILE')} (or set 'anchor' in the recipe).")
     anchor = load_data(DataConfig(path=recipe.anchor))
     table, info = score_stage(anchor, p.stage, recipe, p.cache_root, p.ctx, p.executor)
     write_parquet(p.st_dir / "anchor_scores.parquet", table)
@@ -156,8 +156,9 @@ def run_clients(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage
                 argv=None, raw_recipe: dict | None = None, cache_root=None, executor=None) -> dict:
     t0 = time.perf_counter()
     if stages[-1].is_train or stages[-1].select is None or stages[-1].select.selector != "global_threshold":
-        raise ConfigError(f"Recipe {recipe.name!r} runs per client (--clients) but its last stage does not select "
-                          "with 'global_threshold': clients share nothing but that threshold.")
+        raise ConfigError(f"Recipe {recipe.name!r} runs per client ({as_option('clients', metavar='FILE ...')}) "
+                          "but its last stage does not select with 'global_threshold': clients share nothing but "
+                          "that threshold.")
     manifest = {**base_manifest(argv), "recipe": raw_recipe or asdict(recipe), "seed": recipe.seed,
                 "executor": executor_record(executor), "clients": {}}
     summary = {"recipe": recipe.name, "clients": {}, "stages": []}

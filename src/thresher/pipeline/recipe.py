@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from thresher.config import build, did_you_mean
-from thresher.errors import ConfigError
+from thresher.errors import ConfigError, as_option
 from thresher.models.judges import JudgeConfig
 from thresher.pipeline.config import (NAME_PATTERN, CollaborateConfig, DataConfig, Recipe, ResolvedStage, ScoreConfig,
                                       SelectConfig, StageConfig, TrainStageConfig, is_safe_name)
@@ -250,16 +250,18 @@ def resolve_refs(x, recipe: Recipe, train_dirs: dict[str, str]):
         name = x[1:]
         if name == "target":
             if not recipe.target:
-                raise ConfigError(f"Recipe {recipe.name!r} needs target examples: pass --target FILE [FILE ...] "
-                                  "(one file per target task, any supported format).")
+                raise ConfigError(f"Recipe {recipe.name!r} needs target examples: pass "
+                                  f"{as_option('target', metavar='FILE [FILE ...]')} (one file per target task, any "
+                                  "supported format).")
             return list(recipe.target)
         if name == "anchor" or (name == "validation" and not recipe.validation):
             if not recipe.anchor:
-                raise ConfigError(f"Recipe {recipe.name!r} needs a trusted anchor set: pass --anchor FILE.")
+                raise ConfigError(f"Recipe {recipe.name!r} needs a trusted anchor set: pass "
+                                  f"{as_option('anchor', metavar='FILE')}.")
             if name == "validation":
                 log.warning("the anchor set doubles as the validation set: each anchor's own gradient is part of "
                             "the mean it is scored against, which raises the anchor scores and so the threshold; "
-                            "pass --validation FILE for a separate validation set")
+                            "pass %s for a separate validation set", as_option("validation", metavar="FILE"))
                 return [recipe.anchor]
             return recipe.anchor
         if name == "validation":

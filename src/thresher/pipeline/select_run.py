@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from thresher.data.readers import OUTPUT_SUFFIXES
-from thresher.errors import ConfigError
+from thresher.errors import ConfigError, as_option
 from thresher.io import atomic_path
 from thresher.manifest import base_manifest
 from thresher.outputs import check_output_file
@@ -30,7 +30,8 @@ def parse_where(items: list[str] | None) -> dict:
     for item in items or []:
         m = _WHERE.match(item)
         if not m:
-            raise ConfigError(f"--where expects COLUMN<VALUE (operators < <= > >=), e.g. 'ifd<1'. Got {item!r}.")
+            raise ConfigError(f"{as_option('where')} expects COLUMN<VALUE (operators < <= > >=), e.g. 'ifd<1'. "
+                              f"Got {item!r}.")
         where.setdefault(m.group(1), {})[_OPS[m.group(2)]] = float(m.group(3))
     return where
 
@@ -82,7 +83,7 @@ def choose_rows(scores, main: str | None, main_hib: bool | None, *, selector="to
         else:
             w = DEFAULT_WHERE.get(column, {})
             if w:
-                filt_note = f" (default filter for {column}: {w}; pass --where none to disable)"
+                filt_note = f" (default filter for {column}: {w}; pass {as_option('where', 'none')} to disable)"
         if w:
             p["where"] = w
         if higher_is_better is not None:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from thresher.data import load
 from thresher.data.table import Dataset
-from thresher.errors import ConfigError
+from thresher.errors import ConfigError, as_option
 from thresher.io import atomic_folder, write_json
 from thresher.manifest import base_manifest
 from thresher.models.checkpoints import list_checkpoints, step_of
@@ -168,7 +168,7 @@ def _check_run_dir(out: Path, cfg: TrainConfig, ids, resume: bool):
     if not found:
         return None
     if not resume:
-        raise ConfigError(f"{out} already holds checkpoints ({found[-1].name}). Pass resume=True (--resume) to "
+        raise ConfigError(f"{out} already holds checkpoints ({found[-1].name}). Pass {as_option('resume', True)} to "
                           "continue that run, or choose an empty output directory.")
     run = TrainingRunFolder(out)
     diff = changed_settings(run.config, cfg.as_dict())
