@@ -138,21 +138,24 @@ def test_page_content(runs, compare_html):
     assert "Selection: superfiltering ranks ifd (higher is better)" in html
     assert "prompt fills max_length" in html or "every row scored" in html
     assert "response characters (log scale)" in html
-    assert html.count('class="hist"') >= 4 and "not recorded" in html     # no compute ledger before its merge
+    assert html.count('class="hist"') >= 4 and html.count('class="ledger"') == 2 and "not recorded" not in html
     assert "Where the methods disagree most" in html
     frag = render([runs[0]], fragment=True)
     assert frag.startswith('<div class="thr">') and "<html" not in frag and "<body" not in frag
 
 
-def test_compute_ledger_is_shown_when_recorded(runs, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(runs[0], run)
-    summary = json.loads((run / "summary.json").read_text())
-    summary["stages"][0]["compute"] = {"seconds": 1.5, "rows": 21, "computed_rows": 21, "cached_rows": 0,
-                                       "tokens": 4321, "model_passes": 3}
-    (run / "summary.json").write_text(json.dumps(summary))
-    html = render([run])
-    assert "tokens 4321" in html and "model passes 3" in html and "seconds 1.5" in html
+def test_compute_ledger_of_a_real_run(runs):
+    """The superfiltering run's own ledger (summary.json "compute", written by the run) is on the page: in the
+    stage's table and as the ledger row of the stage."""
+    c = json.loads((runs[1] / "summary.json").read_text())["stages"][0]["compute"]
+    assert c["computed_rows"] + c["cached_rows"] == c["rows"] == 21
+    html = render([runs[1]])
+    assert f"tokens {fmt(c['tokens'])}" in html and f"model passes {fmt(c['model_passes'])}" in html
+    ledger = html[html.index('class="ledger"'):]
+    ledger = ledger[:ledger.index("</table>")]
+    row = [fmt(c["seconds"]), fmt(c["model_passes"]), fmt(c["tokens"]), fmt(c["computed_rows"]),
+           fmt(c["cached_rows"])]
+    assert "<td>ifd</td><td>scoring</td>" + "".join(f"<td>{v}</td>" for v in row) in ledger
 
 
 def test_missing_data_still_renders_with_a_note(runs, tmp_path):
@@ -226,5 +229,6 @@ def test_judge_training_and_client_layouts(runs, tmp_path):
     (run / "summary.json").write_text(json.dumps({"recipe": "clues", "clients": {"a": summary}, "seconds": 3.0}))
     html = render([run, runs[0]])
     assert "Client a" in html and "Stage warmup: training" in html and "12.5" in html
+    assert "<td>warmup</td><td>training</td><td>12.5</td>" in html and ", training 12.5 s" in html   # the ledger
     assert "21 requests (1 cached)" in html and "900+40 tokens" in html and "cost 0.0123" in html
     assert html.count('class="hist"') >= 4 and "Where the methods disagree most" in html

@@ -82,10 +82,35 @@ def run_section(run: RunView) -> str:
 
 
 def part_section(part: Part) -> str:
-    out = [f"<h3>Client {esc(part.label)}</h3>" if part.label else "", "<h4>Dataset</h4>", dataset_table(part)]
+    out = [f"<h3>Client {esc(part.label)}</h3>" if part.label else "", "<h4>Dataset</h4>", dataset_table(part),
+           compute_ledger(part)]
     for st in part.stages:
         out.append(train_section(st) if st.is_train else stage_section(part, st))
     return "".join(out)
+
+
+def compute_ledger(part: Part) -> str:
+    """The compute ledger: per stage its kind (scoring / training), seconds, model passes, tokens and rows
+    computed and from cache (summary "compute"; a training stage's "seconds"), with the scoring total beside
+    the training total, so that the selection's cost reads against the training it saves."""
+    head = ("stage", "kind", "seconds", "model passes", "tokens", "rows computed", "rows from cache")
+    rows, totals = [], {"scoring": 0.0, "training": 0.0}
+    for st in part.stages:
+        kind = "training" if st.is_train else "scoring"
+        c = st.summary.get("compute") or {}
+        secs = st.summary.get("seconds") if st.is_train else c.get("seconds")
+        if secs is not None:
+            totals[kind] += float(secs)
+        rows.append((st.name, kind, fmt(secs) if secs is not None else "not recorded",
+                     *(fmt(c[k]) if k in c else "-" for k in ("model_passes", "tokens", "computed_rows",
+                                                              "cached_rows"))))
+    if not rows:
+        return ""
+    body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r) + "</tr>" for r in rows)
+    total = f"scoring {fmt(totals['scoring'])} s" + (f", training {fmt(totals['training'])} s"
+                                                      if any(st.is_train for st in part.stages) else "")
+    return (f'<h4>Compute ledger</h4><table class="ledger"><tr>{"".join(f"<th>{esc(h)}</th>" for h in head)}</tr>'
+            f"{body}</table><p>Total: {esc(total)}.</p>")
 
 
 def dataset_table(part: Part) -> str:
