@@ -51,7 +51,7 @@ _STRIP = " \t\r\n.,;:!?-_*#'\"`()[]{}<>…"
 # Stopword profiles of the Latin-script languages ``guess_language`` tells apart. A word found in several
 # profiles counts 1/(number of profiles) for each.
 STOPWORDS = {
-    "en": "the and of to in is that it for you with as on are this be was have not or by but from they "
+    "en": "the a and of to in is that it for you with as on are this be was have not or by but from they "
           "what which can will would there their an if at all your we my how when has do does",
     "es": "el la los las de que y en un una es por con para del al se no lo como más pero sus le ya o "
           "este esta son también muy hay fue ser tiene sobre entre cuando todo qué cómo",
@@ -80,6 +80,12 @@ _LIST_ITEM = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+\S")
 def words(text: str) -> list[str]:
     """The lower-cased ``\\w+`` words of ``text``."""
     return WORD.findall(text.lower())
+
+
+def content_words(text: str) -> list[str]:
+    """``words`` without the stopwords of every STOPWORDS profile."""
+    index = _stopword_index()[0]
+    return [w for w in words(text) if w not in index]
 
 
 def _ngrams(ws: list[str], n: int) -> list[tuple[str, ...]]:

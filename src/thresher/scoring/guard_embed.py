@@ -3,8 +3,9 @@
 Dataset scope: the engine calls it once with the whole pool. Per row (its chosen assistant turn and prompt):
   qa_cosine   method embedding: cosine of the sentence embeddings (bundled all-MiniLM-L6-v2 by default) of the
               prompt and the response, [-1, 1]; typical 0.3-0.8 for an answer, LOW (< 0.15) = unrelated.
-              method minhash (no model): cosine of the two texts' word-count vectors, [0, 1]; typical
-              0.2-0.6, low = unrelated (answers sharing few words with their question read low too).
+              method minhash (no model): cosine of the two texts' content-word count vectors (the stopwords of
+              thresher.algorithms.text_signals dropped), [0, 1]; typical 0.1-0.5, low = unrelated (answers
+              sharing few words with their question read low too).
   dup_cosine  method embedding: the highest cosine of this row's response embedding to any OTHER row's, [-1, 1],
               exact (blocks of ``block`` rows against the pool, as thresher.algorithms.knn); near-duplicates
               read > 0.95, typical rows 0.3-0.8.
@@ -25,7 +26,7 @@ import numpy as np
 
 from thresher.algorithms import minhash
 from thresher.algorithms.knn import knn
-from thresher.algorithms.text_signals import words
+from thresher.algorithms.text_signals import content_words
 from thresher.config import choice, option
 from thresher.data.table import Dataset
 from thresher.errors import ConfigError
@@ -61,8 +62,8 @@ class GuardEmbedParams:
 
 
 def _bag_cosine(a: str, b: str) -> float:
-    """Cosine of the word-count vectors of two texts; NaN when either has no words."""
-    ca, cb = Counter(words(a)), Counter(words(b))
+    """Cosine of the content-word (stopwords dropped) count vectors of two texts; NaN when either has none."""
+    ca, cb = Counter(content_words(a)), Counter(content_words(b))
     if not ca or not cb:
         return np.nan
     dot = sum(v * cb.get(w, 0) for w, v in ca.items())
@@ -79,7 +80,7 @@ class GuardEmbedScorer(Scorer):
     higher_is_better = False
     scope = "dataset"
     produces = {
-        "qa_cosine": "prompt-response cosine (embedding: [-1, 1]; minhash: word-count cosine, [0, 1]); low = "
+        "qa_cosine": "prompt-response cosine (embedding: [-1, 1]; minhash: content-word-count cosine, [0, 1]); low = "
                      "unrelated",
         "dup_cosine": "max cosine (embedding) or estimated word 5-gram Jaccard (minhash) of the response to any "
                       "other row's; high = near-duplicate",
