@@ -13,8 +13,7 @@ For each scorer, on a few short alpaca rows (and the score columns it reads, bui
   - a missing required score column is a ConfigError that names the column;
   - the class metadata is complete, and a constructed scorer pickles (workers receive scorers by pickle).
 Models: the bundled SmolLM2 (ifd, perplexity, length, embedding, guard_lm), the bundled MiniLM (opencs_clusters,
-guard_embed),
-tests/fake_openai.py's server as the judge (judge, opencs_tags, opencs_pairs), and a LoRA run of
+guard_embed), tests/fake_openai.py's server as the judge (judge, opencs_tags, opencs_pairs), and a LoRA run of
 tests/tiny_model.py's tiny random Llama for the gradient scorers (less, clues, datainf).
 """
 
