@@ -12,8 +12,8 @@ For each scorer, on a few short alpaca rows (and the score columns it reads, bui
     their multiset of values;
   - a missing required score column is a ConfigError that names the column;
   - the class metadata is complete, and a constructed scorer pickles (workers receive scorers by pickle).
-Models: the bundled SmolLM2 (ifd, perplexity, length, embedding), the bundled MiniLM (opencs_clusters),
-tests/fake_openai.py's server as the judge (judge, opencs_tags, opencs_pairs), and a LoRA run of
+Models: the bundled SmolLM2 (ifd, perplexity, length, embedding, guard_lm), the bundled MiniLM (opencs_clusters,
+guard_embed), tests/fake_openai.py's server as the judge (judge, opencs_tags, opencs_pairs), and a LoRA run of
 tests/tiny_model.py's tiny random Llama for the gradient scorers (less, clues, datainf).
 """
 
@@ -87,6 +87,7 @@ CASES: dict[str, Case] = {
     "length": Case("ctx"),
     "random": Case("plain_ctx", lambda env: {"seed": 3}, slow=False),
     "embedding": Case("ctx", lambda env: {"backend": "lm", "max_length": 64}, rtol=MODEL_RTOL),
+    "guard_embed": Case("ctx", lambda env: {"max_length": 64}, rtol=MODEL_RTOL),
     "knn": Case("plain_ctx", lambda env: {"k": 2}, _knn_inputs, slow=False),
     "ds2_curation": Case("plain_ctx", lambda env: {"k": 3, "hoc_rounds": 3, "hoc_steps": 60, "detect_epochs": 3},
                          _ds2_inputs, rtol=1e-6, order_defined=("ds2_report",), slow=False),

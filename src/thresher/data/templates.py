@@ -99,6 +99,21 @@ def _render_chat(context: list[dict], response: str, tokenizer) -> Rendered:
     return Rendered(prompt, response, direct_prefix, user[-1] if user else "")
 
 
+def end_of_turn_id(template: str, tokenizer) -> int | None:
+    """The token that ends an assistant turn under ``template``: for "chat", the first token of what the chat
+    template writes right after an assistant message (SmolLM2: <|im_end|>), unless that is only whitespace;
+    for the other templates (and such chat templates) the tokenizer's end-of-sequence token, which SFT
+    appends after the response. None when the tokenizer has neither."""
+    if template == "chat" and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "assistant", "content": _PLACEHOLDER}], tokenize=False)
+        after = text[text.index(_PLACEHOLDER) + len(_PLACEHOLDER):]
+        ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
+        if ids:
+            return int(ids[0])
+    eos = tokenizer.eos_token_id
+    return None if eos is None else int(eos)
+
+
 def render_units(rows: Dataset, template: str, turns: str, tokenizer) -> tuple[list[Rendered], np.ndarray]:
     """Units to score and, for each, the row it belongs to (turns="all" gives several per row)."""
     units, owner = [], []
