@@ -82,6 +82,7 @@ def bench_noise(data, out, *, recipes=(), scorers=(), rate: float = 0.25, sample
     installed); ``load_options``: ``thresher.data.load`` keywords; ``overrides``: top-level recipe keys set on
     every run (model, device, judge, ...)."""
     _check_options(recipes, scorers, rate, sample, ratio)
+    scorer_specs = [_scorer_spec(s) for s in scorers]
     use_guard = guard_available() if guard is None else guard
     if use_guard and not guard_available():
         raise ConfigError(f"the guard is not installed (no packaged recipe {GUARD_RECIPE!r}); run without it.")
@@ -90,7 +91,7 @@ def bench_noise(data, out, *, recipes=(), scorers=(), rate: float = 0.25, sample
     with output_lock(out):
         labels = plant_sample(data, out, rate=rate, sample=sample, seed=seed, load_options=load_options or {})
         runner = _Runner(out, overrides or {}, cache_root, executor, argv, ratio)
-        methods = runner.methods(recipes, [_scorer_spec(s) for s in scorers], labels, use_guard)
+        methods = runner.methods(recipes, scorer_specs, labels, use_guard)
         result = summarise(labels, methods, data=str(data), seed=seed, rate=rate, ratio=ratio)
         result["notes"] = _notes(methods, use_guard)
         result["seconds"] = round(time.perf_counter() - t0, 1)
@@ -109,10 +110,15 @@ def _check_options(recipes, scorers, rate, sample, ratio) -> None:
         raise ConfigError(f"--sample must be an int >= 8 (rows drawn from the data). Got {sample!r}.")
 
 
-def _scorer_spec(spec: str) -> tuple[str, bool | None]:
-    """``NAME`` or ``NAME:higher|lower`` -> (scorer name, the direction given or None)."""
+def _scorer_spec(spec: str) -> tuple[str, bool]:
+    """``NAME`` or ``NAME:higher|lower`` -> (scorer name, its direction: the one given, else the scorer's)."""
     head, _, tail = spec.rpartition(":")
-    return (head, DIRECTIONS[tail]) if head and tail in DIRECTIONS else (spec, None)
+    name, hib = (head, DIRECTIONS[tail]) if head and tail in DIRECTIONS else (spec, None)
+    hib = get_scorer(name).higher_is_better if hib is None else hib
+    if hib is None:
+        raise ConfigError(f"--scorers {name}: this score has no fixed direction; write {name}:higher or "
+                          f"{name}:lower to say which end is better.")
+    return name, hib
 
 
 # ---------------------------------------------------------------------------------------------- planting
@@ -173,8 +179,8 @@ class _Runner:
             found.append(self.recipe(spec, ids))
             if guard is not None:
                 found.append(self.recipe(spec, ids, guard=guard))
-        for name, direction in scorers:
-            found.append(self.scorer(name, direction, ids))
+        for name, hib in scorers:
+            found.append(self.scorer(name, hib, ids))
             if guard is not None:
                 found.append(_guarded(found[-1], guard, self.ratio))
         return found + ([guard] if guard is not None else [])
@@ -203,12 +209,8 @@ class _Runner:
         return Method(name, "recipe+guard" if guard is not None else "recipe", str(run), column, hib, scores,
                       np.isin(ids, _selected(run)))
 
-    def scorer(self, name: str, direction: bool | None, ids: list[str]) -> Method:
+    def scorer(self, name: str, hib: bool, ids: list[str]) -> Method:
         cls = get_scorer(name)
-        hib = cls.higher_is_better if direction is None else direction
-        if hib is None:
-            raise ConfigError(f"--scorers {name}: this score has no fixed direction; write {name}:higher or "
-                              f"{name}:lower to say which end is better.")
         stage = cls.name
         raw = {"name": f"score-{stage}", "stages": [{"name": stage, "score": [{"scorer": name, "params": {}}]}]}
         run = self._run(raw, f"scorer-{safe_name(stage)}", f"scorer {name}")
