@@ -7,6 +7,7 @@ import json
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from thresher.algorithms.auroc import auroc
@@ -192,6 +193,6 @@ def test_bench_with_the_guard(short_file, cache_root, tmp_path):
     assert {"guard", "length+guard", "scorer:length+guard"} <= set(methods)
     assert methods["guard"]["higher_is_better"] is False and methods["guard"]["nan"] == 0
     kept = set((tmp_path / "g" / "runs" / "length-guard" / "selected_ids.txt").read_text().split())
-    flagged = {rec["id"] for _, rec in __import__("pandas").read_parquet(
-        tmp_path / "g" / "runs" / "guard" / "scores.parquet").iterrows() if rec["flagged"]}
+    verdict = pd.read_parquet(tmp_path / "g" / "runs" / "guard" / "scores.parquet")
+    flagged = set(verdict["id"][verdict["flagged"].astype(bool)])
     assert not kept & flagged                               # the guard's flagged rows never reach the selector

@@ -186,7 +186,8 @@ class _Runner:
         return found + ([guard] if guard is not None else [])
 
     def _run(self, raw: dict, folder: str, label: str) -> Path:
-        raw = {**raw, **self.overrides, "data": {**raw.get("data", {}), **self.data}}
+        judge = {**(raw.get("judge") or {}), **self.overrides.get("judge", {})}
+        raw = {**raw, **self.overrides, "data": {**raw.get("data", {}), **self.data}, **({"judge": judge} if judge else {})}
         recipe, data_cfg, stages = check_recipe(raw, label)
         run = self.out / "runs" / folder
         log.info("bench: %s -> %s", label, run)
