@@ -31,6 +31,7 @@ from thresher.evaluation import evaluate
 from thresher.evaluation.config import EvalConfig
 from thresher.io import is_disk_full
 from thresher.models.judges import JudgeConfig
+from thresher.pipeline.bench import bench_noise, format_table
 from thresher.pipeline.config import RUN_OPTIONS, DataConfig, Recipe
 from thresher.pipeline.dry_run import format_plan, plan_run
 from thresher.pipeline.export import destination, export_run
@@ -214,6 +215,25 @@ def cmd_validate(args) -> int:
                     if s.is_train else f"{s.name} [{', '.join(sc.name for sc in s.scores) or '-'} -> "
                     f"{s.select.selector if s.select else 'no selection'}] model {s.model}" for s in stages))
     return 0
+
+
+def cmd_bench(args) -> int:
+    overrides = given(args, Recipe, only=RUN_OPTIONS)
+    judge = given(args, JudgeConfig, prefix="judge")
+    if judge:
+        overrides["judge"] = judge
+    result = bench_noise(args.data, Path(args.out), recipes=_names(args.recipes), scorers=_names(args.scorers),
+                         rate=args.rate, sample=args.sample, seed=args.seed, ratio=args.ratio,
+                         guard=False if args.no_guard else None, load_options=_load_options(args),
+                         overrides=overrides, cache_root=args.cache_dir, executor=given(args, ExecutorConfig),
+                         argv=_argv(args))
+    print(format_table(result))
+    print(f"bench: {Path(args.out) / 'bench.json'}")
+    return 0
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
 def cmd_ls(args) -> int:
@@ -451,6 +471,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p.add_argument_group("evaluation (EvalConfig)"), EvalConfig)
     _judge_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="benchmarks on your own data: `bench noise` plants corruptions and measures "
+                                     "how well each method catches them")
+    bench = p.add_subparsers(dest="bench", required=True, parser_class=_SubcommandParser)
+    p = bench.add_parser("noise", help="plant corrupted rows into a sample of --data, run recipes/scorers on it, "
+                                       "report AUROC per kind and the corrupted share each method keeps",
+                         description="Draws --sample rows of --data (seeded), corrupts --rate of them (other row's "
+                                     "response, truncated, shuffled words, refusal, instruction copied, loop, "
+                                     "another script, junk tail; the kinds evenly), writes OUT/planted.jsonl and "
+                                     "OUT/labels.jsonl, runs each method into OUT/runs/ (score cache shared) and "
+                                     "writes OUT/bench.json and a table: AUROC of clean above corrupted overall and "
+                                     "per kind, and the corrupted share of what each method keeps at --ratio. With "
+                                     "the guard installed, also the guard itself and each recipe with --guard.")
+    p.add_argument("--data", required=True, help="dataset file/dir/hub name, or bundled:sharegpt")
+    p.add_argument("--recipes", help="comma-separated recipe names or files, e.g. superfiltering,length,alpagasus")
+    p.add_argument("--scorers", help="comma-separated scorer names; NAME:higher or NAME:lower for a score without a "
+                                     "fixed direction (perplexity:lower)")
+    p.add_argument("--rate", type=float, default=0.25, help="share of the sample to corrupt, in (0, 1)")
+    p.add_argument("--sample", type=int, default=400, help="rows drawn from --data (responses of >= 4 words)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the sample and the corruptions")
+    p.add_argument("--ratio", type=float, default=0.25, help="share of the rows each method keeps")
+    p.add_argument("--no-guard", action="store_true", help="do not run the guard even when it is installed")
+    p.add_argument("--out", required=True, help="output folder")
+    add_flags(p.add_argument_group("data loading"), DataConfig, exclude=("path",))
+    g = p.add_argument_group("model and run (every method's runs)")
+    add_flags(g, Recipe, only=RUN_OPTIONS)
+    g.add_argument("--cache-dir", default=None, help="score cache root (default $THRESHER_CACHE or ~/.cache/thresher)")
+    add_flags(p.add_argument_group("where the shards run"), ExecutorConfig)
+    _judge_args(p)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("validate", help="check a recipe without loading any model")
     p.add_argument("recipe")
