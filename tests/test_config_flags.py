@@ -21,6 +21,7 @@ from thresher.config import add_flags, build, describe, dest, given, option
 from thresher.errors import ConfigError
 from thresher.evaluation import EvalConfig, evaluate
 from thresher.models.judges import JudgeConfig
+from thresher.pipeline.config import RUN_OPTIONS
 from thresher.pipeline.recipe import DataConfig, Recipe
 from thresher.registry import Registry
 from thresher.scoring.registry import SCORERS
@@ -37,9 +38,9 @@ GROUPS = [
     ("eval", JudgeConfig, {"prefix": "judge"}),
     ("run", DataConfig, {"exclude": ("path",)}),
     ("run", JudgeConfig, {"prefix": "judge"}),
-    ("run", Recipe, {"only": cli._RUN_OPTIONS}),
+    ("run", Recipe, {"only": RUN_OPTIONS}),
     ("score", DataConfig, {"exclude": ("path",)}),
-    ("score", Recipe, {"only": cli._RUN_OPTIONS}),
+    ("score", Recipe, {"only": RUN_OPTIONS}),
 ]
 IDS = [f"{c}-{cls.__name__}" for c, cls, _ in GROUPS]
 # Values the generic rule below would pick but the dataclass's own check refuses.
