@@ -231,6 +231,17 @@ STAND_IN = textwrap.dedent('''
             resp = [m[-1]["content"] for m in rows.messages]
             return {"refusal": np.array([float("I cannot help" in r) for r in resp]),
                     "empty": np.array([float(not r.strip(" .")) for r in resp])}
+
+
+    class Chars(TextCues):
+        """Response characters (the `length` recipe without its tokenizer)."""
+        name = "chars"
+        produces = {"chars": "response characters"}
+        main_column = "chars"
+        higher_is_better = True
+
+        def score_batch(self, rows):
+            return {"chars": np.array([float(len(m[-1]["content"])) for m in rows.messages])}
 ''')
 
 REFUSAL = "I cannot help with that request, as it goes against my guidelines. " * 30
@@ -238,7 +249,8 @@ REFUSAL = "I cannot help with that request, as it goes against my guidelines. " 
 
 @pytest.fixture
 def planted_run(tmp_path, monkeypatch):
-    """(data file, guard recipe, planted ids): ALPACA plus three refusals longer than any other response."""
+    """(data file, guard recipe, longest-first recipe, planted ids): ALPACA plus three refusals longer than any
+    other response."""
     (tmp_path / "plug").mkdir()
     (tmp_path / "plug" / "guard_standin.py").write_text(STAND_IN, encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path / "plug"))
@@ -250,18 +262,22 @@ def planted_run(tmp_path, monkeypatch):
     recipe = tmp_path / "g.yaml"
     recipe.write_text(yaml.safe_dump({"name": "g", "stages": [{"name": "signals", "score": [
         {"scorer": "guard_standin:TextCues"}]}]}), encoding="utf-8")
-    return data, recipe, [b["id"] for b in bad]
+    longest = tmp_path / "longest.yaml"
+    longest.write_text(yaml.safe_dump({"name": "longest", "stages": [{"name": "length", "score": [
+        {"scorer": "guard_standin:Chars"}], "select": {"selector": "top_k", "params": {"ratio": 0.25}}}]}),
+        encoding="utf-8")
+    return data, recipe, longest, [b["id"] for b in bad]
 
 
 def test_guarded_run_never_selects_a_flagged_row_and_lists_it_by_reason(planted_run, tmp_path, capsys):
-    data, guard_recipe, bad = planted_run
-    common = ["--data", str(data), "--cache-dir", str(tmp_path / "cache"), "--set", "stages.0.select.params.ratio=0.25"]
-    assert main(["run", "length", "--out", str(tmp_path / "plain"), *common]) == 0
+    data, guard_recipe, longest, bad = planted_run
+    common = ["--data", str(data), "--cache-dir", str(tmp_path / "cache")]
+    assert main(["run", str(longest), "--out", str(tmp_path / "plain"), *common]) == 0
     plain = (tmp_path / "plain" / "selected_ids.txt").read_text().split()
     assert plain[:3] == bad                              # unguarded, the long refusals win the selection
     capsys.readouterr()
     out = tmp_path / "guarded"
-    assert main(["run", "length", "--guard", "--set", f"guard.recipe={guard_recipe}", "--out", str(out),
+    assert main(["run", str(longest), "--guard", "--set", f"guard.recipe={guard_recipe}", "--out", str(out),
                  *common]) == 0
     printed = capsys.readouterr().out
     kept = (out / "selected_ids.txt").read_text().split()
@@ -284,13 +300,13 @@ def test_guarded_run_never_selects_a_flagged_row_and_lists_it_by_reason(planted_
     stage = pd.read_parquet(out / "length" / "scores.parquet")
     assert not stage.loc[stage["id"].isin(bad), "selected"].any()
     # the guard's signals came from the score cache the second time; turning it off brings the rows back
-    assert main(["run", "length", "--no-guard", "--set", f"guard.recipe={guard_recipe}", "--out", str(out),
+    assert main(["run", str(longest), "--no-guard", "--set", f"guard.recipe={guard_recipe}", "--out", str(out),
                  *common]) == 0
     assert (out / "selected_ids.txt").read_text().split()[:3] == bad and not (out / "guard").exists()
 
 
 def test_guard_command_writes_the_verdict_and_the_flagged_records(planted_run, tmp_path, capsys):
-    data, guard_recipe, bad = planted_run
+    data, guard_recipe, _, bad = planted_run
     out = tmp_path / "g"
     assert main(["guard", str(data), "--out", str(out), "--set", f"guard.recipe={guard_recipe}",
                  "--kinds", "refusal,empty", "--cache-dir", str(tmp_path / "cache")]) == 0
