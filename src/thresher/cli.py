@@ -1,4 +1,4 @@
-"""Command line: thresher score | select | run | train | merge | eval | validate | ls.
+"""Command line: thresher score | select | run | guard | train | merge | eval | validate | ls.
 
 Only this module configures logging. Every user-facing error is a ThresherError (or an OSError the user
 can act on: a full disk, a permission): one `thresher: error:` line, exit status 2. Anything else is an
@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 from thresher import __version__
-from thresher.config import add_flags, describe, given
+from thresher.algorithms.guard import GuardParams
+from thresher.config import add_flags, build, describe, given
 from thresher.data.readers import BUNDLED_SHAREGPT
 from thresher.data.templates import TEMPLATES
 from thresher.engine.base import ExecutorConfig
@@ -32,10 +33,12 @@ from thresher.evaluation.config import EvalConfig
 from thresher.io import is_disk_full
 from thresher.models.judges import JudgeConfig
 from thresher.pipeline.bench import bench_noise, format_table
-from thresher.pipeline.config import RUN_OPTIONS, DataConfig, Recipe
+from thresher.pipeline.config import RUN_OPTIONS, DataConfig, GuardConfig, Recipe
 from thresher.pipeline.dry_run import format_plan, plan_run
 from thresher.pipeline.export import destination, export_run
-from thresher.pipeline.recipe import PACKAGED, check_recipe, load_recipe, resolve_recipe_path, set_dotted
+from thresher.pipeline.guard import guard_outputs
+from thresher.pipeline.recipe import (PACKAGED, check_recipe, guard_stage, load_recipe, resolve_recipe_path,
+                                      set_dotted)
 from thresher.pipeline.run import run_recipe
 from thresher.pipeline.select_run import select_from_run
 from thresher.pipeline.summary import failure_line, format_summary
@@ -129,6 +132,11 @@ def cmd_run(args) -> int:
         if value:
             raw[flag] = value if flag == "labels" else (_existing(value, "--anchor") if flag == "anchor" else
                                                         [_existing(f, f"--{flag}") for f in value])
+    if args.guard is not None:
+        if not isinstance(raw.setdefault("guard", {}), dict):
+            raise ConfigError(f"{path}: 'guard' must be a mapping of GuardConfig fields (enabled, model, ...). "
+                              f"Got {raw['guard']!r}.")
+        raw["guard"]["enabled"] = args.guard
     for key, value in _kv(args.set, "--set").items():
         set_dotted(raw, key, value)
     recipe, data_cfg, stages = check_recipe(raw, str(path))
@@ -166,7 +174,32 @@ def cmd_score(args) -> int:
     return _print_summary(summary)
 
 
+def cmd_guard(args) -> int:
+    """`thresher guard DATA --out DIR`: the guard recipe's signals through run_recipe (cache, resume, progress,
+    executor, dry run), then the verdict (thresher.pipeline.guard.guard_outputs)."""
+    sets = _kv(args.set, "--set")
+    path = resolve_recipe_path(str(sets.get("guard.recipe", "guard")))     # the recipe scoring the signals
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of keys to values.")
+    _apply_common(raw, args)
+    for key, value in sets.items():
+        set_dotted(raw, key, value)
+    recipe, data_cfg, _ = check_recipe(raw, str(path))
+    cfg = build(GuardConfig, {**recipe.guard, **given(args, GuardParams), "enabled": False}, "thresher guard")
+    stages = [guard_stage(recipe, cfg)]
+    if args.dry_run:
+        return _dry_run(recipe, data_cfg, stages, args)
+    summary = run_recipe(recipe, data_cfg, stages, Path(args.out), argv=_argv(args), raw_recipe=raw,
+                         cache_root=args.cache_dir, executor=given(args, ExecutorConfig),
+                         after=guard_outputs(cfg.params()))
+    return _print_summary(summary)
+
+
 def _dry_run(recipe, data_cfg, stages, args) -> int:
+    guard = build(GuardConfig, recipe.guard, "guard")
+    if guard.enabled:                     # the guard's signals are scored first (thresher.pipeline.guard)
+        stages = [guard_stage(recipe, guard), *stages]
     print(format_plan(plan_run(recipe, data_cfg, stages, cache_root=args.cache_dir,
                                executor=given(args, ExecutorConfig))))
     return 0
@@ -372,8 +405,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", metavar="FIELD",
                    help="record field holding a ground-truth 1 (good) / 0 (bad) label: report precision, recall "
                         "and F1 of the selection")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--guard", dest="guard", action="store_const", const=True, default=None,
+                   help="run the noise guard first (`thresher guard`'s signals, same cache) and leave the rows it "
+                        "flags out of every selection; RUN/guard/ holds its verdict (thresholds: --set guard.KEY=V, "
+                        "see `thresher guard --help`). Off by default: packaged recipes reproduce their papers")
+    g.add_argument("--no-guard", dest="guard", action="store_const", const=False,
+                   help="turn off a guard the recipe enables (guard.enabled)")
     _common_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("guard", help="flag mismatched, garbled, cut-off, refused, copied ... rows, with a reason each",
+                       description="Score the noise guard's signals (the packaged guard recipe: guard_lm with the "
+                                   "model, guard_text, guard_embed; cached and resumable like any run) and judge "
+                                   "every row: DIR/scores.parquet (id, row, signals, flagged, flags, reason, "
+                                   "suspect, suspect_<kind>), DIR/flagged.jsonl (the flagged records unchanged, "
+                                   "plus _guard_flags, _guard_reason, _guard_suspect), summary.json (guard: "
+                                   "counts by kind with example ids). Thresholds come from the data's own "
+                                   "median/MAD unless a quantity has a meaning (IFD >= 1).")
+    p.add_argument("data", help="dataset file (.json/.jsonl/.parquet), saved HF dataset dir, hub name, or bundled:sharegpt")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a value of the guard recipe, e.g. stages.0.score.0.params.max_length=256")
+    add_flags(p.add_argument_group("verdict (GuardParams; a recipe's guard: block takes the same keys)"),
+              GuardParams)
+    _common_args(p)
+    p.set_defaults(func=cmd_guard)
 
     p = sub.add_parser("score", help="score a dataset with one scorer; writes OUT/scores.parquet and a manifest")
     p.add_argument("data", help="dataset file (.json/.jsonl/.parquet), saved HF dataset dir, hub name, or bundled:sharegpt")

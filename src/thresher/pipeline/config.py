@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from thresher.algorithms.guard import GuardParams
 from thresher.config import choice, option
 from thresher.data.readers import FORMATS, MAX_RECORD_CHARS, ON_INVALID
 from thresher.errors import ConfigError, ThresherError, flag_note
@@ -187,12 +188,35 @@ class Recipe:
     labels: str | None = option(None, help="record field with a ground-truth good(1)/bad(0) label: precision, "
                                            "recall and F1 of the selection are reported")
     collaborate: dict | None = option(None, help="CollaborateConfig: train on each client's kept rows, merge")
+    guard: dict = option(default_factory=dict, help="the noise guard before the first selection: GuardConfig "
+                                                    "fields (enabled, model, and the verdict's thresholds); off "
+                                                    "unless enabled: true or `thresher run --guard`")
     stages: list = field(default_factory=list)
 
     def check(self, owner: str) -> None:
         if self.shard_size < 1:
             raise ConfigError(f"The 'shard_size' parameter of {owner}{flag_note('shard_size')} (rows per cached shard) "
                               f"must be an int >= 1. Got {self.shard_size!r}.")
+
+
+# The folder and stage name of the guard's signals in a run folder (RUN/guard/scores.parquet).
+GUARD_STAGE = "guard"
+
+
+@dataclass
+class GuardConfig(GuardParams):
+    """A recipe's ``guard:`` block: whether the noise guard runs before the recipe's stages, with which model,
+    and the verdict's thresholds (GuardParams, thresher.algorithms.guard). Flagged rows are left out of every
+    stage's selection and of training on all rows; the signals come from the first stage of ``recipe``."""
+    enabled: bool = option(False, help="run the guard and drop the rows it flags before any selection (off by "
+                                       "default: the packaged recipes reproduce their papers)")
+    model: str | None = option(None, help="the model of the guard's LM signals (default: the recipe's model)")
+    recipe: str = option("guard", help="the recipe whose first stage computes the guard's signals (a path or a "
+                                       "packaged name; default the packaged guard recipe)")
+
+    def params(self) -> GuardParams:
+        """The verdict's thresholds alone."""
+        return GuardParams(**{f: getattr(self, f) for f in GuardParams.__dataclass_fields__})
 
 
 @dataclass

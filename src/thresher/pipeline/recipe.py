@@ -27,8 +27,9 @@ import yaml
 from thresher.config import build, did_you_mean
 from thresher.errors import ConfigError, as_option
 from thresher.models.judges import JudgeConfig
-from thresher.pipeline.config import (NAME_PATTERN, CollaborateConfig, DataConfig, Recipe, ResolvedStage, ScoreConfig,
-                                      SelectConfig, StageConfig, TrainStageConfig, is_safe_name)
+from thresher.pipeline.config import (GUARD_STAGE, NAME_PATTERN, CollaborateConfig, DataConfig, GuardConfig, Recipe,
+                                      ResolvedStage, ScoreConfig, SelectConfig, StageConfig, TrainStageConfig,
+                                      is_safe_name)
 from thresher.scoring import get_scorer
 from thresher.scoring.base import Scorer
 from thresher.training.config import resolve_config
@@ -82,6 +83,7 @@ def check_recipe(raw: dict, where: str):
         stages.append(_stage(s, i, recipe, where, stages))
     if recipe.collaborate is not None:
         check_collaborate(recipe.collaborate, stages, where)
+    check_guard(recipe, stages, where)
     if all(st.is_train for st in stages) and not any(st.train.iterit for st in stages):
         raise ConfigError(f"recipe {where}: every stage trains and none selects: add a scoring stage, or an "
                           "'iterit' block to the training stage.")
@@ -183,6 +185,37 @@ def check_collaborate(raw, stages: list[ResolvedStage], where: str) -> tuple[Tra
     except ConfigError as e:
         raise ConfigError(f"{owner}: merge: {e}") from None
     return tc, opts
+
+
+def check_guard(recipe: Recipe, stages: list[ResolvedStage], where: str) -> GuardConfig:
+    """The recipe's ``guard:`` block, checked without loading anything (with ``enabled``: its guard recipe and
+    scorers too, and that the run can drop rows before selecting)."""
+    owner = f"recipe {where}: guard"
+    cfg = build(GuardConfig, recipe.guard, owner)
+    if not cfg.enabled:
+        return cfg
+    if recipe.clients or any(st.select is not None and st.select.selector == "global_threshold" for st in stages):
+        raise ConfigError(f"{owner}: the guard drops rows of the run's one dataset before its selections; a recipe "
+                          "with clients or a global_threshold selection shares a threshold across clients and "
+                          "cannot use it. Turn the guard off (guard.enabled: false, no --guard), or run "
+                          "`thresher guard` on each client file first.")
+    if any(st.name == GUARD_STAGE for st in stages):
+        raise ConfigError(f"{owner}: the guard writes its signals to the run folder's {GUARD_STAGE!r} folder, "
+                          f"and a stage of the recipe has that name: rename the stage.")
+    guard_stage(recipe, cfg)
+    return cfg
+
+
+def guard_stage(recipe: Recipe, cfg: GuardConfig) -> ResolvedStage:
+    """The stage that computes the guard's signals: the first stage of ``cfg.recipe`` (the packaged guard
+    recipe by default), named GUARD_STAGE, with no selection, on ``cfg.model`` or the recipe's model."""
+    _, _, stages = load_recipe(cfg.recipe)
+    first = stages[0]
+    if first.is_train or not first.scores:
+        raise ConfigError(f"The 'recipe' parameter of guard names {cfg.recipe!r}, whose first stage has no "
+                          "scorers: give a recipe whose first stage scores the guard's signals (guard_lm, "
+                          "guard_text, guard_embed), e.g. the packaged 'guard'.")
+    return dataclasses.replace(first, name=GUARD_STAGE, model=cfg.model or recipe.model, select=None)
 
 
 def _model_ref(spec: str, earlier: list[ResolvedStage], owner: str) -> str:

@@ -25,7 +25,8 @@ from thresher.io import atomic_path, write_json
 from thresher.manifest import base_manifest
 from thresher.outputs import claim_output_dir, clear_results, finish_run_folder, output_lock
 from thresher.pipeline.clients import collaborate, finish_global_threshold, run_clients
-from thresher.pipeline.config import DataConfig, Recipe, ResolvedStage
+from thresher.pipeline.config import GUARD_STAGE, DataConfig, Recipe, ResolvedStage
+from thresher.pipeline.guard import run_guard
 from thresher.pipeline.stages import data_record, load_data, run_stages
 from thresher.pipeline.summary import failure_summary
 from thresher.progress import run_log
@@ -39,7 +40,7 @@ def run_inputs(recipe: Recipe, data_cfg: DataConfig) -> list[str]:
 
 def run_recipe(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
                argv=None, raw_recipe: dict | None = None, cache_root=None, executor=None,
-               dataset: Dataset | None = None) -> dict:
+               dataset: Dataset | None = None, after=None) -> dict:
     """Run every stage into the run folder ``out`` (thresher.outputs: claimed, locked, the earlier
     run's results cleared first; its log lines appended to ``out/run.log``); with ``recipe.clients`` once
     per client (thresher.pipeline.clients).
@@ -47,7 +48,10 @@ def run_recipe(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage]
     dict (``{"executor": "ray", "workers": 4}``; started and stopped here), or an open executor.
     ``dataset``: data already loaded from memory (``thresher.data.load`` of a list, DataFrame or
     datasets.Dataset; ``data_cfg`` then only records the options it was loaded with): the run scores it
-    instead of loading ``data_cfg.path``, and the manifest records it as in-memory data."""
+    instead of loading ``data_cfg.path``, and the manifest records it as in-memory data.
+    ``recipe.guard`` enabled: the noise guard runs first and its flagged rows are left out of every selection
+    (thresher.pipeline.guard). ``after``: called as ``after(ds, out, manifest, summary)`` once the stages ran,
+    before the folder is finished (`thresher guard` writes its verdict so)."""
     out = Path(out)
     if dataset is not None and recipe.clients:
         raise ConfigError(f"recipe {recipe.name!r} runs once per client file (clients); in-memory data cannot "
@@ -59,20 +63,23 @@ def run_recipe(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage]
             return run_clients(recipe, data_cfg, stages, out, argv=argv, raw_recipe=raw_recipe,
                                cache_root=cache_root, executor=ex)
         return _run_one(recipe, data_cfg, stages, out, argv=argv, raw_recipe=raw_recipe, cache_root=cache_root,
-                        executor=ex, dataset=dataset)
+                        executor=ex, dataset=dataset, after=after)
 
 
 def _run_one(recipe: Recipe, data_cfg: DataConfig, stages: list[ResolvedStage], out: Path, *,
              argv=None, raw_recipe: dict | None = None, cache_root=None, executor=None,
-             dataset: Dataset | None = None) -> dict:
+             dataset: Dataset | None = None, after=None) -> dict:
     t0 = time.perf_counter()
     ds = load_data(data_cfg) if dataset is None else dataset
     manifest = {**base_manifest(argv), "recipe": raw_recipe or asdict(recipe), "seed": recipe.seed,
                 "data": data_record(data_cfg, ds, in_memory=dataset is not None),
                 "executor": executor_record(executor), "stages": []}
     summary = {"recipe": recipe.name, "rows": len(ds), "load": ds.report.as_dict(), "stages": []}
+    candidates = run_guard(ds, recipe, out, manifest, summary, cache_root=cache_root, executor=executor)
     pending = run_stages(ds, recipe, stages, out, manifest, summary, cache_root=cache_root, argv=argv,
-                         executor=executor)
+                         executor=executor, candidates=candidates)
+    if after is not None:
+        after(ds, out, manifest, summary)
     summary["failed"] = failure_summary([summary], recipe.max_failed_ratio)
     if pending is not None:                   # a global threshold: this dataset is the only client
         summary["global_threshold"] = finish_global_threshold([pending], recipe, stages[-1])
@@ -92,6 +99,8 @@ def finish_run(out: Path, stages: list[ResolvedStage], manifest: dict, summary: 
         last = [st for st in stages if not st.is_train]
         promoted = _promote_last(out, last[-1].name) if last else []
     produced = [st.name for st in stages] + promoted + ["manifest.json", "summary.json"]
+    if summary.get("guard"):
+        produced.append(GUARD_STAGE)
     if summary.get("collaborate"):
         produced.append("collaborate")
     finish_run_folder(out, "run", produced)

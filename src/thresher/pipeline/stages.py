@@ -118,8 +118,12 @@ def stage_context(stage: ResolvedStage, recipe: Recipe) -> ModelContext:
 
 
 def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Path, manifest: dict,
-               summary: dict, *, cache_root=None, argv=None, executor=None):
+               summary: dict, *, cache_root=None, argv=None, executor=None, candidates: np.ndarray | None = None):
     """Run the stages over ``ds`` into ``out``, filling ``manifest`` and ``summary``.
+
+    ``candidates``: (K,) int64 ascending row positions that selections may keep and ``rows: all`` training may
+    use (the rows the noise guard did not flag); None: every row. Every stage still scores every row (the same
+    cache with the guard on or off; dataset-scope scorers see the whole pool).
 
     Each scoring stage writes ``<stage>/scores.parquet`` (``scores_table``) once its selection is known.
     Returns None, or, when the last stage selects by a global threshold, what the threshold step needs
@@ -131,7 +135,7 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
     for stage in stages:
         model = trained_model_dir(Path(train_dirs[stage.model[1:]])) if stage.model.startswith("@") else stage.model
         if stage.is_train:
-            rows = train_rows(stage.train, len(ds), selections, last_scoring)
+            rows = train_rows(stage.train, len(ds), selections, last_scoring, candidates)
             t0 = time.perf_counter()
             st_sum = run_train_stage(ds, stage, recipe, rows, out, model, argv=argv)
             st_sum["seconds"] = round(time.perf_counter() - t0, 3)
@@ -165,7 +169,7 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
         hib = stage.select.direction(main, {rec["main_column"]: rec["higher_is_better"] for rec in info})
         if stage.select.selector == "global_threshold":
             return Pending(ds, stage, scores, main, st_dir, st_sum, ctx, cache_root, executor)
-        idx = stage.select.apply(scores, main=main, higher_is_better=hib)
+        idx = select_among(stage.select, scores, candidates, main=main, higher_is_better=hib)
         write_parquet(st_dir / "scores.parquet", scores_table(scores, idx))
         if not len(idx):
             empty_selection(f"stage {stage.name!r}: the selection ({stage.select.selector}) kept 0 of {len(ds)} "
@@ -176,6 +180,17 @@ def run_stages(ds: Dataset, recipe: Recipe, stages: list[ResolvedStage], out: Pa
     if stages[-1].is_train and stages[-1].train.iterit is not None:
         _write_iterit_selection(ds, out / stages[-1].name, summary["stages"][-1])
     return None
+
+
+def select_among(select, scores: pd.DataFrame, candidates: np.ndarray | None, *, main: str | None,
+                 higher_is_better: bool | None) -> np.ndarray:
+    """(M,) int64 positions in ``scores`` that ``select`` (a SelectConfig) keeps when it sees only the rows
+    ``candidates`` (None: all): the selector ranks, counts its ratio over and normalises among those rows alone,
+    as if the others were not in the data."""
+    if candidates is None:
+        return select.apply(scores, main=main, higher_is_better=higher_is_better)
+    sub = scores.iloc[candidates].reset_index(drop=True)
+    return candidates[select.apply(sub, main=main, higher_is_better=higher_is_better)]
 
 
 def empty_selection(message: str, strict: bool, summary: dict) -> None:

@@ -53,6 +53,8 @@ def format_summary(summary: dict) -> str:
         return _format_clients(summary)
     lines = [f"thresher: {summary.get('recipe') or 'score'} on {summary['rows']} rows "
              f"from {summary['load']['path']} ({summary['load']['fmt']}, {summary['load']['container']})"]
+    if summary.get("guard"):
+        lines += format_guard(summary["guard"])
     lines += _format_stages(summary)
     if summary.get("global_threshold"):
         lines += _format_threshold(summary["global_threshold"])
@@ -107,6 +109,22 @@ def _format_stages(summary: dict) -> list[str]:
             lines.append(f"  against labels: precision {m['precision']:.3f} recall {m['recall']:.3f} f1 {m['f1']:.3f}")
         if st.get("note"):
             lines.append(f"  note: {st['note']}")
+    return lines
+
+
+def format_guard(g: dict) -> list[str]:
+    """The noise guard's lines (summary["guard"], thresher.pipeline.guard): flagged rows, then per kind the
+    count and example ids, the kinds not judged and why."""
+    dropped = ", left out of every selection" if "dropped" in g else ""
+    lines = [f"guard: {g['flagged']} of {g['rows']} rows flagged{dropped} -> {g.get('flagged_file', 'flagged.jsonl')}"]
+    for kind, n in g["by_kind"].items():
+        lines.append(f"  {kind}: {n} row(s), e.g. {', '.join(g['examples'].get(kind, []))}")
+    for kind, why in g.get("not_judged", {}).items():
+        lines.append(f"  not judged: {kind} ({why})")
+    for kind, missing in g.get("partial", {}).items():
+        lines.append(f"  judged without: {kind} ({'; '.join(missing)})")
+    if g.get("compute"):
+        lines.append("  " + compute_line(g["compute"]))
     return lines
 
 

@@ -25,10 +25,12 @@ log = logging.getLogger(__name__)
 
 
 
-def train_rows(tc: TrainStageConfig, n: int, selections: dict[str, np.ndarray], last: str | None) -> np.ndarray:
-    """Row positions to train on: a stage's selection (or all rows), then a seeded uniform fraction."""
+def train_rows(tc: TrainStageConfig, n: int, selections: dict[str, np.ndarray], last: str | None,
+               candidates: np.ndarray | None = None) -> np.ndarray:
+    """Row positions to train on: a stage's selection (or all rows: ``candidates``, the rows the noise guard
+    kept, when given), then a seeded uniform fraction."""
     if tc.rows == "all":
-        rows = np.arange(n, dtype=np.int64)
+        rows = np.arange(n, dtype=np.int64) if candidates is None else candidates
     else:
         rows = selections[last if tc.rows == "previous" else tc.rows]
     if tc.fraction is not None:
