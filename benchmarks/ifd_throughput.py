@@ -21,7 +21,6 @@ IFD values do not (the thresher/naive difference is still checked).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time

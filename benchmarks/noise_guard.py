@@ -20,7 +20,7 @@ import tempfile
 import time
 
 from thresher.data.corrupt import KINDS
-from thresher.pipeline.bench import bench_noise, format_table, guard_available
+from thresher.pipeline.bench import bench_noise, format_table
 
 RECIPES = "superfiltering,perplexity,length,alpagasus"
 AUROC_OVERALL, AUROC_KIND, KEPT_BAD = 0.95, 0.90, 0.05      # the issue's targets
@@ -73,11 +73,8 @@ def main() -> None:
     print(format_table(result))
     print(f"data: {args.data} (first {args.limit} valid records), sample {result['sample']['rows']}, "
           f"{time.perf_counter() - t0:.0f} s; folder {out}")
-    if guard_available():
-        print("targets (issue 17):")
-        print("\n".join(targets(result)))
-    else:
-        print("the guard is not installed: the table shows the methods without it")
+    print("targets (issue 17):")
+    print("\n".join(targets(result)))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from thresher.data.corrupt import (CLEAN, FOREIGN_ANSWERS, KINDS, REFUSALS, domi
                                    shuffled, truncated)
 from thresher.data.readers import load
 from thresher.errors import ConfigError
-from thresher.pipeline.bench import bench_noise, guard_available
+from thresher.pipeline.bench import bench_noise
 
 INSTRUCTIONS = [f"Explain topic number {i} in a few clear sentences for a beginner." for i in range(16)]
 RESPONSES = [f"Topic {i} is simple. It starts with one idea and adds another! Then it ends with a summary "
@@ -186,7 +186,6 @@ def test_a_scorer_without_direction_must_be_told(short_file, cache_root, tmp_pat
     assert not (tmp_path / "x").exists()                   # checked before anything is written
 
 
-@pytest.mark.skipif(not guard_available(), reason="the guard (packaged recipe 'guard', fix/verdict) is not merged yet")
 def test_bench_with_the_guard(short_file, cache_root, tmp_path):
     result = _bench(short_file, tmp_path / "g", cache_root)
     methods = result["methods"]

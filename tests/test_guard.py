@@ -3,7 +3,7 @@
 
 The pipeline tests use a stand-in signal scorer (a module written here, a ``module:Class`` scorer: no model)
 that produces two of the guard's columns (``refusal``, ``empty``) from the text, so they run without the guard
-scorers; the tests with the real guard scorers skip until those are registered (branch fix/signals)."""
+scorers, and end to end with the real guard scorers (guard_lm, guard_text, guard_embed) on planted rows."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from thresher.pipeline.recipe import load_recipe
 from thresher.pipeline.stages import select_among
 from thresher.pipeline.config import SelectConfig
 from thresher.pipeline.train_stage import train_rows
-from thresher.scoring import SCORERS
 
 from samples import ALPACA
 
@@ -329,11 +328,6 @@ def test_guard_block_is_checked_with_the_recipe(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the real guard scorers
-needs_signals = pytest.mark.skipif("guard_text" not in SCORERS,
-                                   reason="the guard scorers (guard_lm, guard_text, guard_embed) come with branch "
-                                          "fix/signals; the lead removes this skip after merging it")
-
-
 def _planted_sharegpt(tmp_path) -> tuple:
     """ALPACA rows and planted corruptions: refusals, instruction copies, loops (each longer than any clean
     response, so `length` would keep them)."""
@@ -350,7 +344,6 @@ def _planted_sharegpt(tmp_path) -> tuple:
     return data, [b["id"] for b in bad]
 
 
-@needs_signals
 def test_guarded_length_with_the_guard_scorers_drops_the_planted_rows(tmp_path):
     data, bad = _planted_sharegpt(tmp_path)
     out = tmp_path / "run"
@@ -365,7 +358,6 @@ def test_guarded_length_with_the_guard_scorers_drops_the_planted_rows(tmp_path):
         pd.read_parquet(out / "guard" / "scores.parquet").query("flagged")["id"])
 
 
-@needs_signals
 def test_guard_command_end_to_end_on_a_planted_set(tmp_path, capsys):
     data, bad = _planted_sharegpt(tmp_path)
     out = tmp_path / "g"

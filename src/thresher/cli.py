@@ -257,7 +257,7 @@ def cmd_bench(args) -> int:
         overrides["judge"] = judge
     result = bench_noise(args.data, Path(args.out), recipes=_names(args.recipes), scorers=_names(args.scorers),
                          rate=args.rate, sample=args.sample, seed=args.seed, ratio=args.ratio,
-                         guard=False if args.no_guard else None, load_options=_load_options(args),
+                         guard=not args.no_guard, load_options=_load_options(args),
                          overrides=overrides, cache_root=args.cache_dir, executor=given(args, ExecutorConfig),
                          argv=_argv(args))
     print(format_table(result))

@@ -39,7 +39,7 @@ from thresher.errors import ConfigError
 from thresher.io import atomic_path, write_json
 from thresher.outputs import claim_output_dir, output_lock
 from thresher.pipeline.config import SelectConfig, safe_name
-from thresher.pipeline.recipe import PACKAGED, check_recipe, resolve_recipe_path
+from thresher.pipeline.recipe import check_recipe, resolve_recipe_path
 from thresher.pipeline.run import run_recipe
 from thresher.pipeline.select_run import choose_rows
 from thresher.scoring import get_scorer
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 KIND = "bench"
 GUARD_RECIPE = "guard"              # the packaged recipe whose scores hold the guard's `suspect` and `flagged`
-GUARD_BLOCK: dict = {}              # the recipe's `guard:` block that turns the guard on with its defaults
+GUARD_BLOCK: dict = {"enabled": True}   # the recipe's `guard:` block that turns the guard on with its defaults
 DIRECTIONS = {"higher": True, "lower": False}
 
 
@@ -67,33 +67,24 @@ class Method:
     flagged: np.ndarray | None = None   # (N,) bool, the guard's own: the rows it drops
 
 
-def guard_available() -> bool:
-    """Whether the guard is installed (its packaged recipe exists)."""
-    return (PACKAGED / f"{GUARD_RECIPE}.yaml").is_file()
-
-
 def bench_noise(data, out, *, recipes=(), scorers=(), rate: float = 0.25, sample: int = 400, seed: int = 0,
-                ratio: float = 0.25, guard: bool | None = None, load_options: dict | None = None,
+                ratio: float = 0.25, guard: bool = True, load_options: dict | None = None,
                 overrides: dict | None = None, cache_root=None, executor=None, argv=None) -> dict:
     """Plant, run every method, measure; writes ``out`` (see the module doc) and returns bench.json's content.
 
     ``recipes``: recipe names or files; ``scorers``: scorer names, ``NAME:higher``/``NAME:lower`` for a scorer
-    without a fixed direction (perplexity); ``guard``: also run the guard and each recipe with it (None: when
-    installed); ``load_options``: ``thresher.data.load`` keywords; ``overrides``: top-level recipe keys set on
+    without a fixed direction (perplexity); ``guard``: also run the guard and each recipe with it; ``load_options``: ``thresher.data.load`` keywords; ``overrides``: top-level recipe keys set on
     every run (model, device, judge, ...)."""
     _check_options(recipes, scorers, rate, sample, ratio)
     scorer_specs = [_scorer_spec(s) for s in scorers]
-    use_guard = guard_available() if guard is None else guard
-    if use_guard and not guard_available():
-        raise ConfigError(f"the guard is not installed (no packaged recipe {GUARD_RECIPE!r}); run without it.")
     out = claim_output_dir(out, KIND, inputs=[data])
     t0 = time.perf_counter()
     with output_lock(out):
         labels = plant_sample(data, out, rate=rate, sample=sample, seed=seed, load_options=load_options or {})
         runner = _Runner(out, overrides or {}, cache_root, executor, argv, ratio)
-        methods = runner.methods(recipes, scorer_specs, labels, use_guard)
+        methods = runner.methods(recipes, scorer_specs, labels, guard)
         result = summarise(labels, methods, data=str(data), seed=seed, rate=rate, ratio=ratio)
-        result["notes"] = _notes(methods, use_guard)
+        result["notes"] = _notes(methods, guard)
         result["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(out / "bench.json", result)
     return result
@@ -329,7 +320,7 @@ def summarise(labels: pd.DataFrame, methods: list[Method], **setup) -> dict:
 def _notes(methods: list[Method], use_guard: bool) -> list[str]:
     notes = ["AUROC: clean above corrupted in the method's own direction; NaN scores rank worst (counted in 'nan')."]
     if not use_guard:
-        notes.append("guard: not run (" + ("not installed" if not guard_available() else "turned off") + ").")
+        notes.append("guard: not run (turned off).")
     return notes
 
 
