@@ -154,7 +154,8 @@ def test_bench_labels_match_what_it_reports(bench_pair):
     kept = set((out / "runs" / "length" / "selected_ids.txt").read_text().split())
     bad = sum(rec["kind"] != CLEAN for rec in labels if rec["id"] in kept)
     assert result["methods"]["length"]["kept"] == {"rows": len(kept), "corrupted": bad, "share": round(bad / len(kept), 4)}
-    assert set(result["methods"]) == {"length", "scorer:length", "scorer:perplexity"}
+    assert set(result["methods"]) == {"length", "scorer:length", "scorer:perplexity", "guard", "length+guard",
+                                      "scorer:length+guard", "scorer:perplexity+guard"}
 
 
 def test_bench_is_reproducible_from_the_seed(bench_pair):
@@ -186,12 +187,17 @@ def test_a_scorer_without_direction_must_be_told(short_file, cache_root, tmp_pat
     assert not (tmp_path / "x").exists()                   # checked before anything is written
 
 
-def test_bench_with_the_guard(short_file, cache_root, tmp_path):
-    result = _bench(short_file, tmp_path / "g", cache_root)
+def test_bench_with_the_guard(bench_pair):
+    out, result, _ = bench_pair
     methods = result["methods"]
-    assert {"guard", "length+guard", "scorer:length+guard"} <= set(methods)
     assert methods["guard"]["higher_is_better"] is False and methods["guard"]["nan"] == 0
-    kept = set((tmp_path / "g" / "runs" / "length-guard" / "selected_ids.txt").read_text().split())
-    verdict = pd.read_parquet(tmp_path / "g" / "runs" / "guard" / "scores.parquet")
+    kept = set((out / "runs" / "length-guard" / "selected_ids.txt").read_text().split())
+    verdict = pd.read_parquet(out / "runs" / "guard" / "scores.parquet")
     flagged = set(verdict["id"][verdict["flagged"].astype(bool)])
     assert not kept & flagged                               # the guard's flagged rows never reach the selector
+
+
+def test_no_guard_runs_only_the_methods(short_file, cache_root, tmp_path):
+    result = _bench(short_file, tmp_path / "n", cache_root, "--no-guard")      # every score from the cache
+    assert set(result["methods"]) == {"length", "scorer:length", "scorer:perplexity"}
+    assert not (tmp_path / "n" / "runs" / "guard").exists()

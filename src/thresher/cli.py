@@ -36,7 +36,7 @@ from thresher.pipeline.bench import bench_noise, format_table
 from thresher.pipeline.config import RUN_OPTIONS, DataConfig, GuardConfig, Recipe
 from thresher.pipeline.dry_run import format_plan, plan_run
 from thresher.pipeline.export import destination, export_run
-from thresher.pipeline.guard import guard_outputs
+from thresher.pipeline.guard import guard_job
 from thresher.pipeline.recipe import (PACKAGED, check_recipe, guard_stage, load_recipe, resolve_recipe_path,
                                       set_dotted)
 from thresher.pipeline.run import run_recipe
@@ -185,14 +185,11 @@ def cmd_guard(args) -> int:
     _apply_common(raw, args)
     for key, value in sets.items():
         set_dotted(raw, key, value)
-    recipe, data_cfg, _ = check_recipe(raw, str(path))
-    cfg = build(GuardConfig, {**recipe.guard, **given(args, GuardParams), "enabled": False}, "thresher guard")
-    stages = [guard_stage(recipe, cfg)]
+    recipe, data_cfg, stages, after = guard_job(raw, str(path), given(args, GuardParams))
     if args.dry_run:
         return _dry_run(recipe, data_cfg, stages, args)
     summary = run_recipe(recipe, data_cfg, stages, Path(args.out), argv=_argv(args), raw_recipe=raw,
-                         cache_root=args.cache_dir, executor=given(args, ExecutorConfig),
-                         after=guard_outputs(cfg.params()))
+                         cache_root=args.cache_dir, executor=given(args, ExecutorConfig), after=after)
     return _print_summary(summary)
 
 

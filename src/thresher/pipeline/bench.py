@@ -39,6 +39,7 @@ from thresher.errors import ConfigError
 from thresher.io import atomic_path, write_json
 from thresher.outputs import claim_output_dir, output_lock
 from thresher.pipeline.config import SelectConfig, safe_name
+from thresher.pipeline.guard import guard_job
 from thresher.pipeline.recipe import check_recipe, resolve_recipe_path
 from thresher.pipeline.run import run_recipe
 from thresher.pipeline.select_run import choose_rows
@@ -176,14 +177,20 @@ class _Runner:
                 found.append(_guarded(found[-1], guard, self.ratio))
         return found + ([guard] if guard is not None else [])
 
-    def _run(self, raw: dict, folder: str, label: str) -> Path:
+    def _run(self, raw: dict, folder: str, label: str, *, guard: bool = False) -> Path:
+        """Run recipe ``raw`` on the planted data into runs/<folder>; ``guard``: as `thresher guard` runs the
+        guard recipe (its stage, then the verdict)."""
         judge = {**(raw.get("judge") or {}), **self.overrides.get("judge", {})}
-        raw = {**raw, **self.overrides, "data": {**raw.get("data", {}), **self.data}, **({"judge": judge} if judge else {})}
-        recipe, data_cfg, stages = check_recipe(raw, label)
+        raw = {**raw, **self.overrides, "data": {**raw.get("data", {}), **self.data},
+               **({"judge": judge} if judge else {})}
+        if guard:
+            recipe, data_cfg, stages, after = guard_job(raw, label)
+        else:
+            (recipe, data_cfg, stages), after = check_recipe(raw, label), None
         run = self.out / "runs" / folder
         log.info("bench: %s -> %s", label, run)
         run_recipe(recipe, data_cfg, stages, run, argv=self.argv, raw_recipe=raw, cache_root=self.cache_root,
-                   executor=self.executor)
+                   executor=self.executor, after=after)
         return run
 
     def recipe(self, spec: str, ids: list[str], guard: Method | None = None) -> Method:
@@ -214,7 +221,7 @@ class _Runner:
     def guard(self, ids: list[str]) -> Method:
         path = resolve_recipe_path(GUARD_RECIPE)
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        run = self._run(raw, "guard", "the guard")
+        run = self._run(raw, "guard", "the guard", guard=True)
         scores = _scores(run, "suspect", ids)
         flagged = np.nan_to_num(_scores(run, "flagged", ids), nan=0.0) > 0
         return Method("guard", "guard", str(run), "suspect", False, scores, _top_ratio(scores, False, self.ratio),

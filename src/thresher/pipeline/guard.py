@@ -29,7 +29,7 @@ from thresher.config import build
 from thresher.data.table import Dataset
 from thresher.io import atomic_path, write_parquet
 from thresher.pipeline.config import GUARD_STAGE, GuardConfig, Recipe
-from thresher.pipeline.recipe import guard_stage
+from thresher.pipeline.recipe import check_recipe, guard_stage
 from thresher.pipeline.stages import scores_table, score_stage, stage_compute
 
 FLAG_FIELDS = ("_guard_flags", "_guard_reason", "_guard_suspect")    # added to the records of flagged.jsonl
@@ -52,6 +52,15 @@ def run_guard(ds: Dataset, recipe: Recipe, out: Path, manifest: dict, summary: d
     summary["guard"] = block
     manifest["guard"] = {"config": asdict(cfg), "model": stage.model, "scorers": info}
     return keep
+
+
+def guard_job(raw: dict, source: str, params: dict | None = None):
+    """What `thresher guard` runs, from the guard recipe ``raw`` (read from ``source``) and verdict parameters
+    ``params`` (GuardParams fields, over the recipe's ``guard:`` block): (recipe, data config, [the guard stage],
+    the ``after`` step writing the verdict), for thresher.pipeline.run.run_recipe."""
+    recipe, data_cfg, _ = check_recipe(raw, source)
+    cfg = build(GuardConfig, {**recipe.guard, **(params or {}), "enabled": False}, "thresher guard")
+    return recipe, data_cfg, [guard_stage(recipe, cfg)], guard_outputs(cfg.params())
 
 
 def guard_outputs(params: GuardParams):
