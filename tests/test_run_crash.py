@@ -23,7 +23,9 @@ from tiny_model import save_tiny_llama
 _VOLATILE = {"seconds", "created", "argv", "cache", "dir", "manifest", "selected_file", "final", "merged",
              "checkpoints", "runtime", "train_seconds", "samples_per_second", "path", "outputs", "resumed_from",
              "resumed", "loss", "versions", "model", "samples_per_s", "seconds_total", "train_runtime",
-             "train_loss"}   # loss, train_loss: the mean over the steps of this call (a resumed run trains fewer)
+             "train_loss", "compute"}
+# loss, train_loss: the mean over the steps of this call (a resumed run trains fewer); compute: the ledger of
+# this call's own work (a resumed run reads from the cache what the killed one computed)
 
 
 def _recipe(model: Path) -> dict:

@@ -54,6 +54,22 @@ def test_a_failed_rerun_never_leaves_the_old_manifest_beside_new_scores(tmp_path
     assert _run(sharegpt, out) == 0 and (out / "manifest.json").exists()     # the rerun completes it
 
 
+def test_temporary_files_of_a_killed_write_are_removed_by_the_next_run(tmp_path):
+    """A run killed inside an atomic write leaves its .tmp file (here: a real process killed by SIGKILL inside
+    atomic_path, at the top of the run folder and in a stage folder); the next run into the folder removes it."""
+    alpaca, _ = _data(tmp_path)
+    out = tmp_path / "run"
+    assert _run(alpaca, out) == 0
+    for target in (out / "summary.json", out / "length" / "scores.parquet"):
+        code = ("import os, signal, sys\nfrom thresher.io import atomic_path\n"
+                "with atomic_path(sys.argv[1]) as t:\n    t.write_text('half')\n    os.kill(os.getpid(), signal.SIGKILL)")
+        assert subprocess.run([sys.executable, "-c", code, str(target)]).returncode == -signal.SIGKILL
+    left = sorted(out.rglob(".*.tmp"))
+    assert len(left) == 2, left
+    assert _run(alpaca, out) == 0
+    assert not list(out.rglob(".*.tmp"))
+
+
 def test_renamed_stage_of_an_earlier_run_is_removed(tmp_path):
     alpaca, _ = _data(tmp_path)
     out = tmp_path / "run"

@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from thresher.io import atomic_folder, read_json_object, write_json
+from thresher.io import atomic_folder, read_json_object, remove_stale_tmp_files, write_json
 from thresher.progress import RUN_LOG
 from thresher.errors import ConfigError
 
@@ -187,11 +187,14 @@ def _result_dirs(folder: Path) -> list[Path]:
 
 
 def clear_results(folder) -> list[Path]:
-    """Remove an earlier run's result files from a run folder (see above); returns what was removed."""
+    """Remove an earlier run's result files from a run folder (see above), and the temporary files a killed
+    run left there (a kill during a write of atomic_path; the run lock is held, so no writer is live);
+    returns the result files removed."""
     folder, removed = Path(folder), []
     if not folder.is_dir():
         return removed
     for d in _result_dirs(folder):
+        remove_stale_tmp_files(d)
         # a training stage's folder: an IterIT selection writes selected.* and scores.parquet there
         names = _SELECTED + ("scores.parquet",) if (d / _TRAIN_RECORD).exists() else _SELECTED + _RESULTS
         for name in names:
