@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from thresher import reporting
 from thresher.data import readers
@@ -35,7 +34,7 @@ from thresher.data.table import Dataset, StreamedDataset
 from thresher.engine.base import ExecutorConfig
 from thresher.errors import ConfigError
 from thresher.pipeline.config import RUN_OPTIONS, DataConfig, Recipe
-from thresher.pipeline.recipe import PACKAGED, check_recipe, resolve_recipe_path, set_dotted
+from thresher.pipeline.recipe import PACKAGED, check_recipe, read_recipe, set_dotted
 from thresher.pipeline.export import data_path
 from thresher.pipeline.run import run_recipe
 from thresher.pipeline.select_run import choose_rows, run_main_column
@@ -255,13 +254,7 @@ def run(recipe, *, data=None, out=None, **overrides) -> Run:
     ...), data keys (limit, on_invalid, ...), dotted keys as ``--set`` takes them (pass them as
     ``**{"stages.0.select.params.ratio": 0.05}``), the executor options (executor, workers, ...) and cache_dir.
     """
-    path = resolve_recipe_path(str(recipe))
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of keys to values.")
+    path, raw = read_recipe(recipe)
     executor = {k: overrides.pop(k) for k in EXECUTOR_OPTIONS if k in overrides}
     cache_dir = overrides.pop("cache_dir", None)
     section = raw.setdefault("data", {})

@@ -37,7 +37,7 @@ from thresher.pipeline.config import RUN_OPTIONS, DataConfig, GuardConfig, Recip
 from thresher.pipeline.dry_run import format_plan, plan_run
 from thresher.pipeline.export import destination, export_run
 from thresher.pipeline.guard import guard_job
-from thresher.pipeline.recipe import (PACKAGED, check_recipe, guard_stage, load_recipe, resolve_recipe_path,
+from thresher.pipeline.recipe import (PACKAGED, check_recipe, guard_stage, load_recipe, read_recipe,
                                       set_dotted)
 from thresher.pipeline.run import run_recipe
 from thresher.pipeline.select_run import select_from_run
@@ -122,10 +122,7 @@ def _print_summary(summary: dict) -> int:
 
 # ------------------------------------------------------------------------------------------ commands
 def cmd_run(args) -> int:
-    path = resolve_recipe_path(args.recipe)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of keys to values.")
+    path, raw = read_recipe(args.recipe)
     _apply_common(raw, args)
     for flag in ("target", "anchor", "clients", "validation", "labels"):
         value = getattr(args, flag, None)
@@ -178,10 +175,7 @@ def cmd_guard(args) -> int:
     """`thresher guard DATA --out DIR`: the guard recipe's signals through run_recipe (cache, resume, progress,
     executor, dry run), then the verdict (thresher.pipeline.guard.guard_outputs)."""
     sets = _kv(args.set, "--set")
-    path = resolve_recipe_path(str(sets.get("guard.recipe", "guard")))     # the recipe scoring the signals
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of keys to values.")
+    path, raw = read_recipe(sets.get("guard.recipe", "guard"))     # the recipe scoring the signals
     _apply_common(raw, args)
     for key, value in sets.items():
         set_dotted(raw, key, value)
@@ -316,9 +310,9 @@ def format_recipe(spec: str) -> str:
     """What ``thresher ls recipes NAME`` prints: the recipe's description, then each stage with its model, its
     scorers and selector (or training) and the parameters the recipe sets (`thresher ls scorers NAME` shows
     every parameter with its default). The recipe is checked as `thresher validate` does; nothing is loaded."""
-    path = resolve_recipe_path(spec)
+    path, raw = read_recipe(spec)
     recipe, data_cfg, stages = load_recipe(spec)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))["stages"]
+    raw = raw["stages"]
     lines = [f"recipe {recipe.name or path.stem} ({path}):",
              textwrap.fill(" ".join(recipe.description.split()), 110, initial_indent="  ", subsequent_indent="  ")]
     if recipe.reference:

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from thresher.algorithms.auroc import auroc
 from thresher.data.corrupt import CLEAN, KINDS, MIN_WORDS, exchange_record, first_exchange, plant
@@ -40,7 +39,7 @@ from thresher.io import atomic_path, write_json
 from thresher.outputs import claim_output_dir, output_lock
 from thresher.pipeline.config import SelectConfig, safe_name
 from thresher.pipeline.guard import guard_job
-from thresher.pipeline.recipe import check_recipe, resolve_recipe_path
+from thresher.pipeline.recipe import check_recipe, read_recipe
 from thresher.pipeline.run import run_recipe
 from thresher.pipeline.select_run import choose_rows
 from thresher.scoring import get_scorer
@@ -194,8 +193,7 @@ class _Runner:
         return run
 
     def recipe(self, spec: str, ids: list[str], guard: Method | None = None) -> Method:
-        path = resolve_recipe_path(spec)
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        path, raw = read_recipe(spec)
         _set_ratio(raw, self.ratio, str(path))
         name = path.stem + ("+guard" if guard is not None else "")
         if guard is not None:
@@ -219,8 +217,7 @@ class _Runner:
                       _top_ratio(scores, hib, self.ratio))
 
     def guard(self, ids: list[str]) -> Method:
-        path = resolve_recipe_path(GUARD_RECIPE)
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        _, raw = read_recipe(GUARD_RECIPE)
         run = self._run(raw, "guard", "the guard", guard=True)
         scores = _scores(run, "suspect", ids)
         flagged = np.nan_to_num(_scores(run, "flagged", ids), nan=0.0) > 0

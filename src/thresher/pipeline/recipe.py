@@ -53,14 +53,21 @@ def resolve_recipe_path(spec: str) -> Path:
                       f"Packaged recipes: {', '.join(sorted(names))}.")
 
 
-def load_recipe(spec: str, overrides: dict | None = None) -> tuple[Recipe, DataConfig, list[ResolvedStage]]:
-    path = resolve_recipe_path(spec)
+def read_recipe(spec: str) -> tuple[Path, dict]:
+    """The recipe file ``spec`` names (a path or a packaged name) and its YAML mapping, unchecked; ConfigError
+    when it is not valid YAML or not a mapping."""
+    path = resolve_recipe_path(str(spec))
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of keys to values.")
+    return path, raw
+
+
+def load_recipe(spec: str, overrides: dict | None = None) -> tuple[Recipe, DataConfig, list[ResolvedStage]]:
+    path, raw = read_recipe(spec)
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
     return check_recipe(raw, str(path))
