@@ -7,6 +7,7 @@ scorers, and end to end with the real guard scorers (guard_lm, guard_text, guard
 
 from __future__ import annotations
 
+import html
 import json
 import textwrap
 
@@ -24,6 +25,7 @@ from thresher.pipeline.recipe import load_recipe
 from thresher.pipeline.stages import select_among
 from thresher.pipeline.config import SelectConfig
 from thresher.pipeline.train_stage import train_rows
+from thresher.reporting import render
 
 from samples import ALPACA
 
@@ -354,8 +356,16 @@ def test_guarded_length_with_the_guard_scorers_drops_the_planted_rows(tmp_path):
     g = json.loads((out / "summary.json").read_text())["guard"]
     assert not set(bad) & set(kept)
     assert {"refusal", "repetition", "copy"} <= set(g["by_kind"])
-    assert set(bad) <= {i for ids in g["examples"].values() for i in ids} | set(
-        pd.read_parquet(out / "guard" / "scores.parquet").query("flagged")["id"])
+    verdict = pd.read_parquet(out / "guard" / "scores.parquet")
+    assert set(bad) <= {i for ids in g["examples"].values() for i in ids} | set(verdict.query("flagged")["id"])
+    # the report shows the verdict: counts by kind, rows left out, the most suspect rows with their reasons
+    section = render([out])
+    section = section[section.index("<h4>Noise guard</h4>"):section.index("</table></div>", section.index(
+        "Most suspect rows per kind"))]
+    assert f"<th>flagged</th><td>{g['flagged']}</td>" in section and "left out of the selections" in section
+    assert all(f"{kind}: {n}" in section for kind, n in g["by_kind"].items())
+    shown = verdict.set_index("id").loc[g["examples"]["refusal"][0]]
+    assert html.escape(shown["reason"], quote=True) in section
 
 
 def test_guard_command_end_to_end_on_a_planted_set(tmp_path, capsys):

@@ -83,7 +83,7 @@ def run_section(run: RunView) -> str:
 
 def part_section(part: Part) -> str:
     out = [f"<h3>Client {esc(part.label)}</h3>" if part.label else "", "<h4>Dataset</h4>", dataset_table(part),
-           compute_ledger(part)]
+           compute_ledger(part), guard_section(part)]
     for st in part.stages:
         out.append(train_section(st) if st.is_train else stage_section(part, st))
     return "".join(out)
@@ -111,6 +111,39 @@ def compute_ledger(part: Part) -> str:
                                                       if any(st.is_train for st in part.stages) else "")
     return (f'<h4>Compute ledger</h4><table class="ledger"><tr>{"".join(f"<th>{esc(h)}</th>" for h in head)}</tr>'
             f"{body}</table><p>Total: {esc(total)}.</p>")
+
+
+def guard_section(part: Part) -> str:
+    """The noise guard's verdict (summary "guard", thresher.pipeline.guard): rows flagged per kind, the kinds
+    not judged, whether flagged rows were dropped from the selections (``--guard``), and the most suspect
+    examples of each kind with the reason and the text (from guard/scores.parquet), searchable and sortable."""
+    g = part.summary.get("guard")
+    if not g:
+        return ""
+    items = [("rows judged", g.get("rows", "-")), ("flagged", g.get("flagged", "-")),
+             ("by kind", ", ".join(f"{k}: {n}" for k, n in (g.get("by_kind") or {}).items()) or "none"),
+             ("not judged", ", ".join(f"{k} ({why})" for k, why in (g.get("not_judged") or {}).items()) or "none")]
+    if "dropped" in g:
+        items.append(("left out of the selections", g["dropped"]))
+    out = ["<h4>Noise guard</h4>", kv_table(items)]
+    verdict_file = part.folder / "guard" / "scores.parquet"
+    shown = [(kind, i) for kind, ids in (g.get("examples") or {}).items() for i in ids]
+    if not shown or not verdict_file.is_file():
+        return "".join(out)
+    verdict = pd.read_parquet(verdict_file, columns=["id", "reason", "suspect"])
+    pos = {i: n for n, i in enumerate(verdict["id"].astype(str))}
+    rows = [pos[i] for _, i in shown if i in pos]
+    texts = part.texts(rows)
+    body = [f"<tr><td>{esc(kind)}</td><td>{esc(i)}</td>{num(verdict['suspect'].iat[r])}"
+            f"<td>{esc(verdict['reason'].iat[r])}</td>{text_cell(ins)}{text_cell(resp)}</tr>"
+            for (kind, i), r, (ins, resp) in zip([x for x in shown if x[1] in pos], rows, texts)]
+    head = ("kind", "id", "suspect", "reason", "instruction", "response")
+    out.append(f'<div class="examples guard"><h4>Most suspect rows per kind</h4>'
+               f'<input class="thr-search" type="search" placeholder="search these rows"> '
+               f'<span class="thr-count muted">{len(body)} rows</span>'
+               f'<table class="sortable"><thead><tr>{"".join(f"<th>{esc(h)}</th>" for h in head)}</tr></thead>'
+               f'<tbody>{"".join(body)}</tbody></table></div>')
+    return "".join(out)
 
 
 def dataset_table(part: Part) -> str:
