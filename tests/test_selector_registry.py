@@ -203,7 +203,7 @@ def test_validate_rejects_bad_selector_values(tmp_path, capsys, selector, params
     (_stage("opencs", {"k": 2}, ["opencs_tags"]), "'label_set', 'opencs_rank', 'opencs_cluster_scores'"),
     (_stage("deita", {"columns": ["quality_rating"], "per_turn": True, "k": 2}, ["embedding"]),
      "add the scorer 'judge' with a prefix for 'quality_rating_turns'"),
-    (_stage("top_k", {"k": 2, "where": {"ifd": {"lt": 1.0}}}, ["length"]), "add the scorer 'ifd' for 'ifd'"),
+    (_stage("top_k", {"k": 2, "where": {"ifd": {"lt": 1.0}}}, ["length"]), "add the scorer 'guard_lm' or 'ifd' for 'ifd'"),      # both write an ifd column
     (_stage("top_k", {"k": 2}, ["length"], column="resp_tokenz"), "no registered scorer produces 'resp_tokenz'"),
 ])
 def test_validate_checks_the_columns_a_selector_reads(stage, message):
