@@ -46,14 +46,14 @@ def clean_pool(n: int = N, seed: int = 0) -> pd.DataFrame:
         "refusal": np.zeros(n), "copy_overlap": rng.uniform(0, 0.2, n), "compression_ratio": normal(0.5, 0.04),
         "repeat_ngram": rng.uniform(0, 0.05, n), "script_mismatch": rng.uniform(0, 0.05, n),
         "lang_mismatch": np.zeros(n), "empty": np.zeros(n), "ends_cleanly": np.ones(n),
-        "junk_tail": rng.uniform(0, 0.1, n), "resp_chars": rng.integers(100, 900, n).astype(float),
+        "junk_tail": rng.uniform(0, 0.1, n), "tail_loss": normal(-0.2, 0.3), "resp_chars": rng.integers(100, 900, n).astype(float),
         "qa_cosine": normal(0.6, 0.05), "dup_cosine": normal(0.7, 0.04),
         "dup_of": [f"r{(i + 1) % n}" for i in range(n)]})
 
 
 # Per kind: the planted values of one row (row 0 of a clean pool) and a word its reason must name.
 PLANTS = {
-    "mismatch": ({"ifd": 1.08}, "IFD 1.08 >= 1"),
+    "mismatch": ({"ifd": 1.08, "qa_cosine": 0.52}, "IFD 1.08 >= 1 with a low instruction-response cosine"),
     "garbled": ({"loss_direct": 7.0}, "direct loss 7"),
     "cutoff": ({"eot_logprob": -6.0, "ends_cleanly": 0.0}, "end-of-turn logprob -6"),
     "refusal": ({"refusal": 1.0}, "refusal pattern"),
@@ -106,7 +106,26 @@ def test_several_kinds_on_one_row_are_all_named():
     pool.loc[0, "refusal"] = 1.0
     v = guard_verdict(pool)
     assert v.loc[0, "flags"] == "mismatch;refusal"
-    assert v.loc[0, "reason"] == "mismatch: IFD 1.08 >= 1; refusal: refusal pattern"
+    assert v.loc[0, "reason"] == ("mismatch: IFD 1.08 >= 1 with a low instruction-response cosine; "
+                                  "refusal: refusal pattern")
+
+
+def test_ifd_at_or_above_one_needs_a_low_cosine_to_fire():
+    pool = clean_pool()
+    pool.loc[0, "ifd"], pool.loc[0, "qa_cosine"] = 1.3, 0.6           # a greeting: IFD high, cosine ordinary
+    pool.loc[1, "ifd"], pool.loc[1, "qa_cosine"] = 1.3, 0.5           # another row's answer: both agree
+    v = guard_verdict(pool)
+    assert not v.loc[0, "flagged"] and v.loc[1, "flags"] == "mismatch"
+    alone = guard_verdict(pool.drop(columns="qa_cosine"))                 # no embeddings: IFD judges alone
+    assert alone.loc[0, "flags"] == alone.loc[1, "flags"] == "mismatch"
+
+
+def test_a_high_loss_tail_is_junk():
+    pool = clean_pool()
+    pool.loc[0, "tail_loss"] = 2.5
+    v = guard_verdict(pool)
+    assert v["flagged"].tolist() == [True] + [False] * (N - 1)
+    assert v.loc[0, "flags"] == "junk" and "tail loss 2.5" in v.loc[0, "reason"]
 
 
 @pytest.mark.parametrize("column,kind,values", [

@@ -10,7 +10,7 @@ import pytest
 from thresher.algorithms import minhash, text_signals
 from thresher.data import load
 from thresher.scoring import make_scorer
-from thresher.scoring.guard_lm import CUT
+from thresher.scoring.guard_lm import CUT, tail_contrast
 
 FRANCE = "What is the capital of France?"
 PHOTO_Q = "Explain photosynthesis in one sentence."
@@ -55,6 +55,7 @@ def lm_cases(ctx):
         "clean": (STORY_Q, STORY_A), "scrambled": (STORY_Q, _scrambled(STORY_A)),
         "complete": (FRANCE, "The capital of France is Paris."),
         "cut": (FRANCE, "The capital of France is Paris, which is also the"),
+        "junk": (STORY_Q, STORY_A + " x7Q# zk9&/ QJ}w 4%b_ Kq~2 @z8X vb#1 ]]q7 Z0$e jX!k"),
     }
     scorer = make_scorer("guard_lm", max_length=128)
     scorer.setup(ctx)
@@ -79,6 +80,17 @@ def test_scrambled_words_have_a_much_higher_direct_loss(lm_cases):
 def test_a_cut_response_is_less_likely_to_end_the_turn(lm_cases):
     assert lm_cases["cut"]["eot_logprob"] < lm_cases["complete"]["eot_logprob"] - 2.0
     assert lm_cases["complete"]["eot_logprob"] <= 0
+
+
+@pytest.mark.slow
+def test_an_appended_junk_tail_has_a_much_higher_tail_loss(lm_cases):
+    assert lm_cases["junk"]["tail_loss"] > lm_cases["clean"]["tail_loss"] + 1.0     # measured +1.19
+
+
+def test_tail_contrast_is_the_tail_mean_minus_the_head_mean():
+    out = tail_contrast([np.ones(10), np.r_[np.ones(12), np.full(4, 5.0)], np.ones(7), np.zeros(0),
+                         np.r_[np.ones(300), np.full(64, 3.0)]])
+    np.testing.assert_allclose(out, [0.0, 4.0, np.nan, np.nan, 2.0])   # 4-64 tokens: a quarter, clipped
 
 
 @pytest.mark.slow

@@ -15,6 +15,12 @@ passes of the ``ifd`` scorer (same templates, spans and truncation; tests/test_g
                after a finished answer; LOW (-6 and below) = the response looks cut off. NaN when the response
                reaches max_length (a cut made by us must not read as a cut-off response) or the tokenizer has
                no such token; ``status`` says which.
+  tail_loss    mean NLL (nats) of the response's last tokens minus that of the tokens before them, read from
+               the conditioned pass (no extra work): the last TAIL_SHARE of the response tokens, at least
+               TAIL_MIN and at most TAIL_MAX. (-inf, inf), typical -1 to +0.5 on real answers (endings are
+               usually easier than openings); HIGH (+1.5 and above) = the response ends in text the model cannot
+               predict from what came before (an appended junk tail). NaN when the response has fewer than
+               2 * TAIL_MIN tokens. A response cut at max_length is read up to the cut.
   n_resp_tokens  response tokens scored in the conditioned pass
 ``status``: "ok", the unit's reason when it could not be scored at all (as IFD: "prompt fills max_length",
 "empty response span", ...), or "response cut at max_length: no eot_logprob" / "no end-of-turn token: no
@@ -36,6 +42,7 @@ from thresher.scoring.base import Scorer
 from thresher.scoring.common import row_mean_loss, row_status
 from thresher.scoring.guard_text import GUARD_TURNS
 
+TAIL_SHARE, TAIL_MIN, TAIL_MAX = 0.25, 4, 64     # tail_loss's window: a quarter of the response, 4-64 tokens
 CUT = "response cut at max_length: no eot_logprob"
 NO_EOT = "no end-of-turn token: no eot_logprob"
 
@@ -59,7 +66,7 @@ class GuardLMScorer(Scorer):
     """Noise-guard LM signals: conditioned/direct response loss, IFD and end-of-turn log-probability."""
 
     name = "guard_lm"
-    version = "1"
+    version = "2"
     Params = GuardLMParams
     main_column = "ifd"
     higher_is_better = False
@@ -68,6 +75,7 @@ class GuardLMScorer(Scorer):
         "loss_direct": "s(A), mean NLL (nats) given the direct prefix, [0, inf); high = not fluent (garbled)",
         "ifd": "exp(loss_cond - loss_direct), (0, inf); >= 1 = the instruction does not help (mismatch)",
         "eot_logprob": "log P(end of turn | prompt, response), nats <= 0; low = looks cut off; NaN if cut by us",
+        "tail_loss": "mean NLL of the response's last quarter (4-64 tokens) minus the rest's; high = junk tail",
         "n_resp_tokens": "response tokens scored in the conditioned pass",
         "status": "ok, or why NaN",
     }
@@ -97,6 +105,8 @@ class GuardLMScorer(Scorer):
         loss_d, _ = row_mean_loss(nll_d, ok, owner, len(rows))
         eot_lp = np.full(len(rows), np.nan)
         eot_lp[owner] = -eot_nll                               # one unit per row (turns last / first)
+        tail = np.full(len(rows), np.nan)
+        tail[owner] = np.where(ok, tail_contrast(nll_c), np.nan)
         with np.errstate(over="ignore", invalid="ignore"):
             ifd = np.exp(loss_c - loss_d)
         status = row_status(sp.status, owner, len(rows))
@@ -104,4 +114,19 @@ class GuardLMScorer(Scorer):
         lost[owner] = ok & ~whole
         status = np.where((status == OK) & lost, NO_EOT if eot is None else CUT, status)
         return {"loss_cond": loss_c, "loss_direct": loss_d, "ifd": ifd, "eot_logprob": eot_lp,
-                "n_resp_tokens": n_tok, "status": status.astype(str)}
+                "tail_loss": tail, "n_resp_tokens": n_tok, "status": status.astype(str)}
+
+
+def tail_contrast(nll: list[np.ndarray]) -> np.ndarray:
+    """(U,) per unit: mean of the last k of its token NLLs minus the mean of the ones before them, k =
+    round(TAIL_SHARE * n) clipped to [TAIL_MIN, TAIL_MAX]; NaN where n < 2 * TAIL_MIN (n: the unit's tokens)."""
+    n = np.array([len(x) for x in nll], dtype=np.int64)
+    k = np.clip(np.round(TAIL_SHARE * n).astype(np.int64), TAIL_MIN, TAIL_MAX)
+    valid = n >= 2 * TAIL_MIN
+    cs = np.concatenate([[0.0], np.cumsum(np.concatenate([np.asarray(x, np.float64) for x in nll] + [np.zeros(0)]))])
+    end = np.cumsum(n)
+    start, cut = end - n, np.maximum(end - k, end - n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tail = (cs[end] - cs[cut]) / k
+        head = (cs[cut] - cs[start]) / (n - k)
+    return np.where(valid, tail - head, np.nan)
