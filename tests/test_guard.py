@@ -325,6 +325,21 @@ def test_guarded_run_never_selects_a_flagged_row_and_lists_it_by_reason(planted_
     assert (out / "selected_ids.txt").read_text().split()[:3] == bad and not (out / "guard").exists()
 
 
+def test_python_api_guard_keyword_is_the_cli_flag(planted_run, tmp_path):
+    """thresher.run(..., guard=True) selects what `thresher run --guard` selects; guard=False what --no-guard does."""
+    import thresher
+
+    data, guard_recipe, longest, bad = planted_run
+    opts = {"guard.recipe": str(guard_recipe), "cache_dir": str(tmp_path / "cache")}
+    assert main(["run", str(longest), "--guard", "--set", f"guard.recipe={guard_recipe}", "--data", str(data),
+                 "--out", str(tmp_path / "cli"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    on = thresher.run(str(longest), data=str(data), out=tmp_path / "api", guard=True, **opts)
+    assert on.selected_ids == (tmp_path / "cli" / "selected_ids.txt").read_text().split()
+    assert not set(bad) & set(on.selected_ids) and on.summary["guard"]["dropped"] == 3
+    off = thresher.run(str(longest), data=str(data), out=tmp_path / "api_off", guard=False, **opts)
+    assert off.selected_ids[:3] == bad and "guard" not in off.summary
+
+
 def test_guard_command_writes_the_verdict_and_the_flagged_records(planted_run, tmp_path, capsys):
     data, guard_recipe, _, bad = planted_run
     out = tmp_path / "g"

@@ -34,7 +34,7 @@ from thresher.data.table import Dataset, StreamedDataset
 from thresher.engine.base import ExecutorConfig
 from thresher.errors import ConfigError
 from thresher.pipeline.config import RUN_OPTIONS, DataConfig, Recipe
-from thresher.pipeline.recipe import PACKAGED, check_recipe, read_recipe, set_dotted
+from thresher.pipeline.recipe import PACKAGED, check_recipe, read_recipe, set_dotted, set_guard
 from thresher.pipeline.export import data_path
 from thresher.pipeline.run import run_recipe
 from thresher.pipeline.select_run import choose_rows, run_main_column
@@ -252,9 +252,13 @@ def run(recipe, *, data=None, out=None, **overrides) -> Run:
     not lenient, unless ``overrides`` say so): a path, or a list of dicts, DataFrame or datasets.Dataset.
     ``out``: the run folder (default runs/<recipe name>). ``overrides``: recipe keys (model, shard_size, target,
     ...), data keys (limit, on_invalid, ...), dotted keys as ``--set`` takes them (pass them as
-    ``**{"stages.0.select.params.ratio": 0.05}``), the executor options (executor, workers, ...) and cache_dir.
+    ``**{"stages.0.select.params.ratio": 0.05}``), the executor options (executor, workers, ...) and cache_dir;
+    ``guard=True`` / ``False`` turns the noise guard on or off as ``--guard`` / ``--no-guard`` do (its thresholds
+    as dotted keys: ``**{"guard.z_cutoff": 4.0}``).
     """
     path, raw = read_recipe(recipe)
+    if isinstance(overrides.get("guard"), bool):
+        set_guard(raw, overrides.pop("guard"), str(path))
     executor = {k: overrides.pop(k) for k in EXECUTOR_OPTIONS if k in overrides}
     cache_dir = overrides.pop("cache_dir", None)
     section = raw.setdefault("data", {})

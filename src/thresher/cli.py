@@ -38,7 +38,7 @@ from thresher.pipeline.dry_run import format_plan, plan_run
 from thresher.pipeline.export import destination, export_run
 from thresher.pipeline.guard import guard_job
 from thresher.pipeline.recipe import (PACKAGED, check_recipe, guard_stage, load_recipe, read_recipe,
-                                      set_dotted)
+                                      set_dotted, set_guard)
 from thresher.pipeline.run import run_recipe
 from thresher.pipeline.select_run import select_from_run
 from thresher.pipeline.summary import failure_line, format_summary
@@ -130,10 +130,7 @@ def cmd_run(args) -> int:
             raw[flag] = value if flag == "labels" else (_existing(value, "--anchor") if flag == "anchor" else
                                                         [_existing(f, f"--{flag}") for f in value])
     if args.guard is not None:
-        if not isinstance(raw.setdefault("guard", {}), dict):
-            raise ConfigError(f"{path}: 'guard' must be a mapping of GuardConfig fields (enabled, model, ...). "
-                              f"Got {raw['guard']!r}.")
-        raw["guard"]["enabled"] = args.guard
+        set_guard(raw, args.guard, str(path))
     for key, value in _kv(args.set, "--set").items():
         set_dotted(raw, key, value)
     recipe, data_cfg, stages = check_recipe(raw, str(path))

@@ -66,6 +66,15 @@ def read_recipe(spec: str) -> tuple[Path, dict]:
     return path, raw
 
 
+def set_guard(raw: dict, enabled: bool, where: str) -> None:
+    """Turn the noise guard of recipe ``raw`` on or off (``--guard`` / ``--no-guard``, ``thresher.run(guard=)``),
+    keeping the thresholds of its ``guard:`` block; ConfigError when that block is not a mapping."""
+    if not isinstance(raw.setdefault("guard", {}), dict):
+        raise ConfigError(f"{where}: 'guard' must be a mapping of GuardConfig fields (enabled, model, ...). "
+                          f"Got {raw['guard']!r}.")
+    raw["guard"]["enabled"] = bool(enabled)
+
+
 def load_recipe(spec: str, overrides: dict | None = None) -> tuple[Recipe, DataConfig, list[ResolvedStage]]:
     path, raw = read_recipe(spec)
     for key, value in (overrides or {}).items():
