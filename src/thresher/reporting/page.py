@@ -58,6 +58,19 @@ def kv_table(items) -> str:
     return f'<table class="kv">{rows}</table>'
 
 
+def _head_cells(names) -> str:
+    return "".join(f"<th>{esc(h)}</th>" for h in names)
+
+
+def searchable_table(head: str, body: list[str], *, heading: str = "", div_class: str = "examples",
+                     table_class: str = "sortable") -> str:
+    """A table of example rows with the search box and row count the inline script works on (``head``: the
+    header cells' HTML; ``body``: one ``<tr>`` per row; ``heading``: HTML put above the search box)."""
+    return (f'<div class="{div_class}">{heading}<input class="thr-search" type="search" '
+            f'placeholder="search these rows"> <span class="thr-count muted">{len(body)} rows</span>'
+            f'<table class="{table_class}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+
+
 def _params(params: dict) -> str:
     return ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in (params or {}).items()) or "none"
 
@@ -132,17 +145,14 @@ def guard_section(part: Part) -> str:
         return "".join(out)
     verdict = pd.read_parquet(verdict_file, columns=["id", "reason", "suspect"])
     pos = {i: n for n, i in enumerate(verdict["id"].astype(str))}
-    rows = [pos[i] for _, i in shown if i in pos]
-    texts = part.texts(rows)
+    shown = [(kind, i, pos[i]) for kind, i in shown if i in pos]
+    texts = part.texts([r for _, _, r in shown])
     body = [f"<tr><td>{esc(kind)}</td><td>{esc(i)}</td>{num(verdict['suspect'].iat[r])}"
             f"<td>{esc(verdict['reason'].iat[r])}</td>{text_cell(ins)}{text_cell(resp)}</tr>"
-            for (kind, i), r, (ins, resp) in zip([x for x in shown if x[1] in pos], rows, texts)]
-    head = ("kind", "id", "suspect", "reason", "instruction", "response")
-    out.append(f'<div class="examples guard"><h4>Most suspect rows per kind</h4>'
-               f'<input class="thr-search" type="search" placeholder="search these rows"> '
-               f'<span class="thr-count muted">{len(body)} rows</span>'
-               f'<table class="sortable"><thead><tr>{"".join(f"<th>{esc(h)}</th>" for h in head)}</tr></thead>'
-               f'<tbody>{"".join(body)}</tbody></table></div>')
+            for (kind, i, r), (ins, resp) in zip(shown, texts)]
+    head = _head_cells(("kind", "id", "suspect", "reason", "instruction", "response"))
+    out.append(searchable_table(head, body, heading="<h4>Most suspect rows per kind</h4>",
+                                div_class="examples guard"))
     return "".join(out)
 
 
@@ -294,11 +304,7 @@ def examples(part: Part, st: StageView, kept) -> str:
                  *(f"<td>{esc(st.scores[c].iat[i])}</td>" for c in status), num(len(resp)),
                  text_cell(ins), text_cell(resp)]
         body.append(f'<tr class="{"kept" if k else ""}">{"".join(cells)}</tr>')
-    return (f'<div class="examples"><h4>Examples by {esc(col)} (rank 1 = best)</h4>'
-            f'<input class="thr-search" type="search" placeholder="search these rows"> '
-            f'<span class="thr-count muted">{len(body)} rows</span>'
-            f'<table class="sortable"><thead><tr>{"".join(f"<th>{esc(h)}</th>" for h in head)}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+    return searchable_table(_head_cells(head), body, heading=f"<h4>Examples by {esc(col)} (rank 1 = best)</h4>")
 
 
 # ------------------------------------------------------------------------------------------ comparison
@@ -401,9 +407,7 @@ def disagreement_table(runs: list[RunView], inputs: list[dict]) -> str:
             cells.append(f"<td>{'yes' if val else 'no'}</td>" if c.endswith(":kept") else num(val))
         ins, resp = texts.get(row[0], ("", ""))
         body.append("<tr>" + "".join(cells) + text_cell(ins) + text_cell(resp) + "</tr>")
-    return (f'{title}<div class="examples"><input class="thr-search" type="search" placeholder="search these rows"> '
-            f'<span class="thr-count muted">{len(body)} rows</span><table class="sortable disagree">'
-            f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+    return title + searchable_table(head, body, table_class="sortable disagree")
 
 
 def texts_by_id(run: RunView, ids: list[str]) -> dict[str, tuple[str, str]]:
